@@ -1,0 +1,118 @@
+/* env.c — the one table of SPANALLOC_* environment variables.
+ *
+ * Every knob of spanalloc is read here, once, at initialisation (DESIGN.md invariant 7). Each
+ * row names the variable, its default, its accepted values and what it means; README's table
+ * is written from this one. A malformed value prints a warning naming the variable and keeps
+ * the default, so a typo never changes behaviour silently nor stops the program.
+ *
+ * getenv is safe here: initialisation runs on the first allocation, after the dynamic loader
+ * has set up environ, and it allocates nothing.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+sa_config_t sa_config = {
+	.hugepages = HUGE_HUGETLB,
+	.numa = 1,
+	.stats = 0,
+	.debug = 0,
+	.mcache_class_bytes = (size_t)64 << 10,
+};
+
+enum kind { K_BOOL, K_ENUM, K_SIZE };
+
+struct knob {
+	const char *name;
+	enum kind kind;
+	void *dst;                     /* int * for BOOL/ENUM, size_t * for SIZE */
+	const char *const *choices;    /* ENUM: NULL-terminated, index = value */
+	size_t min, max;               /* SIZE range */
+	const char *meaning;
+};
+
+static const char *const huge_choices[] = {"hugetlb", "thp", "off", NULL};
+static const char *const numa_choices[] = {"off", "local", "interleave", NULL};
+
+static const struct knob knobs[] = {
+	{"SPANALLOC_HUGEPAGES", K_ENUM, &sa_config.hugepages, huge_choices, 0, 0,
+	 "arena backing: hugetlb (then thp, then 4 KiB pages on failure), thp, or off"},
+	{"SPANALLOC_NUMA", K_ENUM, &sa_config.numa, numa_choices, 0, 0,
+	 "arena NUMA placement: local (node of the allocating CPU), interleave, off"},
+	{"SPANALLOC_NUMA_FAKE", K_SIZE, &sa_config.numa_fake, NULL, 0, 64,
+	 "testing: split the CPUs into N simulated NUMA nodes (0 = the real topology)"},
+	{"SPANALLOC_STATS", K_BOOL, &sa_config.stats, NULL, 0, 0,
+	 "print the heap report (sa_stats_print) to stderr at exit"},
+	{"SPANALLOC_DEBUG", K_BOOL, &sa_config.debug, NULL, 0, 0,
+	 "full checks: no caching, double free caught on every free, freed memory poisoned"},
+	{"SPANALLOC_MCACHE_CLASS_BYTES", K_SIZE, &sa_config.mcache_class_bytes, NULL, 0, (size_t)1 << 30,
+	 "bytes of one size class a thread's mcache may hold before flushing to mcentral (k/m/g suffix; 0 = no caching)"},
+};
+
+static bool parse_bool(const char *v, int *out)
+{
+	if (!strcmp(v, "1") || !strcasecmp(v, "on") || !strcasecmp(v, "yes") || !strcasecmp(v, "true")) {
+		*out = 1;
+		return true;
+	}
+	if (!strcmp(v, "0") || !strcasecmp(v, "off") || !strcasecmp(v, "no") || !strcasecmp(v, "false")) {
+		*out = 0;
+		return true;
+	}
+	return false;
+}
+
+static bool parse_size(const char *v, size_t *out)
+{
+	char *end;
+	if (*v < '0' || *v > '9')
+		return false;
+	unsigned long long x = strtoull(v, &end, 10);
+	unsigned shift = 0;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	}
+	if ((*end == 'b' || *end == 'B') && shift)
+		end++;
+	if (*end != '\0' || x > (~0ULL >> shift))
+		return false;
+	*out = (size_t)(x << shift);
+	return true;
+}
+
+void env_init(void)
+{
+	for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
+		const struct knob *k = &knobs[i];
+		const char *v = getenv(k->name);
+		if (v == NULL)
+			continue;
+		bool ok = false;
+		switch (k->kind) {
+		case K_BOOL:
+			ok = parse_bool(v, k->dst);
+			break;
+		case K_ENUM:
+			for (int c = 0; k->choices[c]; c++)
+				if (!strcasecmp(v, k->choices[c])) {
+					*(int *)k->dst = c;
+					ok = true;
+				}
+			break;
+		case K_SIZE: {
+			size_t x;
+			ok = parse_size(v, &x) && x >= k->min && x <= k->max;
+			if (ok)
+				*(size_t *)k->dst = x;
+			break;
+		}
+		}
+		if (!ok)
+			sa_message("warning: ignoring malformed %s=\"%s\" (%s); keeping the default", k->name, v,
+				   k->meaning);
+	}
+}

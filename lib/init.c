@@ -1,0 +1,123 @@
+/* init.c — start-up, fork, exit, and the messages spanalloc prints.
+ *
+ * Initialisation is lazy: the first allocation that misses its (empty) mcache calls
+ * sa_init_slow, which reads the environment, the NUMA topology and the huge-page pool, maps the
+ * page map and sets up mcentral. It allocates nothing from the heap it is building. sa_inited
+ * is published before the steps that may call malloc themselves (pthread_atfork), so such a
+ * nested call finds the heap ready instead of waiting on itself.
+ *
+ * fork (DESIGN.md invariant 4): the prepare handler takes every lock in the lock order
+ * (mcentral by index, then mheap, then the cache list), so the child gets consistent
+ * structures; the child re-initialises the locks, the parent releases them. Only the forking
+ * thread lives on in the child: other threads' caches are lost to it (leaked, not corrupted).
+ */
+#include "internal.h"
+#include "../numa/numa.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+_Atomic int sa_inited;
+static _Atomic int init_owner;
+
+static void write_line(const char *prefix, const char *fmt, va_list ap)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof buf - 1, "%s", prefix);
+	int r = vsnprintf(buf + n, sizeof buf - 1 - (size_t)n, fmt, ap);
+	if (r < 0)
+		r = 0;
+	n += r;
+	if (n > (int)sizeof buf - 2)
+		n = (int)sizeof buf - 2;
+	buf[n++] = '\n';
+	ssize_t w = write(STDERR_FILENO, buf, (size_t)n);
+	(void)w;
+}
+
+void sa_message(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	write_line("spanalloc: ", fmt, ap);
+	va_end(ap);
+}
+
+void sa_fatal(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	write_line("spanalloc: fatal: ", fmt, ap);
+	va_end(ap);
+	abort();
+}
+
+static void fork_prepare(void)
+{
+	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
+		pthread_mutex_lock(&sa_mcentral[i].lock);
+	pthread_mutex_lock(&sa_mheap.lock);
+	mcache_fork_prepare();
+}
+
+static void fork_parent(void)
+{
+	mcache_fork_parent();
+	pthread_mutex_unlock(&sa_mheap.lock);
+	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
+		pthread_mutex_unlock(&sa_mcentral[i].lock);
+}
+
+static void fork_child(void)
+{
+	mcache_fork_child();
+	pthread_mutex_init(&sa_mheap.lock, NULL);
+	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
+		pthread_mutex_init(&sa_mcentral[i].lock, NULL);
+}
+
+/* Free pages in the 2 MiB hugetlb pool, or 0. */
+static long hugetlb_free_pages(void)
+{
+	int fd = open("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	char buf[32];
+	ssize_t r = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (r <= 0)
+		return 0;
+	buf[r] = '\0';
+	return strtol(buf, NULL, 10);
+}
+
+void sa_init_slow(void)
+{
+	int expected = 0;
+	if (!atomic_compare_exchange_strong(&init_owner, &expected, 1)) {
+		/* another thread is initialising: wait for it (it allocates nothing from us) */
+		while (!atomic_load_explicit(&sa_inited, memory_order_acquire))
+			sched_yield();
+		return;
+	}
+	env_init();
+	sa_numa_init((int)sa_config.numa_fake);
+	/* hugetlb only when the pool has pages: an empty pool would cost a failing mmap */
+	if (sa_config.hugepages == HUGE_HUGETLB && hugetlb_free_pages() <= 0)
+		sa_mheap.hugetlb_failed = 1;
+	if (!pagemap_init())
+		sa_fatal("cannot map the page map (%zu bytes)", SA_ARENA_L2_ENTRIES * sizeof(void *));
+	mcentral_init();
+	mcache_init();
+	atomic_store_explicit(&sa_inited, 1, memory_order_release);
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+__attribute__((destructor)) static void sa_exit_report(void)
+{
+	if (atomic_load(&sa_inited) && sa_config.stats)
+		sa_stats_print(stderr);
+}

@@ -1,0 +1,300 @@
+/* internal.h — the types shared by spanalloc's layers and the functions they call on each other.
+ *
+ * The layers, top to bottom (see DESIGN.md section 1):
+ *   malloc.c    size → sizeclass, small objects through the mcache, large ones from mheap
+ *   mcache.c    per-thread free lists per sizeclass (the per-CPU rseq cache replaces its inside)
+ *   mcentral.c  per-spanclass partial/full span lists, batch refill and flush, one lock each
+ *   mheap.c     spans of whole 8 KiB pages, large objects, the span record pool; one lock
+ *   pagealloc.c free-page bitmap + summary tree per arena (Go's pallocSum), first fit by address
+ *   pagemap.c   address → heapArena → mspan of each page, lock-free reads
+ *   arena.c     64 MB heapArenas: reserve PROT_NONE, commit 2 MiB chunks (hugetlb → THP → 4 KiB)
+ *
+ * Naming follows Go's runtime: spanclass = sizeclass<<1 | noscan; class 0 is "large".
+ * Lock order: mcentral[i].lock before mheap.lock; never the reverse, never two mcentrals.
+ */
+#ifndef SA_INTERNAL_H
+#define SA_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <pthread.h>
+
+#include "spanalloc.h"
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define SA_INTERNAL __attribute__((visibility("hidden")))
+#define SA_NOINLINE __attribute__((noinline))
+#define SA_CACHE_LINE 64
+
+/* ------------------------------------------------------------------------------------------
+ * Sizes
+ * ---------------------------------------------------------------------------------------- */
+#define SA_PAGE_SHIFT 13                       /* 8 KiB runtime pages, as Go */
+#define SA_PAGE_SIZE ((size_t)1 << SA_PAGE_SHIFT)
+#define SA_ARENA_SHIFT 26                      /* 64 MB heapArenas */
+#define SA_ARENA_SIZE ((size_t)1 << SA_ARENA_SHIFT)
+#define SA_PAGES_PER_ARENA (SA_ARENA_SIZE / SA_PAGE_SIZE) /* 8192 */
+#define SA_CHUNK_SHIFT 21                      /* commit granule: one 2 MiB huge page */
+#define SA_CHUNK_SIZE ((size_t)1 << SA_CHUNK_SHIFT)
+#define SA_CHUNKS_PER_ARENA (SA_ARENA_SIZE / SA_CHUNK_SIZE) /* 32 */
+#define SA_ADDR_BITS 47                        /* user-space addresses on x86-64 */
+#define SA_ARENA_L2_ENTRIES ((size_t)1 << (SA_ADDR_BITS - SA_ARENA_SHIFT)) /* 2M */
+
+#define SA_NUM_SIZE_CLASSES 67                 /* class 0 (large) + 66 small classes */
+#define SA_NUM_SPAN_CLASSES (SA_NUM_SIZE_CLASSES << 1)
+#define SA_MAX_SMALL_SIZE 32768
+#define SA_SMALL_SIZE_DIV 8
+#define SA_SMALL_SIZE_MAX 1024
+#define SA_LARGE_SIZE_DIV 128
+#define SA_MAX_OBJS_PER_SPAN 1024
+/* Largest request we accept: anything past this cannot be mapped in a 47-bit space. */
+#define SA_MAX_ALLOC ((size_t)1 << 46)
+
+typedef uint8_t spanclass_t;
+
+static inline spanclass_t make_spanclass(unsigned sizeclass, bool noscan)
+{
+	return (spanclass_t)((sizeclass << 1) | (noscan ? 1u : 0u));
+}
+static inline unsigned spanclass_sizeclass(spanclass_t sc) { return sc >> 1; }
+static inline bool spanclass_noscan(spanclass_t sc) { return sc & 1; }
+
+/* sizeclass.c */
+extern const uint16_t sa_class_to_size[SA_NUM_SIZE_CLASSES];
+extern const uint8_t sa_class_to_allocnpages[SA_NUM_SIZE_CLASSES];
+extern const uint32_t sa_class_to_divmagic[SA_NUM_SIZE_CLASSES];
+extern const uint8_t sa_size_to_class8[SA_SMALL_SIZE_MAX / SA_SMALL_SIZE_DIV + 1];
+extern const uint8_t sa_size_to_class128[(SA_MAX_SMALL_SIZE - SA_SMALL_SIZE_MAX) / SA_LARGE_SIZE_DIV + 1];
+
+/* The size class of a request of 1..SA_MAX_SMALL_SIZE bytes (0 maps to class 1 as well). */
+static inline unsigned size_to_class(size_t n)
+{
+	if (n <= SA_SMALL_SIZE_MAX - 8)
+		return sa_size_to_class8[(n + SA_SMALL_SIZE_DIV - 1) / SA_SMALL_SIZE_DIV];
+	return sa_size_to_class128[(n - SA_SMALL_SIZE_MAX + SA_LARGE_SIZE_DIV - 1) / SA_LARGE_SIZE_DIV];
+}
+SA_INTERNAL unsigned class_nelems(unsigned sizeclass);
+
+/* ------------------------------------------------------------------------------------------
+ * Spans
+ * ---------------------------------------------------------------------------------------- */
+enum mspan_state { MSPAN_DEAD = 0, MSPAN_IN_USE = 1 };
+enum mspan_list { LIST_NONE = 0, LIST_PARTIAL, LIST_FULL };
+
+#define SA_BITMAP_WORDS (SA_MAX_OBJS_PER_SPAN / 64)
+
+/* One run of pages. For a small spanclass it is cut into nelems objects of elemsize; the alloc
+ * bits say which objects are handed out (to a user or to a cache). A large span holds one
+ * object. Mark bits and sweepgen are carried for the collector (issue 9); malloc ignores them. */
+typedef struct mspan {
+	struct mspan *next, *prev;     /* mcentral list links, or the free pool's list */
+	uintptr_t base;                /* first byte; page aligned */
+	uintptr_t limit;               /* base + nelems*elemsize: end of the object area */
+	size_t npages;
+	size_t elemsize;
+	uint32_t divmagic;             /* ceil(2^32/elemsize): offset/elemsize by multiply */
+	uint16_t nelems;
+	uint16_t alloc_count;          /* objects whose alloc bit is set */
+	uint16_t freeindex;            /* every object below this is allocated (search hint) */
+	spanclass_t spanclass;
+	uint8_t state;                 /* enum mspan_state */
+	uint8_t list;                  /* enum mspan_list: which mcentral list holds it */
+	uint8_t needzero;              /* memory may be dirty (pages were used before) */
+	uint8_t node;                  /* NUMA node of the arena */
+	uint32_t sweepgen;             /* GC: as Go's mspan.sweepgen */
+	uint64_t allocbits[SA_BITMAP_WORDS];
+	uint64_t gcmarkbits[SA_BITMAP_WORDS];
+} mspan_t;
+
+SA_INTERNAL void mspan_init_small(mspan_t *s, spanclass_t sc);
+SA_INTERNAL void mspan_init_large(mspan_t *s);
+/* Index of the object containing address p (p inside [base, limit)). */
+static inline size_t mspan_objindex(const mspan_t *s, uintptr_t p)
+{
+	return (size_t)(((uint64_t)(p - s->base) * s->divmagic) >> 32);
+}
+SA_INTERNAL size_t mspan_take(mspan_t *s, void **out, size_t max);
+SA_INTERNAL bool mspan_give(mspan_t *s, void *p);
+
+/* ------------------------------------------------------------------------------------------
+ * Arenas and the page map
+ * ---------------------------------------------------------------------------------------- */
+/* Per-arena page-allocator state: 1 bit per page (1 = in use), a summary per 64-page word and
+ * three levels above it with fan-out 8 (128 → 16 → 2 → 1). */
+typedef struct pallocsum {
+	uint16_t start, max, end;      /* free pages at start, longest free run, free at end */
+} pallocsum_t;
+
+#define SA_PALLOC_WORDS (SA_PAGES_PER_ARENA / 64) /* 128 */
+typedef struct palloc {
+	uint64_t bits[SA_PALLOC_WORDS];
+	pallocsum_t l0[SA_PALLOC_WORDS];  /* 64 pages each */
+	pallocsum_t l1[16];               /* 512 pages each */
+	pallocsum_t l2[2];                /* 4096 pages each */
+	pallocsum_t root;                 /* 8192 pages */
+	size_t free_pages;
+} palloc_t;
+
+enum backing { BACK_NONE = 0, BACK_HUGETLB, BACK_THP, BACK_SMALL };
+
+/* heapArena: metadata of one 64 MB arena, allocated outside the heap. */
+typedef struct heaparena {
+	uintptr_t base;
+	mspan_t *spans[SA_PAGES_PER_ARENA]; /* page → span, NULL for free pages */
+	palloc_t palloc;
+	uint32_t committed;                /* bit per 2 MiB chunk */
+	uint8_t backing[SA_CHUNKS_PER_ARENA];
+	uint32_t zeroed_base;              /* pages at or above have never been handed out */
+	int node;
+} heaparena_t;
+
+/* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go). */
+extern heaparena_t *_Atomic *sa_arenas;
+
+static inline heaparena_t *arena_of(uintptr_t p)
+{
+	if (unlikely((p >> SA_ADDR_BITS) != 0 || sa_arenas == NULL))
+		return NULL;
+	return atomic_load_explicit(&sa_arenas[p >> SA_ARENA_SHIFT], memory_order_acquire);
+}
+/* The span owning address p, or NULL when p is in no span spanalloc handed out. Two dependent
+ * loads, no lock. */
+static inline mspan_t *spanof(const void *p)
+{
+	heaparena_t *a = arena_of((uintptr_t)p);
+	if (a == NULL)
+		return NULL;
+	return __atomic_load_n(&a->spans[((uintptr_t)p >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1)],
+			       __ATOMIC_ACQUIRE);
+}
+SA_INTERNAL bool pagemap_init(void);
+SA_INTERNAL void pagemap_set_arena(uintptr_t base, heaparena_t *a);
+SA_INTERNAL void pagemap_set_span(uintptr_t base, size_t npages, mspan_t *s);
+
+/* arena.c */
+SA_INTERNAL heaparena_t *arena_reserve(size_t narenas, uintptr_t hint);
+SA_INTERNAL bool arena_commit(uintptr_t base, size_t npages);
+SA_INTERNAL const char *backing_name(int b);
+
+/* pagealloc.c */
+SA_INTERNAL void palloc_init(palloc_t *pa);
+SA_INTERNAL void palloc_set(palloc_t *pa, size_t first, size_t n, bool used);
+SA_INTERNAL long palloc_find(const palloc_t *pa, size_t npages);
+SA_INTERNAL bool palloc_is_free(const palloc_t *pa, size_t first, size_t n);
+SA_INTERNAL pallocsum_t palloc_summarize_word(uint64_t w);
+
+/* ------------------------------------------------------------------------------------------
+ * mheap
+ * ---------------------------------------------------------------------------------------- */
+typedef struct mheap {
+	pthread_mutex_t lock;
+	heaparena_t **arenas;          /* sorted by base address */
+	size_t narenas, cap_arenas;
+	mspan_t *spanfree;             /* pool of dead span records */
+	size_t nspans_inuse;
+	/* statistics, updated under lock */
+	size_t reserved, committed, pages_inuse;
+	size_t committed_by[4];        /* per enum backing */
+	size_t large_inuse, nlarge;
+	int hugetlb_failed;            /* remembered fallback: skip MAP_HUGETLB */
+} mheap_t;
+
+extern mheap_t sa_mheap;
+
+SA_INTERNAL mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages);
+SA_INTERNAL bool mheap_free(mspan_t *s, const void *p);
+
+/* persistent.c: metadata memory that is never freed (Go's persistentalloc). */
+SA_INTERNAL void *persistent_alloc(size_t n);
+SA_INTERNAL void *os_map(size_t n);
+
+/* ------------------------------------------------------------------------------------------
+ * mcentral
+ * ---------------------------------------------------------------------------------------- */
+typedef struct mcentral {
+	pthread_mutex_t lock;
+	mspan_t *partial;              /* spans with a free object */
+	mspan_t *full;                 /* spans with none */
+	mspan_t *spare;                /* at most one empty span kept back from mheap */
+	size_t nspans;
+	spanclass_t spanclass;
+} __attribute__((aligned(SA_CACHE_LINE))) mcentral_t;
+
+extern mcentral_t sa_mcentral[SA_NUM_SPAN_CLASSES];
+
+SA_INTERNAL void mcentral_init(void);
+SA_INTERNAL size_t mcentral_refill(spanclass_t sc, void **out, size_t want);
+SA_INTERNAL void mcentral_flush(spanclass_t sc, void **objs, size_t n);
+SA_INTERNAL void mcentral_release_spares(void);
+
+/* ------------------------------------------------------------------------------------------
+ * mcache (per-thread free lists; the issue 4 rseq cache keeps this interface)
+ * ---------------------------------------------------------------------------------------- */
+typedef struct freelist {
+	void *head;
+	uint32_t count;
+	uint32_t max;                  /* flush when count exceeds max */
+} freelist_t;
+
+typedef struct mcache {
+	freelist_t lists[SA_NUM_SIZE_CLASSES];
+	int state;                     /* enum mcache_state */
+	struct mcache *next, *prev;    /* list of LIVE caches, for statistics */
+} mcache_t;
+
+enum mcache_state { MCACHE_NEW = 0, MCACHE_LIVE, MCACHE_DEAD };
+
+extern __thread mcache_t sa_mcache __attribute__((tls_model("initial-exec")));
+
+SA_INTERNAL void *mcache_refill(unsigned sizeclass);
+SA_INTERNAL void mcache_overflow(unsigned sizeclass);
+SA_INTERNAL void mcache_release(mcache_t *c);
+SA_INTERNAL void mcache_init(void);
+SA_INTERNAL size_t mcache_cached(unsigned sizeclass);
+SA_INTERNAL void mcache_fork_prepare(void);
+SA_INTERNAL void mcache_fork_parent(void);
+SA_INTERNAL void mcache_fork_child(void);
+
+/* ------------------------------------------------------------------------------------------
+ * Configuration, statistics, errors, init
+ * ---------------------------------------------------------------------------------------- */
+enum hugepolicy { HUGE_HUGETLB = 0, HUGE_THP, HUGE_OFF };
+
+typedef struct sa_config {
+	int hugepages;                 /* enum hugepolicy */
+	int numa;                      /* 0 off, 1 local, 2 interleave */
+	size_t numa_fake;              /* simulated node count, 0 = real topology */
+	int stats;
+	int debug;
+	size_t mcache_class_bytes;
+} sa_config_t;
+
+extern sa_config_t sa_config;
+extern _Atomic int sa_inited;
+
+SA_INTERNAL void env_init(void);
+SA_INTERNAL void sa_init_slow(void);
+static inline void sa_ensure_init(void)
+{
+	if (unlikely(!atomic_load_explicit(&sa_inited, memory_order_acquire)))
+		sa_init_slow();
+}
+
+SA_INTERNAL void sa_message(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+SA_INTERNAL _Noreturn void sa_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* malloc.c internals used by tests and the override layer */
+SA_INTERNAL void *sa_malloc_large(size_t n, size_t align, bool zero);
+SA_INTERNAL void sa_free_span_object(mspan_t *s, void *p);
+
+/* statistics snapshot, for sa_stats_print and tests */
+typedef struct sa_class_stats {
+	size_t spans, objects_inuse, objects_cached, objects_free;
+} sa_class_stats_t;
+SA_INTERNAL void stats_class(unsigned sizeclass, sa_class_stats_t *out);
+
+#endif /* SA_INTERNAL_H */

@@ -1,0 +1,185 @@
+/* malloc.c — the allocation and free paths (Go's mallocgc, for malloc).
+ *
+ * Small objects (≤ 32 KiB): size → sizeclass by table lookup, then pop the calling thread's
+ * mcache list for that class. That is the whole fast path: a table load, a TLS list pop, no
+ * lock, no system call, no atomic read-modify-write. An empty list refills from mcentral.
+ * malloc memory is never scanned by the collector, so its spanclasses carry the noscan bit.
+ *
+ * free: the page map gives the span of any pointer in two loads; the span says its class. A
+ * small object is pushed on the mcache list of that class (after checking it is the start of
+ * an object); a large object's span goes straight back to mheap.
+ *
+ * Large objects (> 32 KiB) are one-object spans of whole pages from mheap, under its lock.
+ * Zeroing: calloc zeroes a small object itself (its slot may have been used), and a large
+ * object only when its pages may be dirty (mspan.needzero), since fresh pages are zero.
+ *
+ * Bad input: sizes beyond SA_MAX_ALLOC and calloc/realloc overflow give NULL with ENOMEM;
+ * an alignment that is not a power of two gives NULL with EINVAL; a pointer that the page map
+ * does not know, or that is not the start of an object, or a second free of the same object,
+ * prints one line naming the address and aborts (sa_fatal).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+
+static inline void *small_alloc(unsigned cls)
+{
+	freelist_t *l = &sa_mcache.lists[cls];
+	void *p = l->head;
+	if (likely(p != NULL)) {
+		l->head = *(void **)p;
+		l->count--;
+		return p;
+	}
+	p = mcache_refill(cls);
+	if (unlikely(p == NULL))
+		errno = ENOMEM;
+	return p;
+}
+
+void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
+{
+	sa_ensure_init();
+	if (n > SA_MAX_ALLOC) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	size_t npages = (n + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
+	mspan_t *s = mheap_alloc(npages ? npages : 1, 0, align_pages);
+	if (s == NULL) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (zero && s->needzero)
+		memset((void *)s->base, 0, npages * SA_PAGE_SIZE);
+	return (void *)s->base;
+}
+
+void *sa_malloc(size_t n)
+{
+	if (likely(n <= SA_MAX_SMALL_SIZE))
+		return small_alloc(size_to_class(n));
+	return sa_malloc_large(n, 1, false);
+}
+
+static _Noreturn void bad_free(const void *p, const char *why)
+{
+	sa_fatal("free(): invalid pointer %p: %s", p, why);
+}
+
+/* The span owning p, after checking that p is the start of a live allocation's object. */
+static inline mspan_t *checked_span(const void *p)
+{
+	mspan_t *s = spanof(p);
+	if (unlikely(s == NULL))
+		bad_free(p, "not allocated by spanalloc (unknown to its page map)");
+	uintptr_t off = (uintptr_t)p - s->base;
+	if (unlikely(off >= s->limit - s->base || off != mspan_objindex(s, (uintptr_t)p) * s->elemsize))
+		bad_free(p, "not the start of an object");
+	return s;
+}
+
+void sa_free_span_object(mspan_t *s, void *p)
+{
+	if (s->spanclass == 0) {
+		if (!mheap_free(s, p))
+			sa_fatal("free(): double free of %p", p);
+		return;
+	}
+	unsigned cls = spanclass_sizeclass(s->spanclass);
+	if (unlikely(sa_config.debug))
+		memset((char *)p + sizeof(void *), 0xde, s->elemsize - sizeof(void *));
+	freelist_t *l = &sa_mcache.lists[cls];
+	*(void **)p = l->head;
+	l->head = p;
+	if (unlikely(++l->count > l->max))
+		mcache_overflow(cls);
+}
+
+void sa_free(void *p)
+{
+	if (p == NULL)
+		return;
+	sa_free_span_object(checked_span(p), p);
+}
+
+void *sa_calloc(size_t count, size_t size)
+{
+	size_t n;
+	if (__builtin_mul_overflow(count, size, &n)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (n > SA_MAX_SMALL_SIZE)
+		return sa_malloc_large(n, 1, true);
+	void *p = small_alloc(size_to_class(n));
+	if (p)
+		memset(p, 0, n);
+	return p;
+}
+
+size_t sa_usable_size(const void *p)
+{
+	if (p == NULL)
+		return 0;
+	mspan_t *s = spanof(p);
+	if (s == NULL)
+		return 0;
+	if (s->spanclass == 0)
+		return s->limit - (uintptr_t)p;
+	return s->elemsize;
+}
+
+void *sa_realloc(void *p, size_t n)
+{
+	if (p == NULL)
+		return sa_malloc(n);
+	if (n == 0) {
+		sa_free(p);
+		return NULL;
+	}
+	mspan_t *s = checked_span(p);
+	size_t old = s->spanclass ? s->elemsize : s->limit - s->base;
+	if (s->spanclass) {
+		if (n <= SA_MAX_SMALL_SIZE && size_to_class(n) == spanclass_sizeclass(s->spanclass))
+			return p;
+	} else if (n <= old && n > old / 2) {
+		return p; /* a large span keeps its pages while at least half of them are wanted */
+	}
+	void *q = sa_malloc(n);
+	if (q == NULL)
+		return NULL; /* errno set; p untouched */
+	memcpy(q, p, old < n ? old : n);
+	sa_free_span_object(s, p);
+	return q;
+}
+
+void *sa_aligned_alloc(size_t align, size_t n)
+{
+	if (align == 0 || (align & (align - 1)) != 0) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (n > SA_MAX_ALLOC) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	size_t want = n > align ? n : align;
+	if (want <= SA_MAX_SMALL_SIZE && align <= SA_PAGE_SIZE) {
+		/* Objects sit at page-aligned base + i*size, so a class whose size is a multiple
+		 * of align gives aligned objects. Every power of two up to 8 KiB has one. */
+		for (unsigned cls = size_to_class(want); cls < SA_NUM_SIZE_CLASSES; cls++)
+			if ((sa_class_to_size[cls] & (align - 1)) == 0)
+				return small_alloc(cls);
+	}
+	/* a one-object span of whole pages, aligned by mheap; fine for any n, even a small one */
+	return sa_malloc_large(n, align > SA_PAGE_SIZE ? align / SA_PAGE_SIZE : 1, false);
+}
+
+void sa_release(void)
+{
+	sa_ensure_init();
+	mcache_release(&sa_mcache);
+	mcentral_release_spares();
+}

@@ -1,0 +1,197 @@
+/* mheap.c — the page heap: spans of whole pages, large objects, span records.
+ *
+ * mheap owns every arena and hands out runs of 8 KiB pages as spans: to mcentral for small
+ * objects (1–10 pages, by size class) and straight to malloc for large objects (> 32 KiB, one
+ * object per span). It finds the lowest-addressed free run through each arena's summary tree
+ * (pagealloc.c), walking arenas in address order and carrying a free run across arenas that
+ * touch, so a run larger than 64 MB can span several. When no run fits it reserves new arenas
+ * (arena.c), after the last one when that address is free.
+ *
+ * Freed runs coalesce by construction: freeing clears bits, and the summaries see the merged
+ * run at once. Memory is never returned to the kernel here (DESIGN.md invariant 6).
+ *
+ * Zeroing: an arena's zeroed_base is the first page never handed out; pages at or above it are
+ * known zero (fresh mappings). A span gets needzero when any of its pages lies below it.
+ *
+ * All state is under mheap.lock. Span records come from a pool of persistent memory and are
+ * reused, never freed; a dead record has state MSPAN_DEAD and appears in no page map entry.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+mheap_t sa_mheap = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static mspan_t *span_record_alloc(void)
+{
+	mspan_t *s = sa_mheap.spanfree;
+	if (s == NULL) {
+		const size_t batch = 64;
+		mspan_t *b = persistent_alloc(batch * sizeof *b);
+		if (b == NULL)
+			return NULL;
+		for (size_t i = 1; i < batch; i++) {
+			b[i].next = sa_mheap.spanfree;
+			sa_mheap.spanfree = &b[i];
+		}
+		s = &b[0];
+	} else {
+		sa_mheap.spanfree = s->next;
+	}
+	memset(s, 0, offsetof(mspan_t, allocbits));
+	return s;
+}
+
+static void span_record_free(mspan_t *s)
+{
+	s->state = MSPAN_DEAD;
+	s->next = sa_mheap.spanfree;
+	sa_mheap.spanfree = s;
+}
+
+static bool arenas_insert(heaparena_t *first, size_t n)
+{
+	if (sa_mheap.narenas + n > sa_mheap.cap_arenas) {
+		size_t cap = sa_mheap.cap_arenas ? sa_mheap.cap_arenas * 2 : 64;
+		while (cap < sa_mheap.narenas + n)
+			cap *= 2;
+		heaparena_t **na = persistent_alloc(cap * sizeof *na); /* the old array is abandoned */
+		if (na == NULL)
+			return false;
+		if (sa_mheap.narenas)
+			memcpy(na, sa_mheap.arenas, sa_mheap.narenas * sizeof *na);
+		sa_mheap.arenas = na;
+		sa_mheap.cap_arenas = cap;
+	}
+	size_t pos = sa_mheap.narenas;
+	while (pos > 0 && sa_mheap.arenas[pos - 1]->base > first->base)
+		pos--;
+	memmove(&sa_mheap.arenas[pos + n], &sa_mheap.arenas[pos], (sa_mheap.narenas - pos) * sizeof(heaparena_t *));
+	for (size_t i = 0; i < n; i++)
+		sa_mheap.arenas[pos + i] = arena_of(first->base + i * SA_ARENA_SIZE);
+	sa_mheap.narenas += n;
+	return true;
+}
+
+/* Lowest address of a free run of n pages, or 0. */
+static uintptr_t find_run(size_t n)
+{
+	size_t carry = 0;
+	uintptr_t prev_end = 0;
+	for (size_t i = 0; i < sa_mheap.narenas; i++) {
+		const heaparena_t *a = sa_mheap.arenas[i];
+		const pallocsum_t r = a->palloc.root;
+		if (a->base != prev_end)
+			carry = 0;
+		if (carry && carry + r.start >= n)
+			return a->base - carry * SA_PAGE_SIZE;
+		if (r.max >= n)
+			return a->base + (uintptr_t)palloc_find(&a->palloc, n) * SA_PAGE_SIZE;
+		carry = r.start == SA_PAGES_PER_ARENA ? carry + SA_PAGES_PER_ARENA : r.end;
+		prev_end = a->base + SA_ARENA_SIZE;
+	}
+	return 0;
+}
+
+/* Mark pages [base, base + n pages) used or free, arena by arena. Returns whether any page
+ * was below its arena's zeroed_base (i.e. may be dirty). */
+static bool set_run(uintptr_t base, size_t n, bool used)
+{
+	bool dirty = false;
+	while (n > 0) {
+		heaparena_t *a = arena_of(base);
+		size_t first = (base - a->base) >> SA_PAGE_SHIFT;
+		size_t cnt = SA_PAGES_PER_ARENA - first < n ? SA_PAGES_PER_ARENA - first : n;
+		palloc_set(&a->palloc, first, cnt, used);
+		if (used) {
+			if (first < a->zeroed_base)
+				dirty = true;
+			if (first + cnt > a->zeroed_base)
+				a->zeroed_base = (uint32_t)(first + cnt);
+		}
+		base += cnt * SA_PAGE_SIZE;
+		n -= cnt;
+	}
+	return dirty;
+}
+
+static bool grow(size_t npages)
+{
+	size_t n = (npages + SA_PAGES_PER_ARENA - 1) / SA_PAGES_PER_ARENA;
+	uintptr_t hint = 0;
+	for (size_t i = 0; i < sa_mheap.narenas; i++)
+		if (sa_mheap.arenas[i]->base + SA_ARENA_SIZE > hint)
+			hint = sa_mheap.arenas[i]->base + SA_ARENA_SIZE;
+	if (hint == 0)
+		hint = (uintptr_t)0x00c0 << 32; /* Go's first hint: far from the program's own maps */
+	heaparena_t *a = arena_reserve(n, hint);
+	return a != NULL && arenas_insert(a, n);
+}
+
+/* A span of npages pages whose first page is aligned to align_pages (a power of two, 1 for
+ * none). sc 0 makes a large-object span; otherwise the span is cut for spanclass sc.
+ * NULL when the address space or the kernel says no. */
+mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages)
+{
+	if (npages == 0 || npages > (SA_MAX_ALLOC >> SA_PAGE_SHIFT) || align_pages == 0)
+		return NULL;
+	size_t want = npages + align_pages - 1;
+	pthread_mutex_lock(&sa_mheap.lock);
+	uintptr_t base = find_run(want);
+	if (base == 0) {
+		if (!grow(want) || (base = find_run(want)) == 0) {
+			pthread_mutex_unlock(&sa_mheap.lock);
+			return NULL;
+		}
+	}
+	size_t align = align_pages * SA_PAGE_SIZE;
+	base = (base + align - 1) & ~(uintptr_t)(align - 1);
+	mspan_t *s = span_record_alloc();
+	if (s == NULL || !arena_commit(base, npages)) {
+		if (s)
+			span_record_free(s);
+		pthread_mutex_unlock(&sa_mheap.lock);
+		return NULL;
+	}
+	s->needzero = set_run(base, npages, true);
+	s->base = base;
+	s->npages = npages;
+	s->node = (uint8_t)arena_of(base)->node;
+	s->state = MSPAN_IN_USE;
+	if (sc == 0)
+		mspan_init_large(s);
+	else
+		mspan_init_small(s, sc);
+	pagemap_set_span(base, npages, s);
+	sa_mheap.pages_inuse += npages;
+	sa_mheap.nspans_inuse++;
+	if (sc == 0) {
+		sa_mheap.large_inuse += npages * SA_PAGE_SIZE;
+		sa_mheap.nlarge++;
+	}
+	pthread_mutex_unlock(&sa_mheap.lock);
+	return s;
+}
+
+/* Give a span's pages back to the heap. The span must hold no live object. When p is given
+ * (a large object being freed), check under the lock that s still owns p: false means p was
+ * freed already. */
+bool mheap_free(mspan_t *s, const void *p)
+{
+	pthread_mutex_lock(&sa_mheap.lock);
+	if (p && (s->state != MSPAN_IN_USE || spanof(p) != s)) {
+		pthread_mutex_unlock(&sa_mheap.lock);
+		return false;
+	}
+	pagemap_set_span(s->base, s->npages, NULL);
+	set_run(s->base, s->npages, false);
+	sa_mheap.pages_inuse -= s->npages;
+	sa_mheap.nspans_inuse--;
+	if (s->spanclass == 0) {
+		sa_mheap.large_inuse -= s->npages * SA_PAGE_SIZE;
+		sa_mheap.nlarge--;
+	}
+	span_record_free(s);
+	pthread_mutex_unlock(&sa_mheap.lock);
+	return true;
+}

@@ -1,0 +1,81 @@
+/* mspan.c — the span record and its objects.
+ *
+ * A span is a run of pages. A small-object span is cut into nelems objects of its class's
+ * size; allocbits has one bit per object, set while the object is handed out (to a program or
+ * to a cache). Allocation scans the bits from freeindex, below which every object is known to
+ * be allocated (Go's freeindex/allocBits, without the allocCache: batches amortise the scan).
+ * Freeing clears the bit; a bit that is already clear is a double free, caught here when the
+ * object comes back to its span.
+ *
+ * gcmarkbits and sweepgen are the collector's (issue 9) and unused by malloc.
+ * Callers hold the lock of the span's mcentral (or mheap.lock for large spans).
+ */
+#include "internal.h"
+
+#include <string.h>
+
+void mspan_init_small(mspan_t *s, spanclass_t sc)
+{
+	unsigned cls = spanclass_sizeclass(sc);
+	s->spanclass = sc;
+	s->elemsize = sa_class_to_size[cls];
+	s->divmagic = sa_class_to_divmagic[cls];
+	s->nelems = (uint16_t)class_nelems(cls);
+	s->limit = s->base + (uintptr_t)s->nelems * s->elemsize;
+	s->alloc_count = 0;
+	s->freeindex = 0;
+	s->list = LIST_NONE;
+	memset(s->allocbits, 0, sizeof s->allocbits);
+	memset(s->gcmarkbits, 0, sizeof s->gcmarkbits);
+}
+
+void mspan_init_large(mspan_t *s)
+{
+	s->spanclass = 0;
+	s->elemsize = s->npages * SA_PAGE_SIZE;
+	s->divmagic = 0;
+	s->nelems = 1;
+	s->limit = s->base + s->elemsize;
+	s->alloc_count = 1;
+	s->freeindex = 1;
+	s->list = LIST_NONE;
+	s->allocbits[0] = 1;
+}
+
+/* Hand out up to max free objects into out[]; returns how many. */
+size_t mspan_take(mspan_t *s, void **out, size_t max)
+{
+	size_t got = 0;
+	size_t i = s->freeindex;
+	while (got < max && i < s->nelems) {
+		uint64_t free = ~s->allocbits[i / 64] >> (i % 64);
+		if (free == 0) {
+			i = (i / 64 + 1) * 64;
+			continue;
+		}
+		i += (size_t)__builtin_ctzll(free);
+		if (i >= s->nelems)
+			break;
+		s->allocbits[i / 64] |= 1ULL << (i % 64);
+		out[got++] = (void *)(s->base + i * s->elemsize);
+		i++;
+	}
+	s->freeindex = (uint16_t)(i < s->nelems ? i : s->nelems);
+	s->alloc_count = (uint16_t)(s->alloc_count + got);
+	return got;
+}
+
+/* Return object p to its span. False when p was not allocated: a double free. */
+bool mspan_give(mspan_t *s, void *p)
+{
+	size_t i = mspan_objindex(s, (uintptr_t)p);
+	uint64_t bit = 1ULL << (i % 64);
+	if (!(s->allocbits[i / 64] & bit))
+		return false;
+	s->allocbits[i / 64] &= ~bit;
+	s->alloc_count--;
+	if (i < s->freeindex)
+		s->freeindex = (uint16_t)i;
+	s->needzero = 1;
+	return true;
+}

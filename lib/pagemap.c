@@ -1,0 +1,39 @@
+/* pagemap.c — from any address to its span, without a lock.
+ *
+ * A two-level radix tree, as Go's arena index: the top level is one flat array indexed by
+ * address >> 26 (2^21 entries for 47-bit user addresses, 16 MiB of virtual space that the
+ * kernel backs only where it is touched); each entry points to the heapArena metadata of that
+ * 64 MB arena; the arena's spans[] maps each 8 KiB page to its mspan. Lookups are two dependent
+ * loads (spanof in internal.h).
+ *
+ * Invariants: an arena entry is published once, after its metadata is complete, and never
+ * removed. A page's span entry is non-NULL exactly while the page belongs to an in-use span;
+ * it is written under mheap.lock and read without it. A pointer spanalloc never handed out
+ * maps to NULL, which is how foreign pointers are told apart.
+ */
+#include "internal.h"
+
+heaparena_t *_Atomic *sa_arenas;
+
+bool pagemap_init(void)
+{
+	if (sa_arenas)
+		return true;
+	sa_arenas = os_map(SA_ARENA_L2_ENTRIES * sizeof(heaparena_t *));
+	return sa_arenas != NULL;
+}
+
+void pagemap_set_arena(uintptr_t base, heaparena_t *a)
+{
+	atomic_store_explicit(&sa_arenas[base >> SA_ARENA_SHIFT], a, memory_order_release);
+}
+
+/* Map npages pages from base to s (NULL to unmap). The run may cross adjacent arenas. */
+void pagemap_set_span(uintptr_t base, size_t npages, mspan_t *s)
+{
+	for (size_t i = 0; i < npages; i++) {
+		uintptr_t p = base + i * SA_PAGE_SIZE;
+		heaparena_t *a = arena_of(p);
+		__atomic_store_n(&a->spans[(p >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1)], s, __ATOMIC_RELEASE);
+	}
+}

@@ -1,0 +1,98 @@
+/* stats.c — the heap report: totals and the span-level distribution per size class.
+ *
+ * Like Go's runtime.MemStats and the per-class table pprof shows, the report says where memory
+ * is: reserved address space, committed memory by backing (hugetlb, THP-advised, 4 KiB pages),
+ * pages in spans, and for each size class the spans, objects in use, objects parked in thread
+ * caches, free slots and the tail wasted at the end of each span.
+ *
+ * Counts are gathered under each lock in turn (never two at once, never while printing, since
+ * printing may allocate): the report is exact per class, not one atomic snapshot of the heap.
+ */
+#include "internal.h"
+
+void stats_class(unsigned cls, sa_class_stats_t *out)
+{
+	size_t spans = 0, alloc = 0;
+	for (int noscan = 0; noscan <= 1; noscan++) {
+		mcentral_t *c = &sa_mcentral[make_spanclass(cls, noscan)];
+		pthread_mutex_lock(&c->lock);
+		for (int l = 0; l < 3; l++) {
+			mspan_t *s = l == 0 ? c->partial : l == 1 ? c->full : c->spare;
+			for (; s; s = l == 2 ? NULL : s->next) {
+				spans++;
+				alloc += s->alloc_count;
+			}
+		}
+		pthread_mutex_unlock(&c->lock);
+	}
+	size_t cached = mcache_cached(cls);
+	if (cached > alloc) /* caches moved since we counted the spans */
+		cached = alloc;
+	out->spans = spans;
+	out->objects_cached = cached;
+	out->objects_inuse = alloc - cached;
+	out->objects_free = spans * class_nelems(cls) - alloc;
+}
+
+static void human(char *buf, size_t n, size_t bytes)
+{
+	if (bytes >= (size_t)10 << 30)
+		snprintf(buf, n, "%zuG", bytes >> 30);
+	else if (bytes >= (size_t)10 << 20)
+		snprintf(buf, n, "%zuM", bytes >> 20);
+	else if (bytes >= (size_t)10 << 10)
+		snprintf(buf, n, "%zuK", bytes >> 10);
+	else
+		snprintf(buf, n, "%zu", bytes);
+}
+
+void sa_stats_print(FILE *f)
+{
+	sa_ensure_init();
+	sa_class_stats_t cs[SA_NUM_SIZE_CLASSES];
+	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++)
+		stats_class(i, &cs[i]);
+	pthread_mutex_lock(&sa_mheap.lock);
+	mheap_t h = sa_mheap;
+	pthread_mutex_unlock(&sa_mheap.lock);
+
+	size_t small_inuse = 0, small_spans = 0;
+	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
+		small_inuse += cs[i].objects_inuse * sa_class_to_size[i];
+		small_spans += cs[i].spans * sa_class_to_allocnpages[i] * SA_PAGE_SIZE;
+	}
+	fprintf(f, "spanalloc heap report\n");
+	fprintf(f, "  reserved          %14zu bytes in %zu arenas of 64 MiB\n", h.reserved, h.narenas);
+	fprintf(f, "  committed         %14zu bytes (hugetlb %zu, thp %zu, 4k %zu)\n", h.committed,
+		h.committed_by[BACK_HUGETLB], h.committed_by[BACK_THP], h.committed_by[BACK_SMALL]);
+	fprintf(f, "  in spans          %14zu bytes in %zu spans\n", h.pages_inuse * SA_PAGE_SIZE, h.nspans_inuse);
+	fprintf(f, "  free pages        %14zu bytes (committed, not in a span)\n",
+		h.committed > h.pages_inuse * SA_PAGE_SIZE ? h.committed - h.pages_inuse * SA_PAGE_SIZE : 0);
+	fprintf(f, "  small in use      %14zu bytes (objects handed out, by class size)\n", small_inuse);
+	fprintf(f, "  small spans       %14zu bytes\n", small_spans);
+	fprintf(f, "  large in use      %14zu bytes in %zu objects\n", h.large_inuse, h.nlarge);
+	fprintf(f, "  huge pages        %s\n",
+		sa_config.hugepages == HUGE_OFF ? "off"
+		: sa_config.hugepages == HUGE_THP || h.hugetlb_failed ? "thp (hugetlb pool empty or off)"
+									: "hugetlb");
+	fprintf(f, "  mcache            per-thread (SPANALLOC_MCACHE_CLASS_BYTES=%zu)%s\n",
+		sa_config.mcache_class_bytes, sa_config.debug ? ", debug: no caching" : "");
+	fprintf(f, "%5s %6s %6s %7s %9s %9s %9s %9s %9s %9s\n", "class", "size", "spans", "objects", "in use",
+		"cached", "free", "tailwaste", "spanbytes", "util%");
+	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
+		const sa_class_stats_t *c = &cs[i];
+		if (c->spans == 0)
+			continue;
+		size_t size = sa_class_to_size[i];
+		size_t span_bytes = sa_class_to_allocnpages[i] * SA_PAGE_SIZE;
+		size_t tail = span_bytes - class_nelems(i) * size;
+		char a[16], b[16], d[16], e[16], g[16];
+		human(a, sizeof a, c->objects_inuse * size);
+		human(b, sizeof b, c->objects_cached * size);
+		human(d, sizeof d, c->objects_free * size);
+		human(e, sizeof e, c->spans * tail);
+		human(g, sizeof g, c->spans * span_bytes);
+		fprintf(f, "%5u %6zu %6zu %7zu %9s %9s %9s %9s %9s %8.1f%%\n", i, size, c->spans, c->objects_inuse,
+			a, b, d, e, g, 100.0 * (double)(c->objects_inuse * size) / (double)(c->spans * span_bytes));
+	}
+}
