@@ -108,8 +108,6 @@ void sa_init_slow(void)
 	/* hugetlb only when the pool has pages: an empty pool would cost a failing mmap */
 	if (sa_config.hugepages == HUGE_HUGETLB && hugetlb_free_pages() <= 0)
 		sa_mheap.hugetlb_failed = 1;
-	if (!pagemap_init())
-		sa_fatal("cannot map the page map (%zu bytes)", SA_ARENA_L2_ENTRIES * sizeof(void *));
 	mcentral_init();
 	mcache_init();
 	atomic_store_explicit(&sa_inited, 1, memory_order_release);

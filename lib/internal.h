@@ -152,12 +152,14 @@ typedef struct heaparena {
 	int node;
 } heaparena_t;
 
-/* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go). */
-extern heaparena_t *_Atomic *sa_arenas;
+/* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go). It
+ * lives in .bss, so the fast path indexes it without loading a pointer first; the kernel backs
+ * only the pages that hold entries. */
+extern heaparena_t *_Atomic sa_arenas[SA_ARENA_L2_ENTRIES] SA_INTERNAL;
 
 static inline heaparena_t *arena_of(uintptr_t p)
 {
-	if (unlikely((p >> SA_ADDR_BITS) != 0 || sa_arenas == NULL))
+	if (unlikely((p >> SA_ADDR_BITS) != 0))
 		return NULL;
 	return atomic_load_explicit(&sa_arenas[p >> SA_ARENA_SHIFT], memory_order_acquire);
 }
@@ -171,7 +173,6 @@ static inline mspan_t *spanof(const void *p)
 	return __atomic_load_n(&a->spans[((uintptr_t)p >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1)],
 			       __ATOMIC_ACQUIRE);
 }
-SA_INTERNAL bool pagemap_init(void);
 SA_INTERNAL void pagemap_set_arena(uintptr_t base, heaparena_t *a);
 SA_INTERNAL void pagemap_set_span(uintptr_t base, size_t npages, mspan_t *s);
 

@@ -6,8 +6,9 @@
  * malloc memory is never scanned by the collector, so its spanclasses carry the noscan bit.
  *
  * free: the page map gives the span of any pointer in two loads; the span says its class. A
- * small object is pushed on the mcache list of that class (after checking it is the start of
- * an object); a large object's span goes straight back to mheap.
+ * small object is pushed on the mcache list of that class; a large object's span goes
+ * straight back to mheap. That p is the start of an object is checked when it reaches its span
+ * (mcentral_flush), keeping the multiply off the fast path.
  *
  * Large objects (> 32 KiB) are one-object spans of whole pages from mheap, under its lock.
  * Zeroing: calloc zeroes a small object itself (its slot may have been used), and a large
@@ -68,28 +69,31 @@ static _Noreturn void bad_free(const void *p, const char *why)
 	sa_fatal("free(): invalid pointer %p: %s", p, why);
 }
 
-/* The span owning p, after checking that p is the start of a live allocation's object. */
-static inline mspan_t *checked_span(const void *p)
+/* The span owning p; aborts when the page map does not know p. Whether p is the start of an
+ * object is checked where the object reaches its span (mcentral_flush), off the fast path. */
+static inline mspan_t *owner_span(const void *p)
 {
 	mspan_t *s = spanof(p);
 	if (unlikely(s == NULL))
 		bad_free(p, "not allocated by spanalloc (unknown to its page map)");
-	uintptr_t off = (uintptr_t)p - s->base;
-	if (unlikely(off >= s->limit - s->base || off != mspan_objindex(s, (uintptr_t)p) * s->elemsize))
-		bad_free(p, "not the start of an object");
 	return s;
 }
 
-void sa_free_span_object(mspan_t *s, void *p)
+static SA_NOINLINE void free_large(mspan_t *s, void *p)
 {
-	if (s->spanclass == 0) {
-		if (!mheap_free(s, p))
-			sa_fatal("free(): double free of %p", p);
+	if (p != (void *)s->base)
+		bad_free(p, "not the start of an object");
+	if (!mheap_free(s, p))
+		sa_fatal("free(): double free of %p", p);
+}
+
+static inline __attribute__((always_inline)) void free_object(mspan_t *s, void *p)
+{
+	unsigned cls = spanclass_sizeclass(s->spanclass);
+	if (unlikely(cls == 0)) {
+		free_large(s, p);
 		return;
 	}
-	unsigned cls = spanclass_sizeclass(s->spanclass);
-	if (unlikely(sa_config.debug))
-		memset((char *)p + sizeof(void *), 0xde, s->elemsize - sizeof(void *));
 	freelist_t *l = &sa_mcache.lists[cls];
 	*(void **)p = l->head;
 	l->head = p;
@@ -97,11 +101,16 @@ void sa_free_span_object(mspan_t *s, void *p)
 		mcache_overflow(cls);
 }
 
+void sa_free_span_object(mspan_t *s, void *p)
+{
+	free_object(s, p);
+}
+
 void sa_free(void *p)
 {
 	if (p == NULL)
 		return;
-	sa_free_span_object(checked_span(p), p);
+	free_object(owner_span(p), p);
 }
 
 void *sa_calloc(size_t count, size_t size)
@@ -139,7 +148,7 @@ void *sa_realloc(void *p, size_t n)
 		sa_free(p);
 		return NULL;
 	}
-	mspan_t *s = checked_span(p);
+	mspan_t *s = owner_span(p);
 	size_t old = s->spanclass ? s->elemsize : s->limit - s->base;
 	if (s->spanclass) {
 		if (n <= SA_MAX_SMALL_SIZE && size_to_class(n) == spanclass_sizeclass(s->spanclass))
@@ -151,7 +160,7 @@ void *sa_realloc(void *p, size_t n)
 	if (q == NULL)
 		return NULL; /* errno set; p untouched */
 	memcpy(q, p, old < n ? old : n);
-	sa_free_span_object(s, p);
+	free_object(s, p);
 	return q;
 }
 

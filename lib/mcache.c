@@ -118,6 +118,8 @@ void mcache_overflow(unsigned cls)
 			return;
 	}
 	freelist_t *l = &c->lists[cls];
+	if (unlikely(sa_config.debug)) /* poison all but the link word: use-after-free shows */
+		memset((char *)l->head + sizeof(void *), 0xde, sa_class_to_size[cls] - sizeof(void *));
 	/* keep half the bound so a free/malloc ping-pong at the edge does not flush every time */
 	flush_list(c, cls, l->max ? l->count - l->max / 2 : l->count);
 }

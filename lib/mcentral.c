@@ -88,7 +88,12 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 	pthread_mutex_lock(&c->lock);
 	for (size_t i = 0; i < n; i++) {
 		mspan_t *s = spanof(objs[i]);
-		if (unlikely(s == NULL || s->spanclass != sc || !mspan_give(s, objs[i]))) {
+		if (unlikely(s == NULL || s->spanclass != sc ||
+			     (uintptr_t)objs[i] != s->base + mspan_objindex(s, (uintptr_t)objs[i]) * s->elemsize)) {
+			pthread_mutex_unlock(&c->lock);
+			sa_fatal("free(): invalid pointer %p: not the start of an object", objs[i]);
+		}
+		if (unlikely(!mspan_give(s, objs[i]))) {
 			pthread_mutex_unlock(&c->lock);
 			sa_fatal("free(): double free or corruption: %p was not allocated (spanclass %u)", objs[i],
 				 (unsigned)sc);

@@ -1,8 +1,8 @@
 /* pagemap.c — from any address to its span, without a lock.
  *
  * A two-level radix tree, as Go's arena index: the top level is one flat array indexed by
- * address >> 26 (2^21 entries for 47-bit user addresses, 16 MiB of virtual space that the
- * kernel backs only where it is touched); each entry points to the heapArena metadata of that
+ * address >> 26 (2^21 entries for 47-bit user addresses: 16 MiB of .bss that the kernel backs
+ * only where it is touched); each entry points to the heapArena metadata of that
  * 64 MB arena; the arena's spans[] maps each 8 KiB page to its mspan. Lookups are two dependent
  * loads (spanof in internal.h).
  *
@@ -13,15 +13,7 @@
  */
 #include "internal.h"
 
-heaparena_t *_Atomic *sa_arenas;
-
-bool pagemap_init(void)
-{
-	if (sa_arenas)
-		return true;
-	sa_arenas = os_map(SA_ARENA_L2_ENTRIES * sizeof(heaparena_t *));
-	return sa_arenas != NULL;
-}
+heaparena_t *_Atomic sa_arenas[SA_ARENA_L2_ENTRIES];
 
 void pagemap_set_arena(uintptr_t base, heaparena_t *a)
 {
