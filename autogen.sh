@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 pkgs=""
 need() { dpkg -s "$1" >/dev/null 2>&1 || pkgs="$pkgs $1"; }
 if command -v dpkg >/dev/null 2>&1; then
-	for p in autoconf automake libtool pkg-config make gcc clang libnuma-dev liburing-dev check; do
+	for p in autoconf automake libtool pkg-config make gcc libnuma-dev liburing-dev check; do
 		need "$p"
 	done
 fi
