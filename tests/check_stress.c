@@ -1,0 +1,2 @@
+#include "sa_check.h"
+int main(void){return 0;}
