@@ -1,2 +1,549 @@
+/* check_pagemap.c — page map, mheap (runs of pages, alignment, coalescing, multi-arena runs),
+ * spans and mcentral.
+ *
+ * Every test runs in a fresh forked process (see sa_check.h), so the heap starts empty and
+ * first fit by address is predictable: a test that depends on it initialises the allocator
+ * with sa_ensure_init() and no allocation before its own.
+ */
 #include "sa_check.h"
-int main(void){return 0;}
+
+#include <sys/mman.h>
+
+static int a_global;
+
+static void assert_run_mapped(const mspan_t *s)
+{
+	for (size_t k = 0; k < s->npages; k++) {
+		const char *p = (const char *)s->base + k * SA_PAGE_SIZE;
+		if (spanof(p) != s || spanof(p + SA_PAGE_SIZE - 1) != s)
+			ck_abort_msg("page %zu of span %p (%zu pages) maps to %p", k, (void *)s->base, s->npages,
+				     (void *)spanof(p));
+		ck_assert_ptr_nonnull(arena_of((uintptr_t)p));
+	}
+}
+
+static void assert_run_unmapped(uintptr_t base, size_t npages)
+{
+	for (size_t k = 0; k < npages; k++) {
+		const char *p = (const char *)base + k * SA_PAGE_SIZE;
+		if (spanof(p) != NULL)
+			ck_abort_msg("page %zu of freed run %p maps to %p", k, (void *)base, (void *)spanof(p));
+	}
+}
+
+static mspan_t *alloc_run(size_t npages, size_t align)
+{
+	size_t ns0, pg0, ns1, pg1;
+	heap_counts(&ns0, &pg0);
+	mspan_t *s = mheap_alloc(npages, 0, align);
+	ck_assert_ptr_nonnull(s);
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0 + 1);
+	ck_assert_uint_eq(pg1, pg0 + npages);
+	ck_assert_uint_eq(s->npages, npages);
+	ck_assert_uint_eq(s->state, MSPAN_IN_USE);
+	ck_assert_uint_eq(s->spanclass, 0);
+	ck_assert_uint_eq(s->base % (align * SA_PAGE_SIZE), 0);
+	ck_assert_uint_eq(s->limit, s->base + npages * SA_PAGE_SIZE);
+	assert_run_mapped(s);
+	/* committed: the first and last byte of every 2 MiB chunk are writable */
+	for (size_t off = 0; off < npages * SA_PAGE_SIZE; off += SA_CHUNK_SIZE)
+		((volatile char *)s->base)[off] = 1;
+	((volatile char *)s->base)[npages * SA_PAGE_SIZE - 1] = 1;
+	return s;
+}
+
+static void free_run(mspan_t *s)
+{
+	size_t ns0, pg0, ns1, pg1;
+	uintptr_t base = s->base;
+	size_t n = s->npages;
+	heap_counts(&ns0, &pg0);
+	ck_assert(mheap_free(s, NULL));
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0 - 1);
+	ck_assert_uint_eq(pg1, pg0 - n);
+	assert_run_unmapped(base, n);
+}
+
+START_TEST(test_spanof_foreign)
+{
+	int on_stack = 0;
+	void *p = sa_malloc(100);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_ptr_nonnull(spanof(p));
+	ck_assert_ptr_null(spanof(&on_stack));
+	ck_assert_ptr_null(spanof(&a_global));
+	ck_assert_ptr_null(spanof((void *)&test_spanof_foreign));
+	ck_assert_ptr_null(spanof(NULL));
+	ck_assert_ptr_null(spanof((void *)1));
+	ck_assert_ptr_null(spanof((void *)((uintptr_t)1 << 50)));
+	ck_assert_ptr_null(spanof((void *)UINTPTR_MAX));
+	void *m = malloc(64);
+	ck_assert_ptr_nonnull(m);
+	ck_assert_ptr_null(spanof(m));
+	free(m);
+	void *big = malloc(1 << 20); /* glibc mmaps this one */
+	ck_assert_ptr_nonnull(big);
+	ck_assert_ptr_null(spanof(big));
+	free(big);
+	void *mm = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(mm != MAP_FAILED);
+	ck_assert_ptr_null(spanof(mm));
+	munmap(mm, 1 << 16);
+	/* a free page of an arena that spanalloc owns maps to no span either */
+	mspan_t *s = spanof(p);
+	heaparena_t *a = arena_of(s->base);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_ptr_null(spanof((void *)(a->base + SA_ARENA_SIZE - SA_PAGE_SIZE)));
+	sa_free(p);
+}
+END_TEST
+
+/* Every byte of small objects and every page of large ones maps to its span. */
+START_TEST(test_spanof_inside)
+{
+	static const size_t sizes[] = {1, 8, 100, 1024, 1500, 8192, 20000, 32768, 32769, 100000, 1 << 20};
+	for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+		char *p = sa_malloc(sizes[i]);
+		ck_assert_ptr_nonnull(p);
+		mspan_t *s = spanof(p);
+		ck_assert_ptr_nonnull(s);
+		ck_assert_uint_ge((uintptr_t)p, s->base);
+		ck_assert_uint_lt((uintptr_t)p, s->limit);
+		for (size_t off = 0; off < sizes[i]; off++)
+			if (spanof(p + off) != s)
+				ck_abort_msg("size %zu: spanof(p+%zu) = %p, want %p", sizes[i], off, (void *)spanof(p + off),
+					     (void *)s);
+		assert_run_mapped(s);
+		if (sizes[i] > SA_MAX_SMALL_SIZE) {
+			ck_assert_uint_eq(s->spanclass, 0);
+			ck_assert_ptr_eq(p, (void *)s->base);
+			ck_assert_uint_eq(s->npages, (sizes[i] + SA_PAGE_SIZE - 1) / SA_PAGE_SIZE);
+		} else {
+			ck_assert_uint_eq(spanclass_sizeclass(s->spanclass), size_to_class(sizes[i]));
+			ck_assert(spanclass_noscan(s->spanclass));
+			ck_assert_uint_eq(s->npages, sa_class_to_allocnpages[size_to_class(sizes[i])]);
+		}
+		uintptr_t base = s->base;
+		size_t np = s->npages;
+		sa_free(p);
+		if (sizes[i] > SA_MAX_SMALL_SIZE)
+			assert_run_unmapped(base, np); /* large spans go straight back */
+	}
+}
+END_TEST
+
+START_TEST(test_mheap_runs)
+{
+	sa_ensure_init();
+	static const size_t sizes[] = {1, 2, 3, 10, 100, 511, 512, 513, 4096, 8191, 8192, 8193};
+	mspan_t *spans[sizeof sizes / sizeof sizes[0]];
+	size_t ns0, pg0;
+	heap_counts(&ns0, &pg0);
+	for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+		spans[i] = alloc_run(sizes[i], 1);
+	/* runs do not overlap */
+	for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+		for (size_t j = i + 1; j < sizeof sizes / sizeof sizes[0]; j++)
+			ck_assert(spans[i]->base + spans[i]->npages * SA_PAGE_SIZE <= spans[j]->base ||
+				  spans[j]->base + spans[j]->npages * SA_PAGE_SIZE <= spans[i]->base);
+	for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i += 2)
+		free_run(spans[i]);
+	for (size_t i = 1; i < sizeof sizes / sizeof sizes[0]; i += 2)
+		free_run(spans[i]);
+	size_t ns1, pg1;
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(pg1, pg0);
+	/* bad arguments */
+	ck_assert_ptr_null(mheap_alloc(0, 0, 1));
+	ck_assert_ptr_null(mheap_alloc(1, 0, 0));
+	ck_assert_ptr_null(mheap_alloc((SA_MAX_ALLOC >> SA_PAGE_SHIFT) + 1, 0, 1));
+}
+END_TEST
+
+/* Runs larger than one arena span several contiguous arenas; freed, they coalesce. */
+START_TEST(test_mheap_multi_arena)
+{
+	sa_ensure_init();
+	size_t n = 2 * SA_PAGES_PER_ARENA + 5; /* > 128 MB: three arenas */
+	mspan_t *s = alloc_run(n, 1);
+	uintptr_t base = s->base;
+	for (uintptr_t a = base; a < base + n * SA_PAGE_SIZE; a += SA_ARENA_SIZE)
+		ck_assert_ptr_nonnull(arena_of(a));
+	ck_assert_ptr_nonnull(arena_of(base + n * SA_PAGE_SIZE - 1));
+	free_run(s);
+	/* the same run again: found at the same address across the arena boundaries */
+	s = alloc_run(n, 1);
+	ck_assert_uint_eq(s->base, base);
+	/* and a second one next to it */
+	mspan_t *t = alloc_run(SA_PAGES_PER_ARENA + 1, 1);
+	ck_assert(t->base >= base + n * SA_PAGE_SIZE || t->base + t->npages * SA_PAGE_SIZE <= base);
+	free_run(s);
+	free_run(t);
+	/* 64 MiB + 1 page exactly, then 3 pages: all pages accounted for */
+	s = alloc_run(SA_PAGES_PER_ARENA + 1, 1);
+	free_run(s);
+}
+END_TEST
+
+START_TEST(test_mheap_aligned)
+{
+	sa_ensure_init();
+	mspan_t *pad = alloc_run(3, 1); /* something below, so alignment has to skip pages */
+	static const size_t aligns[] = {2, 128, 8192};
+	static const size_t sizes[] = {1, 5, 128, 200, 8192, 9000};
+	for (size_t a = 0; a < sizeof aligns / sizeof aligns[0]; a++) {
+		for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+			mspan_t *s = alloc_run(sizes[i], aligns[a]);
+			mspan_t *t = alloc_run(sizes[i] > 100 ? 7 : sizes[i], aligns[a]);
+			ck_assert_uint_eq(s->base % (aligns[a] * SA_PAGE_SIZE), 0);
+			ck_assert_uint_eq(t->base % (aligns[a] * SA_PAGE_SIZE), 0);
+			ck_assert_uint_ne(s->base, t->base);
+			free_run(t);
+			free_run(s);
+		}
+	}
+	free_run(pad);
+	size_t ns, pg;
+	heap_counts(&ns, &pg);
+	ck_assert_uint_eq(ns, 0);
+	ck_assert_uint_eq(pg, 0);
+}
+END_TEST
+
+/* First fit by address and coalescing, on a fresh heap. */
+START_TEST(test_mheap_coalesce)
+{
+	sa_ensure_init();
+	mspan_t *a = alloc_run(300, 1);
+	ck_assert_uint_eq(a->base % SA_ARENA_SIZE, 0); /* fresh heap: the first run opens the first arena */
+	mspan_t *b = alloc_run(300, 1);
+	mspan_t *c = alloc_run(300, 1);
+	uintptr_t abase = a->base, bbase = b->base, cbase = c->base;
+	ck_assert_uint_eq(bbase, abase + 300 * SA_PAGE_SIZE);
+	ck_assert_uint_eq(cbase, bbase + 300 * SA_PAGE_SIZE);
+	/* a hole in the middle is reused first, by address */
+	free_run(b);
+	mspan_t *h = alloc_run(100, 1);
+	ck_assert_uint_eq(h->base, bbase);
+	mspan_t *big = alloc_run(250, 1); /* 200 left in the hole: too small */
+	ck_assert_uint_eq(big->base, cbase + 300 * SA_PAGE_SIZE);
+	mspan_t *h2 = alloc_run(200, 1); /* exact fit of the rest of the hole */
+	ck_assert_uint_eq(h2->base, bbase + 100 * SA_PAGE_SIZE);
+	free_run(big);
+	/* free two adjacent runs: a run of their sum fits at the same address */
+	free_run(a);
+	free_run(h);
+	mspan_t *sum = alloc_run(400, 1);
+	ck_assert_uint_eq(sum->base, abase);
+	free_run(sum);
+	/* three neighbours freed in reverse order coalesce with what follows c */
+	free_run(c);
+	free_run(h2);
+	mspan_t *all = alloc_run(SA_PAGES_PER_ARENA, 1);
+	ck_assert_uint_eq(all->base, abase);
+	free_run(all);
+	/* a run across the end of the first arena into the next, when that one is adjacent */
+	mspan_t *fill = alloc_run(SA_PAGES_PER_ARENA - 10, 1);
+	ck_assert_uint_eq(fill->base, abase);
+	mspan_t *x = alloc_run(20, 1);
+	if (arena_of(abase + SA_ARENA_SIZE) != NULL && x->base < abase + SA_ARENA_SIZE) {
+		ck_assert_uint_eq(x->base, abase + (SA_PAGES_PER_ARENA - 10) * SA_PAGE_SIZE);
+		ck_assert_ptr_eq(spanof((void *)(abase + SA_ARENA_SIZE)), x);
+		ck_assert_ptr_eq(spanof((void *)(abase + SA_ARENA_SIZE - 1)), x);
+	}
+	free_run(x);
+	free_run(fill);
+	size_t ns, pg;
+	heap_counts(&ns, &pg);
+	ck_assert_uint_eq(ns, 0);
+	ck_assert_uint_eq(pg, 0);
+}
+END_TEST
+
+/* Random runs through mheap against an address-interval model: no overlaps, map exact. */
+START_TEST(test_mheap_random)
+{
+	sa_ensure_init();
+	enum { MAXLIVE = 256 };
+	mspan_t *live[MAXLIVE];
+	size_t nlive = 0;
+	uint64_t rng = 777;
+	for (int op = 0; op < 3000; op++) {
+		if (nlive == MAXLIVE || (nlive > 0 && rng_below(&rng, 100) < 45)) {
+			size_t k = rng_below(&rng, nlive);
+			mspan_t *s = live[k];
+			live[k] = live[--nlive];
+			uintptr_t base = s->base;
+			size_t n = s->npages;
+			ck_assert(mheap_free(s, NULL));
+			if (spanof((void *)base) != NULL || spanof((void *)(base + (n - 1) * SA_PAGE_SIZE)) != NULL)
+				ck_abort_msg("op %d: freed run still mapped", op);
+		} else {
+			uint64_t r = rng_below(&rng, 100);
+			size_t n = r < 70 ? 1 + rng_below(&rng, 10) : r < 95 ? 1 + rng_below(&rng, 200)
+									  : 1 + rng_below(&rng, 3000);
+			size_t align = rng_below(&rng, 10) == 0 ? (size_t)1 << rng_below(&rng, 8) : 1;
+			mspan_t *s = mheap_alloc(n, 0, align);
+			ck_assert_ptr_nonnull(s);
+			ck_assert_uint_eq(s->base % (align * SA_PAGE_SIZE), 0);
+			for (size_t j = 0; j < nlive; j++) {
+				const mspan_t *t = live[j];
+				if (!(s->base + n * SA_PAGE_SIZE <= t->base || t->base + t->npages * SA_PAGE_SIZE <= s->base))
+					ck_abort_msg("op %d: run %p+%zu overlaps %p+%zu", op, (void *)s->base, n,
+						     (void *)t->base, t->npages);
+			}
+			ck_assert_ptr_eq(spanof((void *)s->base), s);
+			ck_assert_ptr_eq(spanof((void *)(s->base + n * SA_PAGE_SIZE - 1)), s);
+			live[nlive++] = s;
+		}
+	}
+	while (nlive > 0)
+		ck_assert(mheap_free(live[--nlive], NULL));
+	size_t ns, pg;
+	heap_counts(&ns, &pg);
+	ck_assert_uint_eq(ns, 0);
+	ck_assert_uint_eq(pg, 0);
+	/* everything coalesced: the first arena is one free run again */
+	mspan_t *all = mheap_alloc(SA_PAGES_PER_ARENA, 0, 1);
+	ck_assert_ptr_nonnull(all);
+	ck_assert_uint_eq(all->base % SA_ARENA_SIZE, 0);
+	ck_assert(mheap_free(all, NULL));
+}
+END_TEST
+
+/* ---- spans ---- */
+
+START_TEST(test_mspan_take_give)
+{
+	sa_ensure_init();
+	static const unsigned classes[] = {1, 4, 31, 34, 49, 50, 64, 66};
+	void *out[SA_MAX_OBJS_PER_SPAN + 8];
+	for (size_t c = 0; c < sizeof classes / sizeof classes[0]; c++) {
+		unsigned cls = classes[c];
+		spanclass_t sc = make_spanclass(cls, true);
+		mspan_t *s = mheap_alloc(sa_class_to_allocnpages[cls], sc, 1);
+		ck_assert_ptr_nonnull(s);
+		ck_assert_uint_eq(s->spanclass, sc);
+		ck_assert_uint_eq(s->elemsize, sa_class_to_size[cls]);
+		ck_assert_uint_eq(s->nelems, class_nelems(cls));
+		size_t n = s->nelems;
+		ck_assert_uint_eq(mspan_take(s, out, n + 5), n);
+		ck_assert_uint_eq(s->alloc_count, n);
+		for (size_t i = 0; i < n; i++)
+			ck_assert_ptr_eq(out[i], (void *)(s->base + i * s->elemsize));
+		ck_assert_uint_eq(mspan_take(s, out + n, 5), 0);
+		size_t k = n > 3 ? 3 : n - 1;
+		ck_assert(mspan_give(s, out[k]));
+		ck_assert(!mspan_give(s, out[k])); /* double free caught */
+		ck_assert_uint_eq(s->alloc_count, n - 1);
+		void *again;
+		ck_assert_uint_eq(mspan_take(s, &again, 1), 1);
+		ck_assert_ptr_eq(again, out[k]);
+		for (size_t i = 0; i < n; i++)
+			ck_assert(mspan_give(s, out[i]));
+		ck_assert_uint_eq(s->alloc_count, 0);
+		/* a partial take starting at the lowest free index */
+		ck_assert_uint_eq(mspan_take(s, out, 1), 1);
+		ck_assert_ptr_eq(out[0], (void *)s->base);
+		ck_assert(mspan_give(s, out[0]));
+		ck_assert(mheap_free(s, NULL));
+	}
+}
+END_TEST
+
+static int cmp_ptr(const void *a, const void *b)
+{
+	uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* mcentral_refill: distinct objects of the right class inside spans of that class; the memory
+ * of each is its own (a pattern per object survives); mcentral_flush returns them all; the
+ * spans go back to mheap (one spare kept until sa_release). */
+START_TEST(test_mcentral_refill_flush)
+{
+	sa_ensure_init();
+	static const unsigned classes[] = {1, 2, 5, 17, 31, 34, 40, 50, 59, 66};
+	static void *objs[3 * SA_MAX_OBJS_PER_SPAN];
+	for (size_t c = 0; c < sizeof classes / sizeof classes[0]; c++) {
+		unsigned cls = classes[c];
+		spanclass_t sc = make_spanclass(cls, true);
+		size_t size = sa_class_to_size[cls];
+		size_t ne = class_nelems(cls);
+		size_t want = ne > 1 ? 2 * ne + 1 : 3; /* three spans: two full, the last partial if it can be */
+		size_t want_full = want / ne, want_partial = want % ne ? 1 : 0;
+		size_t ns0, pg0;
+		heap_counts(&ns0, &pg0);
+		size_t got = 0;
+		while (got < want) { /* in batches, as mcache does */
+			size_t b = want - got < 64 ? want - got : 64;
+			ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
+			got += b;
+		}
+		size_t ns1, pg1;
+		heap_counts(&ns1, &pg1);
+		ck_assert_uint_eq(ns1, ns0 + 3);
+		ck_assert_uint_eq(pg1, pg0 + 3 * sa_class_to_allocnpages[cls]);
+		ck_assert_uint_eq(sa_mcentral[sc].nspans, 3);
+		for (size_t i = 0; i < want; i++) {
+			mspan_t *s = spanof(objs[i]);
+			ck_assert_ptr_nonnull(s);
+			ck_assert_uint_eq(s->spanclass, sc);
+			ck_assert_uint_ge((uintptr_t)objs[i], s->base);
+			ck_assert_uint_lt((uintptr_t)objs[i], s->limit);
+			ck_assert_uint_eq(((uintptr_t)objs[i] - s->base) % size, 0);
+			size_t idx = mspan_objindex(s, (uintptr_t)objs[i]);
+			ck_assert(s->allocbits[idx / 64] & (1ULL << (idx % 64)));
+			for (size_t w = 0; w < size / 8; w++)
+				((uint64_t *)objs[i])[w] = (uint64_t)i * 0x9e3779b97f4a7c15ULL + w;
+		}
+		for (size_t i = 0; i < want; i++)
+			for (size_t w = 0; w < size / 8; w++)
+				if (((uint64_t *)objs[i])[w] != (uint64_t)i * 0x9e3779b97f4a7c15ULL + w)
+					ck_abort_msg("class %u object %zu word %zu overwritten", cls, i, w);
+		uintptr_t sorted[3 * SA_MAX_OBJS_PER_SPAN];
+		memcpy(sorted, objs, want * sizeof(void *));
+		qsort(sorted, want, sizeof sorted[0], cmp_ptr);
+		for (size_t i = 1; i < want; i++)
+			ck_assert_uint_ge(sorted[i] - sorted[i - 1], size); /* distinct, no overlap */
+		/* two full spans on the full list, one partial */
+		size_t nfull = 0, npartial = 0;
+		for (mspan_t *s = sa_mcentral[sc].full; s; s = s->next) {
+			ck_assert_uint_eq(s->alloc_count, s->nelems);
+			ck_assert_uint_eq(s->list, LIST_FULL);
+			nfull++;
+		}
+		for (mspan_t *s = sa_mcentral[sc].partial; s; s = s->next) {
+			ck_assert_uint_lt(s->alloc_count, s->nelems);
+			ck_assert_uint_eq(s->list, LIST_PARTIAL);
+			npartial++;
+		}
+		ck_assert_uint_eq(nfull, want_full);
+		ck_assert_uint_eq(npartial, want_partial);
+		/* flush one object of a full span: the span moves to partial */
+		mcentral_flush(sc, objs, 1);
+		ck_assert_uint_eq(spanof(objs[0])->list, ne > 1 ? LIST_PARTIAL : LIST_NONE);
+		mcentral_flush(sc, objs + 1, want - 1);
+		ck_assert_ptr_null(sa_mcentral[sc].partial);
+		ck_assert_ptr_null(sa_mcentral[sc].full);
+		ck_assert_ptr_nonnull(sa_mcentral[sc].spare); /* one empty span kept back */
+		heap_counts(&ns1, &pg1);
+		ck_assert_uint_eq(ns1, ns0 + 1);
+		mcentral_release_spares();
+		ck_assert_ptr_null(sa_mcentral[sc].spare);
+		ck_assert_uint_eq(sa_mcentral[sc].nspans, 0);
+		heap_counts(&ns1, &pg1);
+		ck_assert_uint_eq(ns1, ns0);
+		ck_assert_uint_eq(pg1, pg0);
+	}
+}
+END_TEST
+
+/* The spare span is reused by the next refill rather than a new one from mheap. */
+START_TEST(test_mcentral_spare_reuse)
+{
+	sa_ensure_init();
+	spanclass_t sc = make_spanclass(31, true);
+	void *objs[8];
+	ck_assert_uint_eq(mcentral_refill(sc, objs, 8), 8);
+	mspan_t *s = spanof(objs[0]);
+	mcentral_flush(sc, objs, 8);
+	ck_assert_ptr_eq(sa_mcentral[sc].spare, s);
+	size_t ns0, pg0, ns1, pg1;
+	heap_counts(&ns0, &pg0);
+	ck_assert_uint_eq(mcentral_refill(sc, objs, 1), 1);
+	ck_assert_ptr_eq(spanof(objs[0]), s);
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	mcentral_flush(sc, objs, 1);
+	sa_release();
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, 0);
+	ck_assert_uint_eq(pg1, 0);
+}
+END_TEST
+
+static void flush_twice(void *arg)
+{
+	(void)arg;
+	sa_ensure_init();
+	spanclass_t sc = make_spanclass(5, true);
+	void *objs[2];
+	if (mcentral_refill(sc, objs, 2) != 2)
+		_exit(3);
+	mcentral_flush(sc, objs, 1);
+	mcentral_flush(sc, objs, 1); /* aborts */
+	_exit(4);
+}
+
+START_TEST(test_mcentral_double_flush)
+{
+	child_result_t r;
+	run_child(flush_twice, NULL, NULL, &r);
+	ck_assert_msg(child_aborted(&r), "status %#x, stderr: %s", r.status, r.err);
+	ck_assert_ptr_nonnull(strstr(r.err, "double free"));
+}
+END_TEST
+
+/* Objects freed through the public API: all spans back in mheap after sa_release. */
+START_TEST(test_spans_back_after_release)
+{
+	sa_ensure_init();
+	size_t ns0, pg0, ns1, pg1;
+	sa_release();
+	heap_counts(&ns0, &pg0);
+	static void *p[5000];
+	uint64_t rng = 5;
+	for (size_t i = 0; i < 5000; i++) {
+		size_t n = i % 100 == 0 ? 40000 + rng_below(&rng, 200000) : 1 + rng_below(&rng, 3000);
+		p[i] = sa_malloc(n);
+		ck_assert_ptr_nonnull(p[i]);
+	}
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_gt(ns1, ns0);
+	for (size_t i = 0; i < 5000; i++)
+		sa_free(p[(i * 7919) % 5000]);
+	sa_release();
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(pg1, pg0);
+	for (unsigned cls = 1; cls < SA_NUM_SIZE_CLASSES; cls++) {
+		ck_assert_uint_eq(mcache_cached(cls), 0);
+		sa_class_stats_t st;
+		stats_class(cls, &st);
+		ck_assert_uint_eq(st.spans, 0);
+	}
+}
+END_TEST
+
+static Suite *pagemap_suite(void)
+{
+	Suite *s = suite_create("pagemap");
+	TCase *tc = tcase_create("pagemap");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_spanof_foreign);
+	tcase_add_test(tc, test_spanof_inside);
+	suite_add_tcase(s, tc);
+	TCase *th = tcase_create("mheap");
+	tcase_set_timeout(th, 60);
+	tcase_add_test(th, test_mheap_runs);
+	tcase_add_test(th, test_mheap_multi_arena);
+	tcase_add_test(th, test_mheap_aligned);
+	tcase_add_test(th, test_mheap_coalesce);
+	tcase_add_test(th, test_mheap_random);
+	suite_add_tcase(s, th);
+	TCase *tm = tcase_create("spans_mcentral");
+	tcase_set_timeout(tm, 60);
+	tcase_add_test(tm, test_mspan_take_give);
+	tcase_add_test(tm, test_mcentral_refill_flush);
+	tcase_add_test(tm, test_mcentral_spare_reuse);
+	tcase_add_test(tm, test_mcentral_double_flush);
+	tcase_add_test(tm, test_spans_back_after_release);
+	suite_add_tcase(s, tm);
+	return s;
+}
+
+int main(void) { return run_suite(pagemap_suite()); }
