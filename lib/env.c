@@ -22,12 +22,12 @@ sa_config_t sa_config = {
 	.mcache_class_bytes = (size_t)64 << 10,
 };
 
-enum kind { K_BOOL, K_ENUM, K_SIZE };
+enum kind { K_BOOL, K_ENUM, K_SIZE, K_STR };
 
 struct knob {
 	const char *name;
 	enum kind kind;
-	void *dst;                     /* int * for BOOL/ENUM, size_t * for SIZE */
+	void *dst;                     /* int * for BOOL/ENUM, size_t * for SIZE, const char ** for STR */
 	const char *const *choices;    /* ENUM: NULL-terminated, index = value */
 	size_t min, max;               /* SIZE range */
 	const char *meaning;
@@ -35,6 +35,8 @@ struct knob {
 
 static const char *const huge_choices[] = {"hugetlb", "thp", "off", NULL};
 static const char *const numa_choices[] = {"off", "local", "interleave", NULL};
+static const char *const madvise_choices[] = {"dontneed", "free", NULL};
+static const char *const onoff_choices[] = {"off", "on", NULL};
 
 static const struct knob knobs[] = {
 	{"SPANALLOC_HUGEPAGES", K_ENUM, &sa_config.hugepages, huge_choices, 0, 0,
@@ -49,6 +51,14 @@ static const struct knob knobs[] = {
 	 "full checks: no caching, double free caught on every free, freed memory poisoned"},
 	{"SPANALLOC_MCACHE_CLASS_BYTES", K_SIZE, &sa_config.mcache_class_bytes, NULL, 0, (size_t)1 << 30,
 	 "bytes of one size class a thread's mcache may hold before flushing to mcentral (k/m/g suffix; 0 = no caching)"},
+	{"SPANALLOC_SCAVENGE", K_STR, &sa_config.scavenge, NULL, 0, 0,
+	 "background scavenger: off, or retain=PERCENT,interval=MS,cpu=PERCENT (default retain=10,interval=50,cpu=25)"},
+	{"SPANALLOC_MADVISE", K_ENUM, &sa_config.madvise, madvise_choices, 0, 0,
+	 "how free pages go back to the kernel: dontneed (RSS drops at once, pages read zero) or free (lazy)"},
+	{"SPANALLOC_URING", K_ENUM, &sa_config.uring, onoff_choices, 0, 0,
+	 "scavenger madvise batches through io_uring (on) or madvise(2) (off); falls back to madvise(2)"},
+	{"SPANALLOC_MEMLIMIT", K_SIZE, &sa_config.memlimit, NULL, 0, SA_MAX_ALLOC,
+	 "soft memory limit in bytes (k/m/g suffix; 0 = none): allocation scavenges before mapping past it"},
 };
 
 static bool parse_bool(const char *v, int *out)
@@ -102,6 +112,10 @@ void env_init(void)
 					*(int *)k->dst = c;
 					ok = true;
 				}
+			break;
+		case K_STR:
+			*(const char **)k->dst = v; /* parsed by its owner (scavenge.c) */
+			ok = true;
 			break;
 		case K_SIZE: {
 			size_t x;

@@ -77,6 +77,7 @@ static void fork_child(void)
 	pthread_mutex_init(&sa_mheap.lock, NULL);
 	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
 		pthread_mutex_init(&sa_mcentral[i].lock, NULL);
+	scav_fork_child();
 }
 
 /* Free pages in the 2 MiB hugetlb pool, or 0. */

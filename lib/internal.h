@@ -137,6 +137,7 @@ typedef struct palloc {
 	pallocsum_t l2[2];                /* 4096 pages each */
 	pallocsum_t root;                 /* 8192 pages */
 	size_t free_pages;
+	uint64_t scav[SA_PALLOC_WORDS];   /* scavenger: 1 = page returned to the kernel (free, not resident) */
 } palloc_t;
 
 enum backing { BACK_NONE = 0, BACK_HUGETLB, BACK_THP, BACK_SMALL };
@@ -187,6 +188,8 @@ SA_INTERNAL void palloc_set(palloc_t *pa, size_t first, size_t n, bool used);
 SA_INTERNAL long palloc_find(const palloc_t *pa, size_t npages);
 SA_INTERNAL bool palloc_is_free(const palloc_t *pa, size_t first, size_t n);
 SA_INTERNAL pallocsum_t palloc_summarize_word(uint64_t w);
+SA_INTERNAL size_t palloc_scav_take(palloc_t *pa, size_t first, size_t n);
+SA_INTERNAL size_t palloc_scav_mark(palloc_t *pa, size_t first, size_t n);
 
 /* ------------------------------------------------------------------------------------------
  * mheap
@@ -202,6 +205,10 @@ typedef struct mheap {
 	size_t committed_by[4];        /* per enum backing */
 	size_t large_inuse, nlarge;
 	int hugetlb_failed;            /* remembered fallback: skip MAP_HUGETLB */
+	/* scavenger (scavenge.c), under lock: resident = committed - scavenged */
+	size_t scavenged;              /* bytes of free pages whose scav bit is set */
+	size_t released;               /* bytes ever returned to the kernel */
+	size_t madv_batches, madv_ranges, uring_batches, uring_fallbacks;
 } mheap_t;
 
 extern mheap_t sa_mheap;
@@ -272,6 +279,11 @@ typedef struct sa_config {
 	int stats;
 	int debug;
 	size_t mcache_class_bytes;
+	/* scavenger */
+	const char *scavenge;          /* SPANALLOC_SCAVENGE: "off" or "retain=N,interval=MS,cpu=PCT" */
+	int madvise;                   /* 0 MADV_DONTNEED, 1 MADV_FREE */
+	int uring;                     /* 0 off (plain madvise), 1 on (IORING_OP_MADVISE batches) */
+	size_t memlimit;               /* SPANALLOC_MEMLIMIT bytes, 0 = none */
 } sa_config_t;
 
 extern sa_config_t sa_config;
@@ -297,5 +309,36 @@ typedef struct sa_class_stats {
 	size_t spans, objects_inuse, objects_cached, objects_free;
 } sa_class_stats_t;
 SA_INTERNAL void stats_class(unsigned sizeclass, sa_class_stats_t *out);
+
+/* ------------------------------------------------------------------------------------------
+ * scavenger (scavenge.c, uring.c): returns free pages to the kernel (DESIGN.md invariant 6)
+ * ---------------------------------------------------------------------------------------- */
+typedef struct scav_range {
+	uintptr_t base;
+	size_t len;
+	int advice;                    /* MADV_DONTNEED or MADV_FREE */
+} scav_range_t;
+
+/* Scavenge flags */
+#define SCAV_DENSE 1                   /* ignore the density heuristic (sa_release, memory limit) */
+
+/* Called with mheap.lock held (it is dropped around the system calls and retaken): return up to
+ * max_bytes of free resident pages to the kernel. Returns the bytes released. */
+SA_INTERNAL size_t scav_locked(size_t max_bytes, int flags);
+/* Called with mheap.lock held by mheap_alloc: keep resident + need under SPANALLOC_MEMLIMIT. */
+SA_INTERNAL void scav_memlimit_locked(size_t need_bytes);
+/* Whether pages with a scav bit read as zero (MADV_DONTNEED; not MADV_FREE). */
+SA_INTERNAL bool scav_zeroes(void);
+/* Start the background thread if it is wanted and not running. Call with no lock held. */
+SA_INTERNAL void scav_poll(void);
+SA_INTERNAL void scav_note_free(void);   /* mheap.lock held: pages were freed */
+SA_INTERNAL void scav_fork_child(void);
+SA_INTERNAL int scav_thread_tid(void);   /* 0 when not running */
+SA_INTERNAL size_t scav_resident(void);  /* mheap.lock held */
+/* uring.c: run a batch of madvise calls; io_uring (one io_uring_enter) when enabled, madvise(2)
+ * for whatever io_uring could not do. Returns how many ranges were advised successfully. */
+SA_INTERNAL size_t uring_madvise_batch(const scav_range_t *r, size_t n, size_t *fallbacks, bool *used_uring);
+SA_INTERNAL void uring_fork_child(void);
+extern int sa_uring_inject SA_INTERNAL;  /* tests: 1 init fails, 2 submit fails, 3 every op fails */
 
 #endif /* SA_INTERNAL_H */

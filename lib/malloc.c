@@ -191,4 +191,7 @@ void sa_release(void)
 	sa_ensure_init();
 	mcache_release(&sa_mcache);
 	mcentral_release_spares();
+	pthread_mutex_lock(&sa_mheap.lock);
+	scav_locked(SIZE_MAX, SCAV_DENSE); /* every free page back to the kernel, now */
+	pthread_mutex_unlock(&sa_mheap.lock);
 }

@@ -113,6 +113,7 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 		}
 	}
 	pthread_mutex_unlock(&c->lock);
+	scav_poll(); /* no lock held: the scavenger thread may start */
 }
 
 /* Give every spare (empty) span back to mheap. */
@@ -128,4 +129,5 @@ void mcentral_release_spares(void)
 		}
 		pthread_mutex_unlock(&c->lock);
 	}
+	scav_poll();
 }

@@ -8,7 +8,9 @@
  * (arena.c), after the last one when that address is free.
  *
  * Freed runs coalesce by construction: freeing clears bits, and the summaries see the merged
- * run at once. Memory is never returned to the kernel here (DESIGN.md invariant 6).
+ * run at once. Memory is never returned to the kernel here (DESIGN.md invariant 6): mheap_free
+ * only tells the scavenger (scavenge.c) that free pages grew; under SPANALLOC_MEMLIMIT the
+ * allocating slow path (mheap_alloc) scavenges before it maps more.
  *
  * Zeroing: an arena's zeroed_base is the first page never handed out; pages at or above it are
  * known zero (fresh mappings). A span gets needzero when any of its pages lies below it.
@@ -94,17 +96,25 @@ static uintptr_t find_run(size_t n)
 }
 
 /* Mark pages [base, base + n pages) used or free, arena by arena. Returns whether any page
- * was below its arena's zeroed_base (i.e. may be dirty). */
+ * may be dirty: below its arena's zeroed_base and not scavenged (with MADV_DONTNEED). Pages
+ * handed out lose their scav bit: they are resident again once touched. */
 static bool set_run(uintptr_t base, size_t n, bool used)
 {
 	bool dirty = false;
+	const bool scav_zero = scav_zeroes();
 	while (n > 0) {
 		heaparena_t *a = arena_of(base);
 		size_t first = (base - a->base) >> SA_PAGE_SHIFT;
 		size_t cnt = SA_PAGES_PER_ARENA - first < n ? SA_PAGES_PER_ARENA - first : n;
 		palloc_set(&a->palloc, first, cnt, used);
 		if (used) {
-			if (first < a->zeroed_base)
+			size_t below = first < a->zeroed_base
+					       ? (a->zeroed_base - first < cnt ? a->zeroed_base - first : cnt)
+					       : 0;
+			size_t scav_below = below ? palloc_scav_take(&a->palloc, first, below) : 0;
+			size_t scav_above = below < cnt ? palloc_scav_take(&a->palloc, first + below, cnt - below) : 0;
+			sa_mheap.scavenged -= (scav_below + scav_above) * SA_PAGE_SIZE;
+			if (below && (!scav_zero || scav_below < below))
 				dirty = true;
 			if (first + cnt > a->zeroed_base)
 				a->zeroed_base = (uint32_t)(first + cnt);
@@ -137,6 +147,8 @@ mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages)
 		return NULL;
 	size_t want = npages + align_pages - 1;
 	pthread_mutex_lock(&sa_mheap.lock);
+	if (sa_config.memlimit)
+		scav_memlimit_locked(want * SA_PAGE_SIZE); /* may drop and retake the lock */
 	uintptr_t base = find_run(want);
 	if (base == 0) {
 		if (!grow(want) || (base = find_run(want)) == 0) {
@@ -192,6 +204,9 @@ bool mheap_free(mspan_t *s, const void *p)
 		sa_mheap.nlarge--;
 	}
 	span_record_free(s);
+	scav_note_free();
 	pthread_mutex_unlock(&sa_mheap.lock);
+	if (p) /* a large object from free_large, which holds no lock: the scavenger may start */
+		scav_poll();
 	return true;
 }

@@ -15,6 +15,10 @@
  * run is inside the child: descend; otherwise carry becomes child.end (or grows by the child's
  * size when the child is wholly free). Every step is bounded: 2 + 8 + 8 summaries and 64 bits.
  *
+ * A second bitmap, scav, marks free pages the scavenger returned to the kernel (Go's
+ * pageAlloc.scav): they are not resident and, after MADV_DONTNEED, read as zero. Handing a page
+ * out clears its bit (palloc_scav_take); freeing leaves it clear (resident, dirty).
+ *
  * Invariants: every summary equals the summary recomputed from the bits below it; free_pages
  * equals the number of zero bits. Callers hold mheap.lock.
  */
@@ -83,6 +87,7 @@ void palloc_init(palloc_t *pa)
 {
 	for (size_t i = 0; i < SA_PALLOC_WORDS; i++) {
 		pa->bits[i] = 0;
+		pa->scav[i] = 0;
 		pa->l0[i] = sum_free(L0_PAGES);
 	}
 	for (size_t i = 0; i < 16; i++)
@@ -168,4 +173,35 @@ bool palloc_is_free(const palloc_t *pa, size_t first, size_t n)
 		if (pa->bits[p / 64] & (1ULL << (p % 64)))
 			return false;
 	return true;
+}
+
+static uint64_t range_mask(size_t w, size_t w0, size_t w1, size_t first, size_t n)
+{
+	size_t lo = w == w0 ? first % 64 : 0;
+	size_t hi = w == w1 ? (first + n - 1) % 64 : 63;
+	return (hi - lo == 63) ? ~0ULL : (((1ULL << (hi - lo + 1)) - 1) << lo);
+}
+
+/* Clear the scav bits of pages [first, first+n); returns how many were set. */
+size_t palloc_scav_take(palloc_t *pa, size_t first, size_t n)
+{
+	size_t w0 = first / 64, w1 = (first + n - 1) / 64, cnt = 0;
+	for (size_t w = w0; w <= w1; w++) {
+		uint64_t m = range_mask(w, w0, w1, first, n);
+		cnt += (size_t)__builtin_popcountll(pa->scav[w] & m);
+		pa->scav[w] &= ~m;
+	}
+	return cnt;
+}
+
+/* Set the scav bits of pages [first, first+n); returns how many were clear. */
+size_t palloc_scav_mark(palloc_t *pa, size_t first, size_t n)
+{
+	size_t w0 = first / 64, w1 = (first + n - 1) / 64, cnt = 0;
+	for (size_t w = w0; w <= w1; w++) {
+		uint64_t m = range_mask(w, w0, w1, first, n);
+		cnt += (size_t)__builtin_popcountll(~pa->scav[w] & m);
+		pa->scav[w] |= m;
+	}
+	return cnt;
 }

@@ -68,6 +68,14 @@ void sa_stats_print(FILE *f)
 	fprintf(f, "  in spans          %14zu bytes in %zu spans\n", h.pages_inuse * SA_PAGE_SIZE, h.nspans_inuse);
 	fprintf(f, "  free pages        %14zu bytes (committed, not in a span)\n",
 		h.committed > h.pages_inuse * SA_PAGE_SIZE ? h.committed - h.pages_inuse * SA_PAGE_SIZE : 0);
+	fprintf(f, "  resident          %14zu bytes (committed - scavenged)\n",
+		h.committed > h.scavenged ? h.committed - h.scavenged : 0);
+	fprintf(f, "  scavenged         %14zu bytes (free pages returned to the kernel)\n", h.scavenged);
+	fprintf(f, "  released          %14zu bytes in total, %zu madvise batches (%zu ranges, %zu via io_uring, %zu fallbacks)\n",
+		h.released, h.madv_batches, h.madv_ranges, h.uring_batches, h.uring_fallbacks);
+	fprintf(f, "  scavenger         %s, madvise %s, io_uring %s, memlimit %zu\n",
+		scav_thread_tid() ? "running" : "not started", sa_config.madvise ? "free" : "dontneed",
+		sa_config.uring ? "on" : "off", sa_config.memlimit);
 	fprintf(f, "  small in use      %14zu bytes (objects handed out, by class size)\n", small_inuse);
 	fprintf(f, "  small spans       %14zu bytes\n", small_spans);
 	fprintf(f, "  large in use      %14zu bytes in %zu objects\n", h.large_inuse, h.nlarge);

@@ -1,0 +1,332 @@
+/* scavenge.c — return free pages to the kernel (Go's mgcscavenge.go, simplified).
+ *
+ * Free pages stay resident after free (DESIGN.md invariant 6): only this file gives memory
+ * back, from three places:
+ *   - the background scavenger thread, started lazily the first time pages are freed (from a
+ *     point that holds no allocator lock, since pthread_create allocates), keeps resident
+ *     memory (committed - scavenged) near the retained goal, (100 + retain)% of the bytes in
+ *     spans (Go: retainExtraPercent = 10), and under 95% of SPANALLOC_MEMLIMIT. Each wake it
+ *     works at most cpu% of the interval, then sleeps; with nothing to do it parks until a free
+ *     makes more free pages;
+ *   - sa_release(): everything free, synchronously;
+ *   - the allocating slow path (mheap_alloc) when resident + the request would pass
+ *     SPANALLOC_MEMLIMIT.
+ *
+ * One step (scav_locked): under mheap.lock, walk chunks from the highest address down (the page
+ * allocator is lowest-address first-fit, so the top is reused last) and pick free, resident
+ * pages: first whole free 2 MiB chunks (a whole huge page goes back; hugetlb chunks only ever
+ * whole), then, when that is not enough, free runs inside THP / 4 KiB chunks that are less than
+ * 96.875% in use (Go's scavChunkHiOccFrac; sa_release and the memory limit ignore density).
+ * The picked pages are marked in use in the page bitmap so nobody allocates them while the lock
+ * is dropped for the system calls (uring.c: one io_uring_enter per batch, or madvise(2)); then
+ * the lock is retaken, their scav bits set and the pages freed again. A page with its scav bit
+ * set reads as zero after MADV_DONTNEED, so handing it out needs no memset (mheap.c set_run);
+ * after MADV_FREE it may still hold old data and counts as dirty.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK_PAGES (SA_CHUNK_SIZE / SA_PAGE_SIZE) /* 256 */
+#define CHUNK_WORDS (CHUNK_PAGES / 64)            /* 4 */
+#define DENSE_PAGES (CHUNK_PAGES * 31 / 32)       /* 248: 96.875% in use */
+#define BATCH 32
+
+/* pacing, from SPANALLOC_SCAVENGE */
+static unsigned retain_pct = 10, interval_ms = 50, cpu_pct = 25;
+static bool scav_off;
+
+static _Atomic int want_start, started, scav_tid;
+static _Atomic int parked;
+static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t park_cv = PTHREAD_COND_INITIALIZER;
+
+bool scav_zeroes(void) { return sa_config.madvise == 0; }
+
+size_t scav_resident(void)
+{
+	return sa_mheap.committed > sa_mheap.scavenged ? sa_mheap.committed - sa_mheap.scavenged : 0;
+}
+
+int scav_thread_tid(void) { return atomic_load(&scav_tid); }
+
+typedef struct pick {
+	heaparena_t *a;
+	size_t first, n;
+} pick_t;
+
+/* Add free resident runs of chunk ci of arena a to the batch; whole: only a wholly free chunk. */
+static void pick_chunk(heaparena_t *a, unsigned ci, bool whole, int flags, pick_t *p, size_t *np,
+		       size_t *bytes, size_t max_bytes)
+{
+	palloc_t *pa = &a->palloc;
+	size_t w0 = ci * CHUNK_WORDS, used = 0, unscav = 0;
+	for (size_t w = w0; w < w0 + CHUNK_WORDS; w++) {
+		used += (size_t)__builtin_popcountll(pa->bits[w]);
+		unscav += (size_t)__builtin_popcountll(~pa->bits[w] & ~pa->scav[w]);
+	}
+	if (unscav == 0)
+		return;
+	if (used == 0) {
+		p[*np] = (pick_t){a, ci * CHUNK_PAGES, CHUNK_PAGES};
+		(*np)++;
+		*bytes += unscav * SA_PAGE_SIZE;
+		palloc_set(pa, ci * CHUNK_PAGES, CHUNK_PAGES, true);
+		return;
+	}
+	if (whole || a->backing[ci] == BACK_HUGETLB || (!(flags & SCAV_DENSE) && used >= DENSE_PAGES))
+		return;
+	size_t pg = ci * CHUNK_PAGES + CHUNK_PAGES;
+	while (pg > ci * CHUNK_PAGES && *np < BATCH && *bytes < max_bytes) {
+		/* scan down for the next free, unscavenged run ending at pg */
+		size_t q = pg - 1;
+		uint64_t m = ~pa->bits[q / 64] & ~pa->scav[q / 64];
+		if (!(m & (1ULL << (q % 64)))) {
+			pg--;
+			continue;
+		}
+		size_t start = q;
+		while (start > ci * CHUNK_PAGES) {
+			size_t r = start - 1;
+			if (!((~pa->bits[r / 64] & ~pa->scav[r / 64]) & (1ULL << (r % 64))))
+				break;
+			start = r;
+		}
+		p[*np] = (pick_t){a, start, pg - start};
+		(*np)++;
+		*bytes += (pg - start) * SA_PAGE_SIZE;
+		palloc_set(pa, start, pg - start, true);
+		pg = start;
+	}
+}
+
+size_t scav_locked(size_t max_bytes, int flags)
+{
+	size_t total = 0;
+	for (int pass = 0; pass < 2 && total < max_bytes; pass++) {
+		for (;;) {
+			pick_t p[BATCH];
+			scav_range_t r[BATCH];
+			size_t np = 0, bytes = 0;
+			for (size_t i = sa_mheap.narenas; i-- > 0 && np < BATCH && total + bytes < max_bytes;) {
+				heaparena_t *a = sa_mheap.arenas[i];
+				if (a->palloc.free_pages == 0 || a->committed == 0)
+					continue;
+				for (unsigned ci = SA_CHUNKS_PER_ARENA; ci-- > 0 && np < BATCH && total + bytes < max_bytes;)
+					if (a->committed & (1u << ci))
+						pick_chunk(a, ci, pass == 0, flags, p, &np, &bytes, max_bytes - total);
+			}
+			if (np == 0)
+				break;
+			for (size_t i = 0; i < np; i++) {
+				r[i].base = p[i].a->base + p[i].first * SA_PAGE_SIZE;
+				r[i].len = p[i].n * SA_PAGE_SIZE;
+				unsigned ci = (unsigned)(p[i].first / CHUNK_PAGES);
+				r[i].advice = p[i].a->backing[ci] == BACK_HUGETLB || sa_config.madvise == 0 ? MADV_DONTNEED
+													   : MADV_FREE;
+			}
+			pthread_mutex_unlock(&sa_mheap.lock);
+			size_t fallbacks = 0;
+			bool used_uring = false;
+			uring_madvise_batch(r, np, &fallbacks, &used_uring);
+			pthread_mutex_lock(&sa_mheap.lock);
+			for (size_t i = 0; i < np; i++) {
+				/* uring.c already retried failures with madvise(2), MADV_FREE with DONTNEED */
+				size_t newly = palloc_scav_mark(&p[i].a->palloc, p[i].first, p[i].n);
+				palloc_set(&p[i].a->palloc, p[i].first, p[i].n, false);
+				sa_mheap.scavenged += newly * SA_PAGE_SIZE;
+				sa_mheap.released += newly * SA_PAGE_SIZE;
+				total += newly * SA_PAGE_SIZE;
+			}
+			sa_mheap.madv_batches++;
+			sa_mheap.madv_ranges += np;
+			if (used_uring)
+				sa_mheap.uring_batches++;
+			sa_mheap.uring_fallbacks += fallbacks;
+			if (total >= max_bytes)
+				break;
+		}
+	}
+	return total;
+}
+
+void scav_memlimit_locked(size_t need)
+{
+	size_t res = scav_resident();
+	if (res + need > sa_config.memlimit)
+		scav_locked(res + need - sa_config.memlimit, SCAV_DENSE);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The background thread
+ * ---------------------------------------------------------------------------------------- */
+static void parse_config(void)
+{
+	const char *v = sa_config.scavenge;
+	if (v == NULL || *v == '\0')
+		return;
+	if (!strcmp(v, "off")) {
+		scav_off = true;
+		return;
+	}
+	unsigned r = retain_pct, iv = interval_ms, c = cpu_pct;
+	const char *s = v;
+	while (*s) {
+		unsigned *dst = !strncmp(s, "retain=", 7) ? &r : !strncmp(s, "interval=", 9) ? &iv
+								: !strncmp(s, "cpu=", 4)       ? &c
+													: NULL;
+		if (dst == NULL)
+			goto bad;
+		s = strchr(s, '=') + 1;
+		char *end;
+		unsigned long x = strtoul(s, &end, 10);
+		if (end == s || x > 100000)
+			goto bad;
+		if (!strncmp(end, "ms", 2))
+			end += 2;
+		*dst = (unsigned)x;
+		s = end;
+		if (*s == ',')
+			s++;
+		else if (*s)
+			goto bad;
+	}
+	if (iv == 0 || c == 0 || c > 100)
+		goto bad;
+	retain_pct = r;
+	interval_ms = iv;
+	cpu_pct = c;
+	return;
+bad:
+	sa_message("warning: ignoring malformed SPANALLOC_SCAVENGE=\"%s\" (off, or retain=PERCENT,interval=MS,cpu=PERCENT);"
+		   " keeping the default",
+		   v);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Bytes above the retained goal (mheap.lock held). */
+static size_t excess_locked(void)
+{
+	size_t inuse = sa_mheap.pages_inuse * SA_PAGE_SIZE;
+	size_t goal = inuse + inuse / 100 * retain_pct;
+	if (sa_config.memlimit && sa_config.memlimit / 100 * 95 < goal)
+		goal = sa_config.memlimit / 100 * 95;
+	if (goal < SA_CHUNK_SIZE)
+		goal = SA_CHUNK_SIZE;
+	size_t res = scav_resident();
+	return res > goal ? res - goal : 0;
+}
+
+static void sleep_ns(uint64_t ns)
+{
+	struct timespec t = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+	while (nanosleep(&t, &t) != 0 && errno == EINTR)
+		;
+}
+
+static void *scav_main(void *arg)
+{
+	(void)arg;
+	atomic_store(&scav_tid, (int)gettid());
+	pthread_setname_np(pthread_self(), "sa-scavenger");
+	unsigned idle = 0;
+	for (;;) {
+		const uint64_t interval = (uint64_t)interval_ms * 1000000u;
+		const uint64_t budget = interval / 100 * cpu_pct;
+		uint64_t t0 = now_ns();
+		size_t done = 0;
+		pthread_mutex_lock(&sa_mheap.lock);
+		size_t ex = excess_locked();
+		while (ex > 0) {
+			size_t got = scav_locked(ex < ((size_t)16 << 20) ? ex : (size_t)16 << 20, 0);
+			done += got;
+			if (got == 0 || now_ns() - t0 >= budget)
+				break;
+			ex = excess_locked();
+		}
+		pthread_mutex_unlock(&sa_mheap.lock);
+		uint64_t spent = now_ns() - t0;
+		if (done == 0) {
+			if (++idle >= 4) { /* park until a free makes work */
+				pthread_mutex_lock(&park_mu);
+				atomic_store(&parked, 1);
+				while (atomic_load(&parked))
+					pthread_cond_wait(&park_cv, &park_mu);
+				pthread_mutex_unlock(&park_mu);
+				idle = 0;
+				continue;
+			}
+			sleep_ns(interval);
+			continue;
+		}
+		idle = 0;
+		/* work at most cpu% of the time: sleep spent * (100 - cpu) / cpu, at least the rest of
+		 * the interval's budget share */
+		uint64_t rest = spent * (100 - cpu_pct) / cpu_pct;
+		sleep_ns(rest > 0 ? rest : interval);
+	}
+	return NULL;
+}
+
+void scav_note_free(void)
+{
+	if (!atomic_load_explicit(&started, memory_order_relaxed)) {
+		atomic_store_explicit(&want_start, 1, memory_order_relaxed);
+		return;
+	}
+	if (atomic_load_explicit(&parked, memory_order_relaxed)) {
+		pthread_mutex_lock(&park_mu);
+		atomic_store(&parked, 0);
+		pthread_cond_signal(&park_cv);
+		pthread_mutex_unlock(&park_mu);
+	}
+}
+
+void scav_poll(void)
+{
+	if (likely(!atomic_load_explicit(&want_start, memory_order_relaxed)) ||
+	    atomic_load_explicit(&started, memory_order_relaxed))
+		return;
+	int exp = 0;
+	if (!atomic_compare_exchange_strong(&started, &exp, 1))
+		return;
+	parse_config();
+	if (scav_off)
+		return;
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, (size_t)256 << 10);
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread takes no signals */
+	pthread_t t;
+	if (pthread_create(&t, &attr, scav_main, NULL) != 0)
+		atomic_store(&started, 0);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+}
+
+void scav_fork_child(void)
+{
+	/* the child has no scavenger thread: it restarts on the next free */
+	atomic_store(&started, 0);
+	atomic_store(&want_start, 1);
+	atomic_store(&scav_tid, 0);
+	atomic_store(&parked, 0);
+	pthread_mutex_init(&park_mu, NULL);
+	pthread_cond_init(&park_cv, NULL);
+	uring_fork_child();
+}

@@ -1,0 +1,251 @@
+/* check_scavenge — the scavenger: scav bits and zeroing, the phase change (RSS follows the heap
+ * down within 2 s) through madvise and through io_uring, forced io_uring failures, the memory
+ * limit. Each test runs in its own process (Check's fork mode), so each starts a fresh heap. */
+#include "internal.h"
+
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static size_t rss(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long size = 0, res = 0;
+	if (f) {
+		if (fscanf(f, "%lu %lu", &size, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static void heap_counts(size_t *scav, size_t *released, size_t *fallbacks)
+{
+	pthread_mutex_lock(&sa_mheap.lock);
+	*scav = sa_mheap.scavenged;
+	*released = sa_mheap.released;
+	if (fallbacks)
+		*fallbacks = sa_mheap.uring_fallbacks;
+	pthread_mutex_unlock(&sa_mheap.lock);
+}
+
+/* free pages of every arena agree with the bitmaps; scavenged bytes agree with the scav bits */
+static void check_consistent(void)
+{
+	pthread_mutex_lock(&sa_mheap.lock);
+	size_t scav = 0, used = 0;
+	for (size_t i = 0; i < sa_mheap.narenas; i++) {
+		const palloc_t *pa = &sa_mheap.arenas[i]->palloc;
+		size_t u = 0;
+		for (size_t w = 0; w < SA_PALLOC_WORDS; w++) {
+			u += (size_t)__builtin_popcountll(pa->bits[w]);
+			scav += (size_t)__builtin_popcountll(pa->scav[w]);
+			ck_assert_uint_eq(pa->bits[w] & pa->scav[w], 0); /* scavenged pages are free */
+		}
+		ck_assert_uint_eq(u + pa->free_pages, SA_PAGES_PER_ARENA);
+		used += u;
+	}
+	ck_assert_uint_eq(used, sa_mheap.pages_inuse);
+	ck_assert_uint_eq(scav * SA_PAGE_SIZE, sa_mheap.scavenged);
+	pthread_mutex_unlock(&sa_mheap.lock);
+}
+
+START_TEST(test_release_zeroes)
+{
+	enum { N = 64 };
+	void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 0xab, (size_t)1 << 20);
+	}
+	size_t before = rss();
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	sa_release();
+	size_t scav, rel;
+	heap_counts(&scav, &rel, NULL);
+	ck_assert_uint_ge(scav, (size_t)60 << 20);
+	ck_assert_uint_ge(rel, scav);
+	ck_assert_uint_lt(rss() + ((size_t)48 << 20), before);
+	check_consistent();
+	/* reuse: scavenged pages come back zero and the span knows it */
+	for (int i = 0; i < N; i++) {
+		unsigned char *q = sa_malloc((size_t)1 << 20);
+		mspan_t *s = spanof(q);
+		ck_assert_uint_eq(s->needzero, 0);
+		for (size_t j = 0; j < ((size_t)1 << 20); j += 4096)
+			ck_assert_uint_eq(q[j], 0);
+		p[i] = q;
+	}
+	heap_counts(&scav, &rel, NULL);
+	ck_assert_uint_lt(scav, (size_t)8 << 20);
+	check_consistent();
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	/* freed pages are resident and dirty again: a span reusing them must be zeroed */
+	unsigned char *q = sa_calloc(1, (size_t)1 << 20);
+	for (size_t j = 0; j < ((size_t)1 << 20); j += 512)
+		ck_assert_uint_eq(q[j], 0);
+	sa_free(q);
+}
+END_TEST
+
+/* The issue's phase change: 1 GB of mixed small and large objects, all freed; RSS below 10% of
+ * the peak within 2 s, through the background scavenger alone. */
+static void phase_change(int uring)
+{
+	sa_free(sa_malloc(8));
+	sa_config.uring = uring;
+	const size_t total = (size_t)1 << 30;
+	size_t cap = 1 << 20, n = 0, bytes = 0;
+	void **p = malloc(cap * sizeof *p);
+	size_t *sz = malloc(cap * sizeof *sz);
+	unsigned seed = 12345;
+	while (bytes < total && n < cap) {
+		seed = seed * 1103515245u + 12345u;
+		size_t s = (seed >> 8) % 4 == 0 ? 33000 + (seed >> 4) % (1 << 20) : 16 + (seed >> 4) % 32000;
+		p[n] = sa_malloc(s);
+		ck_assert_ptr_nonnull(p[n]);
+		memset(p[n], (int)(n & 0xff), s);
+		sz[n++] = s;
+		bytes += s;
+	}
+	size_t peak = rss();
+	ck_assert_uint_ge(peak, total);
+	for (size_t i = 0; i < n; i++)
+		sa_free(p[i]);
+	double waited = 0;
+	size_t now = rss();
+	while (now >= peak / 10 && waited < 2.0) {
+		usleep(20000);
+		waited += 0.02;
+		now = rss();
+	}
+	ck_assert_msg(now < peak / 10, "uring=%d: RSS %zu MiB after %.2f s, peak %zu MiB", uring, now >> 20, waited,
+		      peak >> 20);
+	ck_assert_int_ne(scav_thread_tid(), 0);
+	size_t scav, rel, fb;
+	heap_counts(&scav, &rel, &fb);
+	ck_assert_uint_ge(rel, (size_t)900 << 20);
+	if (uring) {
+		pthread_mutex_lock(&sa_mheap.lock);
+		size_t ub = sa_mheap.uring_batches;
+		pthread_mutex_unlock(&sa_mheap.lock);
+		ck_assert_uint_gt(ub, 0);
+	}
+	check_consistent();
+	/* allocate again: contents correct, calloc memory zero */
+	for (size_t i = 0; i < n; i += 2) {
+		p[i] = sa_calloc(1, sz[i]);
+		ck_assert_ptr_nonnull(p[i]);
+		const unsigned char *c = p[i];
+		for (size_t j = 0; j < sz[i]; j += 61)
+			ck_assert_uint_eq(c[j], 0);
+		memset(p[i], (int)(i & 0xff), sz[i]);
+	}
+	for (size_t i = 0; i < n; i += 2) {
+		const unsigned char *c = p[i];
+		ck_assert_uint_eq(c[0], i & 0xff);
+		ck_assert_uint_eq(c[sz[i] - 1], i & 0xff);
+		sa_free(p[i]);
+	}
+	free(p);
+	free(sz);
+}
+
+START_TEST(test_phase_change_madvise) { phase_change(0); }
+END_TEST
+START_TEST(test_phase_change_uring) { phase_change(1); }
+END_TEST
+
+/* A forced io_uring failure (_i: 1 ring creation, 2 submission, 3 every operation) falls back to
+ * madvise(2) without losing a page. */
+START_TEST(test_uring_failure_falls_back)
+{
+	sa_free(sa_malloc(8));
+	sa_config.uring = 1;
+	uring_fork_child(); /* forget any ring: the injected failure starts from scratch */
+	sa_uring_inject = _i;
+	enum { N = 48 };
+	void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 0x5a, (size_t)1 << 20);
+	}
+	size_t before = rss();
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	size_t scav0, rel0, fb0, scav, rel, fb;
+	heap_counts(&scav0, &rel0, &fb0);
+	sa_release();
+	heap_counts(&scav, &rel, &fb);
+	ck_assert_uint_gt(fb, fb0);
+	ck_assert_uint_ge(rel - rel0, (size_t)46 << 20);
+	ck_assert_uint_lt(rss() + ((size_t)40 << 20), before);
+	check_consistent();
+	sa_uring_inject = 0;
+	for (int i = 0; i < N; i++) {
+		unsigned char *q = sa_calloc(1, (size_t)1 << 20);
+		for (size_t j = 0; j < ((size_t)1 << 20); j += 4096)
+			ck_assert_uint_eq(q[j], 0);
+		p[i] = q;
+	}
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	check_consistent();
+}
+END_TEST
+
+/* SPANALLOC_MEMLIMIT holds RSS under the limit while the live heap stays under it, with the
+ * background scavenger off: only the allocating slow path scavenges. */
+START_TEST(test_memlimit)
+{
+	sa_free(sa_malloc(8));
+	sa_config.scavenge = "off";
+	const size_t limit = (size_t)192 << 20;
+	sa_config.memlimit = limit;
+	const size_t base = rss(); /* the program itself: not heap */
+	enum { NA = 2400, NB = 50 };
+	static void *a[NA], *b[NB];
+	for (int i = 0; i < NA; i++) { /* 150 MiB in 64 KiB objects */
+		a[i] = sa_malloc((size_t)64 << 10);
+		memset(a[i], 1, (size_t)64 << 10);
+	}
+	for (int i = 0; i < NA; i++) /* keep one in 16: 9 MiB live, holes no 2 MiB object fits */
+		if (i % 16)
+			sa_free(a[i]);
+	size_t maxrss = 0;
+	for (int i = 0; i < NB; i++) { /* 100 MiB more in 2 MiB objects */
+		b[i] = sa_malloc((size_t)2 << 20);
+		memset(b[i], 2, (size_t)2 << 20);
+		size_t r = rss() - base;
+		if (r > maxrss)
+			maxrss = r;
+	}
+	ck_assert_msg(maxrss < limit, "RSS %zu MiB (beyond the program's own) over the %zu MiB limit", maxrss >> 20, limit >> 20);
+	size_t scav, rel;
+	heap_counts(&scav, &rel, NULL);
+	ck_assert_uint_gt(rel, (size_t)32 << 20);
+	ck_assert_int_eq(scav_thread_tid(), 0);
+	check_consistent();
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("scavenge");
+	TCase *tc = tcase_create("scavenge");
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_release_zeroes);
+	tcase_add_test(tc, test_phase_change_madvise);
+	tcase_add_test(tc, test_phase_change_uring);
+	tcase_add_loop_test(tc, test_uring_failure_falls_back, 1, 4);
+	tcase_add_test(tc, test_memlimit);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
