@@ -74,8 +74,11 @@ static _Noreturn void bad_free(const void *p, const char *why)
 static inline mspan_t *owner_span(const void *p)
 {
 	mspan_t *s = spanof(p);
-	if (unlikely(s == NULL))
+	if (unlikely(s == NULL)) {
+		if (arena_of((uintptr_t)p) != NULL) /* in our heap, on a free page */
+			sa_fatal("free(): double free of %p (its pages are free: freed already, or never allocated)", p);
 		bad_free(p, "not allocated by spanalloc (unknown to its page map)");
+	}
 	return s;
 }
 

@@ -88,8 +88,9 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 	pthread_mutex_lock(&c->lock);
 	for (size_t i = 0; i < n; i++) {
 		mspan_t *s = spanof(objs[i]);
-		if (unlikely(s == NULL || s->spanclass != sc ||
-			     (uintptr_t)objs[i] != s->base + mspan_objindex(s, (uintptr_t)objs[i]) * s->elemsize)) {
+		uintptr_t p = (uintptr_t)objs[i];
+		if (unlikely(s == NULL || s->spanclass != sc || p >= s->limit ||
+			     p != s->base + mspan_objindex(s, p) * s->elemsize)) {
 			pthread_mutex_unlock(&c->lock);
 			sa_fatal("free(): invalid pointer %p: not the start of an object", objs[i]);
 		}
