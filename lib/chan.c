@@ -187,16 +187,15 @@ bool chan_park(chang *g, const struct timespec *deadline)
 {
 	/* Spin first: in a ping-pong the partner usually answers within a microsecond, far
 	 * sooner than a futex sleep and wake-up would. */
-	for (int i = 0; i < CHAN_SPIN; i++) {
-		if (atomic_load_explicit(&g->wake, memory_order_acquire) == 1)
+	uint32_t budget = g->spin ? g->spin : CHAN_SPIN_MAX;
+	for (uint32_t i = 0; i < budget; i++) {
+		if (atomic_load_explicit(&g->wake, memory_order_acquire) == 1) {
+			g->spin = budget * 2 < CHAN_SPIN_MAX ? budget * 2 : CHAN_SPIN_MAX;
 			return true;
+		}
 		chan_cpu_relax();
 	}
-	for (int i = 0; i < CHAN_YIELDS; i++) {
-		sched_yield();
-		if (atomic_load_explicit(&g->wake, memory_order_acquire) == 1)
-			return true;
-	}
+	g->spin = budget / 2 > CHAN_SPIN_MIN ? budget / 2 : CHAN_SPIN_MIN;
 	for (;;) {
 		uint32_t w = 0;
 		/* 0 → 2 announces the sleep; a waker's exchange then sees 2 and calls FUTEX_WAKE.

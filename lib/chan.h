@@ -42,11 +42,15 @@
 #include <time.h>
 #include <unistd.h>
 
-/* How long a thread spins before it sleeps: long enough to cover a partner's round trip through
- * a channel on another core, short enough not to waste a time slice when threads outnumber
- * cores (sched_yield steps then hand the core to whoever will wake us). */
-#define CHAN_SPIN 256
-#define CHAN_YIELDS 2
+/* How long a thread spins before it sleeps, in pause instructions. Spinning pays when the
+ * partner is running on another core and answers within a microsecond or so (a ping-pong);
+ * it is waste when threads outnumber cores and the partner is not running at all. So the
+ * budget adapts per thread, as glibc's adaptive mutexes do: a wait that ended while spinning
+ * doubles it (up to CHAN_SPIN_MAX), a wait that had to sleep halves it (down to CHAN_SPIN_MIN). */
+#ifndef CHAN_SPIN_MAX
+#define CHAN_SPIN_MAX 256
+#endif
+#define CHAN_SPIN_MIN 8
 /* Cases a select can wait on using the thread-local sudogs; more take an sa_malloc block. */
 #define CHAN_TLS_CASES 8
 
@@ -117,6 +121,7 @@ typedef struct chang {
 	_Atomic uint32_t wake;         /* 0 waiting, 1 woken, 2 asleep on the futex */
 	sudog *param;                  /* the sudog that completed, or NULL when timed out */
 	uint64_t rng;                  /* xorshift state for select's poll order */
+	uint32_t spin;                 /* adaptive spin budget (0: not yet set) */
 	sudog sg[CHAN_TLS_CASES];
 	uint32_t order[2 * CHAN_TLS_CASES];
 } chang;

@@ -873,7 +873,7 @@ static Suite *chan_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(chan_suite());
-	srunner_run_all(sr, CK_NORMAL);
+	srunner_run_all(sr, CK_ENV); /* CK_VERBOSITY=verbose lists each test */
 	int failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
