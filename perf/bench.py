@@ -205,7 +205,8 @@ def run_one(binary, workload, alloc, opts, events):
         if res["status"] != "ok":
             pass
         elif "cannot be preloaded" in err:
-            res["status"] = "LOAD FAIL"
+            m = re.search(r"cannot be preloaded \(([^)]*)\)", err)
+            res["status"] = "LOAD FAIL" + (" (%s)" % m.group(1) if m else "")
         elif kv.get("done") != "1":
             # perf stat exits 0 when its child dies of a signal, printing "env: <description>"
             m = re.search(r"^env: (.+)$", err, re.M)
@@ -268,6 +269,7 @@ def summarize(results, workloads, allocs):
             s["spread"] = (max(times) - min(times)) / s["time_ms"] * 100 if s["time_ms"] else 0
             ops = int(good[0]["kv"].get("ops", 0))
             s["ns_op"] = s["time_ms"] * 1e6 / ops if ops else None
+            s["cpu_ms"] = med([int(r["kv"]["cpu_ns"]) / 1e6 for r in good if "cpu_ns" in r["kv"]])
             s["rss_mb"] = med([int(r["kv"]["maxrss_kb"]) / 1024 for r in good])
             for k in ("rss_after_kb", "rss_full_kb"):
                 if k in good[0]["kv"]:
@@ -297,7 +299,7 @@ def tables(summary, workloads, descr, allocs, events, runs):
         base = summary[w].get("spanalloc")
         md.append("### %s — %s" % (w, descr.get(w, "")))
         md.append("")
-        hdr = ["allocator", "time ms (median of %d)" % runs, "±%", "ns/op", "time ×spanalloc",
+        hdr = ["allocator", "time ms (median of %d)" % runs, "±%", "ns/op", "time ×spanalloc", "CPU ms",
                "peak RSS MiB", "RSS ×spanalloc"]
         extra = []
         if any("rss_after_mb" in summary[w].get(n, {}) for n in names):
@@ -322,7 +324,7 @@ def tables(summary, workloads, descr, allocs, events, runs):
             rt, rr = ratio(s, base, "time_ms"), ratio(s, base, "rss_mb")
             row = [n + (" (%d failed: %s)" % (len(s["failed"]), s["failed"][0]) if s["failed"] else ""),
                    fnum(s["time_ms"]), "%.0f" % s["spread"], fnum(s["ns_op"]),
-                   ("%.2f" % rt) if rt is not None else "—", fnum(s["rss_mb"]),
+                   ("%.2f" % rt) if rt is not None else "—", fnum(s.get("cpu_ms")), fnum(s["rss_mb"]),
                    ("%.2f" % rr) if rr is not None else "—"]
             row += [fnum(s.get(k), nd) for _, k, nd in extra]
             row += [fnum(s.get(k), nd) for _, k, nd in pe]
@@ -480,6 +482,7 @@ def main():
     log("bench: %d workloads × %d allocators (%s) × %d runs = %d runs%s"
         % (len(workloads), len(runnable), " ".join(a.name for a in runnable), runs, total,
            " (quick mode)" if opts.quick else ""))
+    load0 = os.getloadavg()[0]
     results, rows, n = {}, [], 0
     for r in range(runs):
         for w in workloads:
@@ -568,6 +571,8 @@ def main():
         else:
             cg_md = ["callgrind: valgrind not installed, skipped", ""]
 
+    load1 = os.getloadavg()[0]
+    busy = max(load0, load1) > (os.cpu_count() or 1) * 0.75
     header = ["## Benchmarks", "",
               "- date: %s" % stamp.strftime("%Y-%m-%d %H:%M"),
               "- machine: %s" % machine(),
@@ -575,6 +580,10 @@ def main():
               "- %d run(s) per cell, interleaved; threads in multi-threaded workloads: %d" % (runs, opts.threads),
               "- time ×spanalloc, RSS ×spanalloc: the peer's median over spanalloc's (>1: spanalloc is faster / smaller)",
               "- ±%: spread of the runs, (max−min)/median",
+              "- load average: %.2f at start, %.2f at end (%d cores)%s" % (
+                  load0, load1, os.cpu_count() or 0,
+                  " — **the machine was busy: wall times are unreliable; compare CPU ms**" if busy else ""),
+              "- CPU ms: CPU time of all the workload's threads in the timed section",
               "- " + perf_note]
     notes = ["- %s: %s" % (a.name, a.note) for a in resolve_all_notes(specs, opts.top, allocs)]
     md = header + notes + [""] + tables(summary, workloads, descr, allocs, events, runs) + cg_md
