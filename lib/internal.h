@@ -209,6 +209,7 @@ typedef struct mheap {
 	size_t scavenged;              /* bytes of free pages whose scav bit is set */
 	size_t released;               /* bytes ever returned to the kernel */
 	size_t madv_batches, madv_ranges, uring_batches, uring_fallbacks;
+	size_t scav_inflight;          /* pages marked in use while the scavenger advises them */
 } mheap_t;
 
 extern mheap_t sa_mheap;

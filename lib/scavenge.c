@@ -131,6 +131,10 @@ size_t scav_locked(size_t max_bytes, int flags)
 				r[i].advice = p[i].a->backing[ci] == BACK_HUGETLB || sa_config.madvise == 0 ? MADV_DONTNEED
 													   : MADV_FREE;
 			}
+			size_t inflight = 0;
+			for (size_t i = 0; i < np; i++)
+				inflight += p[i].n;
+			sa_mheap.scav_inflight += inflight;
 			pthread_mutex_unlock(&sa_mheap.lock);
 			size_t fallbacks = 0;
 			bool used_uring = false;
@@ -144,6 +148,7 @@ size_t scav_locked(size_t max_bytes, int flags)
 				sa_mheap.released += newly * SA_PAGE_SIZE;
 				total += newly * SA_PAGE_SIZE;
 			}
+			sa_mheap.scav_inflight -= inflight;
 			sa_mheap.madv_batches++;
 			sa_mheap.madv_ranges += np;
 			if (used_uring)
