@@ -338,6 +338,18 @@ def tables(summary, workloads, descr, allocs, events, runs):
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
 
+def human(v):
+    """Short number for a chart: 1/4, 0.37, 12, 3.1k, 2.3M."""
+    if v <= 0:
+        return "0"
+    if v < 1 and abs(1 / v - round(1 / v)) < 1e-9:
+        return "1/%d" % round(1 / v)
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return ("%.3g" % (v / div)) + suf
+    return "%.3g" % v
+
+
 def svg_bars(path, title, groups, series, value, unit, log_scale=True):
     """Grouped horizontal bars: one group per entry of groups, one bar per series.
     value(group, series) -> number or None (drawn as 'n/a')."""
@@ -352,10 +364,12 @@ def svg_bars(path, title, groups, series, value, unit, log_scale=True):
         if lo == hi:
             hi = lo * 2
         x = lambda v: left + width * (math.log2(v) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+        decades = math.log2(hi) - math.log2(lo)
+        step = 2 ** max(1, math.ceil(decades / 10))  # at most ~10 labelled ticks
         ticks, t = [], lo
         while t <= hi * 1.0001:
             ticks.append(t)
-            t *= 2
+            t *= step
     else:
         lo = 0
         hi = hi * 1.05
@@ -373,7 +387,7 @@ def svg_bars(path, title, groups, series, value, unit, log_scale=True):
         xt = x(t)
         o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>' % (xt, top - 4, xt, top + len(groups) * gh))
         o.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%s</text>'
-                 % (xt, top + len(groups) * gh + 12, ("%g" % t)))
+                 % (xt, top + len(groups) * gh + 12, human(t)))
     for gi, g in enumerate(groups):
         y0 = top + gi * gh
         o.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (left - 6, y0 + len(series) * bar_h / 2 + 4, g))
@@ -385,7 +399,7 @@ def svg_bars(path, title, groups, series, value, unit, log_scale=True):
                 continue
             o.append('<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"><title>%s %s: %.4g</title></rect>'
                      % (left, y, max(1, x(v) - left), bar_h - 2, COLORS[si % len(COLORS)], g, s, v))
-            o.append('<text x="%.1f" y="%d" font-size="9">%.3g</text>' % (x(v) + 3, y + 9, v))
+            o.append('<text x="%.1f" y="%d" font-size="9">%s</text>' % (x(v) + 3, y + 9, human(v)))
     ly = top + len(groups) * gh + 30
     for si, s in enumerate(series):
         lx = 10 + (si % 4) * 160
