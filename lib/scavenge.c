@@ -106,6 +106,25 @@ static void pick_chunk(heaparena_t *a, unsigned ci, bool whole, int flags, pick_
 	}
 }
 
+/* Batches in flight (mheap.lock held to change): a forked child frees their pages, since the
+ * thread advising them does not exist there. */
+#define MAX_INFLIGHT 8
+static struct {
+	pick_t *p;
+	size_t np;
+} inflight_batches[MAX_INFLIGHT];
+
+static int inflight_add(pick_t *p, size_t np)
+{
+	for (int i = 0; i < MAX_INFLIGHT; i++)
+		if (inflight_batches[i].p == NULL) {
+			inflight_batches[i].p = p;
+			inflight_batches[i].np = np;
+			return i;
+		}
+	return -1; /* more concurrent scavengers than slots: a child would leak these pages */
+}
+
 size_t scav_locked(size_t max_bytes, int flags)
 {
 	size_t total = 0;
@@ -135,6 +154,7 @@ size_t scav_locked(size_t max_bytes, int flags)
 			for (size_t i = 0; i < np; i++)
 				inflight += p[i].n;
 			sa_mheap.scav_inflight += inflight;
+			int slot = inflight_add(p, np);
 			pthread_mutex_unlock(&sa_mheap.lock);
 			size_t fallbacks = 0;
 			bool used_uring = false;
@@ -149,6 +169,8 @@ size_t scav_locked(size_t max_bytes, int flags)
 				total += newly * SA_PAGE_SIZE;
 			}
 			sa_mheap.scav_inflight -= inflight;
+			if (slot >= 0)
+				inflight_batches[slot].p = NULL;
 			sa_mheap.madv_batches++;
 			sa_mheap.madv_ranges += np;
 			if (used_uring)
@@ -164,7 +186,8 @@ size_t scav_locked(size_t max_bytes, int flags)
 void scav_memlimit_locked(size_t need)
 {
 	size_t res = scav_resident();
-	if (res + need > sa_config.memlimit)
+	size_t held = (sa_mheap.pages_inuse + sa_mheap.scav_inflight) * SA_PAGE_SIZE;
+	if (res + need > sa_config.memlimit && res > held) /* else no free resident page to give */
 		scav_locked(res + need - sa_config.memlimit, SCAV_DENSE);
 }
 
@@ -326,6 +349,18 @@ void scav_poll(void)
 
 void scav_fork_child(void)
 {
+	/* the child holds mheap.lock's fresh copy; batches the parent was advising are plain free
+	 * pages here (resident or not, their scav bits stay clear: dirty, which is always safe) */
+	for (int i = 0; i < MAX_INFLIGHT; i++) {
+		pick_t *p = inflight_batches[i].p;
+		if (p == NULL)
+			continue;
+		for (size_t j = 0; j < inflight_batches[i].np; j++) {
+			sa_mheap.scav_inflight -= p[j].n;
+			palloc_set(&p[j].a->palloc, p[j].first, p[j].n, false);
+		}
+		inflight_batches[i].p = NULL;
+	}
 	/* the child has no scavenger thread: it restarts on the next free */
 	atomic_store(&started, 0);
 	atomic_store(&want_start, 1);

@@ -6,6 +6,7 @@
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static size_t rss(void)
@@ -239,6 +240,46 @@ START_TEST(test_memlimit)
 }
 END_TEST
 
+/* fork while the scavenger works: the child has a consistent heap, no scavenger until it frees,
+ * then its own (DESIGN.md invariant 4) */
+START_TEST(test_fork)
+{
+	enum { N = 128 };
+	void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 3, (size_t)1 << 20);
+	}
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	for (int k = 0; k < 3; k++) {
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			int ok = scav_thread_tid() == 0;
+			check_consistent();
+			for (int i = 0; i < N; i++) {
+				unsigned char *q = sa_calloc(1, (size_t)1 << 20);
+				ok &= q != NULL && q[12345] == 0 && q[(1 << 20) - 1] == 0;
+				p[i] = q;
+			}
+			for (int i = 0; i < N; i++)
+				sa_free(p[i]);
+			for (int t = 0; t < 200 && !scav_thread_tid(); t++)
+				usleep(5000);
+			ok &= scav_thread_tid() != 0;
+			sa_release();
+			check_consistent();
+			_exit(ok ? 0 : 1);
+		}
+		int st;
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+		usleep(3000);
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("scavenge");
@@ -249,6 +290,7 @@ int main(void)
 	tcase_add_test(tc, test_phase_change_uring);
 	tcase_add_loop_test(tc, test_uring_failure_falls_back, 1, 4);
 	tcase_add_test(tc, test_memlimit);
+	tcase_add_test(tc, test_fork);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
