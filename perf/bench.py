@@ -454,12 +454,15 @@ def main():
         setup()
         return 0
     opts.runs_given = opts.runs.strip()
+    if opts.runs_given and not opts.runs_given.isdigit():
+        log("bench: RUNS must be a number, not %r" % opts.runs_given)
+        return 2
     runs = int(opts.runs_given) if opts.runs_given else (1 if opts.quick else 5)
     if runs < 1:
         log("bench: RUNS must be at least 1")
         return 2
     opts.threads = opts.threads or max(2, min(8, os.cpu_count() or 2))
-    opts.timeout = opts.timeout or (60 if opts.quick else 300)
+    opts.timeout = opts.timeout or (30 if opts.quick else 300)
     binary = opts.bin or os.path.join(opts.top, "perf", "bench")
     if not os.access(binary, os.X_OK):
         log("bench: %s not built (make perf/bench)" % binary)
