@@ -187,8 +187,11 @@ void scav_memlimit_locked(size_t need)
 {
 	size_t res = scav_resident();
 	size_t held = (sa_mheap.pages_inuse + sa_mheap.scav_inflight) * SA_PAGE_SIZE;
-	if (res + need > sa_config.memlimit && res > held) /* else no free resident page to give */
-		scav_locked(res + need - sa_config.memlimit, SCAV_DENSE);
+	/* aim 3% under the limit (Go's memoryLimitHeapGoalHeadroomPercent): the limit covers the
+	 * whole process, and metadata, stacks and the program's own pages are not in `res` */
+	size_t target = sa_config.memlimit - sa_config.memlimit / 32;
+	if (res + need > target && res > held) /* else no free resident page to give */
+		scav_locked(res + need - target, SCAV_DENSE);
 }
 
 /* ------------------------------------------------------------------------------------------
