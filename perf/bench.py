@@ -603,7 +603,29 @@ def main():
               "- CPU ms: CPU time of all the workload's threads in the timed section",
               "- " + perf_note]
     notes = ["- %s: %s" % (a.name, a.note) for a in resolve_all_notes(specs, opts.top, allocs)]
-    md = header + notes + [""] + tables(summary, workloads, descr, allocs, events, runs) + cg_md
+    # latency histograms as a table too: share of operations per bucket, summed over runs
+    hist_md = []
+    for w in workloads:
+        hr = [h for h in hist_rows if h["workload"] == w]
+        if not hr:
+            continue
+        buckets = []
+        for h in hr:
+            if h["bucket_ns"] not in buckets:
+                buckets.append(h["bucket_ns"])
+        hist_md += ["### %s — histogram: %% of operations per latency bucket (ns)" % w, "",
+                    "| allocator | op | " + " | ".join(buckets) + " |",
+                    "|---|---|" + "---:|" * len(buckets)]
+        for nme in names:
+            for op in ("malloc", "free"):
+                cnt = {h["bucket_ns"]: h["count"] for h in hr if h["allocator"] == nme and h["op"] == op}
+                tot = sum(cnt.values())
+                if tot:
+                    hist_md.append("| %s | %s | " % (nme, op) + " | ".join(
+                        ("%.2f" % (100.0 * cnt.get(b, 0) / tot)).rstrip("0").rstrip(".") if cnt.get(b) else ""
+                        for b in buckets) + " |")
+        hist_md.append("")
+    md = header + notes + [""] + tables(summary, workloads, descr, allocs, events, runs) + hist_md + cg_md
     text = "\n".join(md) + "\n"
     with open(os.path.join(outdir, "table.md"), "w") as f:
         f.write(text)
