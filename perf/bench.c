@@ -526,6 +526,14 @@ NOIPA void cg_empty_loop(size_t sz, uint64_t n)
 	}
 }
 
+/* The file of the object that defines malloc in this process: which allocator is loaded. */
+static const char *malloc_from(void)
+{
+	Dl_info info;
+	void *sym = dlsym(RTLD_DEFAULT, "malloc");
+	return sym && dladdr(sym, &info) && info.dli_fname ? info.dli_fname : "?";
+}
+
 static int callgrind_probe(int argc, char **argv, int empty)
 {
 	if (argc < 4)
@@ -541,7 +549,7 @@ static int callgrind_probe(int argc, char **argv, int empty)
 		cg_empty_loop(sz, n);
 	else
 		cg_pair_loop(sz, n);
-	printf("done=1\n");
+	printf("malloc_from=%s\ndone=1\n", malloc_from());
 	return 0;
 }
 
@@ -611,10 +619,8 @@ int main(int argc, char **argv)
 	}
 
 	/* Proof of which allocator is loaded: the object defining malloc, and a usable size. */
-	Dl_info info;
-	void *sym = dlsym(RTLD_DEFAULT, "malloc");
 	printf("workload=%s\n", workloads[w].name);
-	printf("malloc_from=%s\n", sym && dladdr(sym, &info) && info.dli_fname ? info.dli_fname : "?");
+	printf("malloc_from=%s\n", malloc_from());
 	void *p20 = xmalloc(20);
 	printf("usable20=%zu\n", malloc_usable_size(p20));
 	free(p20);

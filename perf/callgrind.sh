@@ -93,8 +93,11 @@ for spec in "$@"; do
 		elif v=$(count cg-pair "$s" "$lib") && [ -n "$v" ] && [ -n "$e" ]; then
 			v=$(awk -v a="$v" -v b="$e" -v n="$N" 'BEGIN { printf "%.1f", (a - b) / n }')
 			st=ok
-			# proof the preload took: the probe's malloc must not be glibc's for a preloaded lib
-			if [ -n "$lib" ] && grep -q 'cannot be preloaded' "$tmp/stderr"; then st="load fail"; v=""; fi
+			# proof the preload took: the object defining malloc in the probe must be $lib
+			from=$(sed -n 's/^malloc_from=//p' "$tmp/stdout")
+			if [ -n "$lib" ] && [ "$(readlink -f "$from")" != "$(readlink -f "$lib")" ]; then
+				st="not loaded"; v=""
+			fi
 		else
 			st="failed"; v=""
 		fi
