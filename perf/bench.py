@@ -625,7 +625,27 @@ def main():
                         ("%.2f" % (100.0 * cnt.get(b, 0) / tot)).rstrip("0").rstrip(".") if cnt.get(b) else ""
                         for b in buckets) + " |")
         hist_md.append("")
-    md = header + notes + [""] + tables(summary, workloads, descr, allocs, events, runs) + hist_md + cg_md
+    # where spanalloc trails the best peer by 1.5x or more (time, CPU, peak RSS, RSS after shrink)
+    trail = []
+    for w in workloads:
+        sa = summary[w].get("spanalloc", {})
+        if sa.get("status") != "ok":
+            continue
+        for key, what in (("time_ms", "time ms"), ("cpu_ms", "CPU ms"), ("rss_mb", "peak RSS MiB"),
+                          ("rss_after_mb", "RSS after shrink MiB"), ("lat_malloc_p99_ns", "malloc p99 ns"),
+                          ("lat_free_p99_ns", "free p99 ns"), ("lat_malloc_p9999_ns", "malloc p99.99 ns"),
+                          ("lat_free_p9999_ns", "free p99.99 ns")):
+            peers = [(summary[w][n][key], n) for n in names if n != "spanalloc"
+                     and summary[w].get(n, {}).get("status") == "ok" and summary[w][n].get(key)]
+            if not peers or not sa.get(key):
+                continue
+            best, who = min(peers)
+            if sa[key] >= 1.5 * best:
+                trail.append("- %s, %s: spanalloc %s vs %s %s (%.1f×)" % (
+                    w, what, fnum(sa[key]), who, fnum(best), sa[key] / best))
+    if trail:
+        trail = ["### Where spanalloc trails the best peer by 1.5× or more", ""] + trail + [""]
+    md = header + notes + [""] + tables(summary, workloads, descr, allocs, events, runs) + hist_md + trail + cg_md
     text = "\n".join(md) + "\n"
     with open(os.path.join(outdir, "table.md"), "w") as f:
         f.write(text)
