@@ -97,6 +97,38 @@ START_TEST(test_release_zeroes)
 }
 END_TEST
 
+/* SPANALLOC_MADVISE=free: scavenged pages may keep old data, so reuse zeroes them */
+START_TEST(test_madv_free_not_zero)
+{
+	sa_free(sa_malloc(8));
+	sa_config.madvise = 1;
+	enum { N = 16 };
+	void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 0xcd, (size_t)1 << 20);
+	}
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	sa_release();
+	size_t scav, rel;
+	heap_counts(&scav, &rel, NULL);
+	ck_assert_uint_ge(scav, (size_t)15 << 20);
+	check_consistent();
+	for (int i = 0; i < N; i++) {
+		unsigned char *q = sa_calloc(1, (size_t)1 << 20);
+		ck_assert_uint_eq(spanof(q)->needzero, 1);
+		size_t nonzero = 0;
+		for (size_t j = 0; j < ((size_t)1 << 20); j += 1024)
+			nonzero += q[j] != 0;
+		ck_assert_uint_eq(nonzero, 0);
+		p[i] = q;
+	}
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+}
+END_TEST
+
 /* The issue's phase change: 1 GB of mixed small and large objects, all freed; RSS below 10% of
  * the peak within 2 s, through the background scavenger alone. */
 static void phase_change(int uring)
@@ -286,6 +318,7 @@ int main(void)
 	TCase *tc = tcase_create("scavenge");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_release_zeroes);
+	tcase_add_test(tc, test_madv_free_not_zero);
 	tcase_add_test(tc, test_phase_change_madvise);
 	tcase_add_test(tc, test_phase_change_uring);
 	tcase_add_loop_test(tc, test_uring_failure_falls_back, 1, 4);

@@ -5,6 +5,7 @@
 # glibc's own MADV_DONTNEED of an exiting thread's stack is not ours), and MADV_HUGEPAGE at commit
 # time is not a release.
 command -v strace >/dev/null 2>&1 || { echo "strace missing: skipped"; exit 77; }
+strace -qq -o /dev/null true 2>/dev/null || { echo "ptrace not permitted: skipped"; exit 77; }
 fail=0
 for uring in off on; do
 	log=$(mktemp); out=$(mktemp)
