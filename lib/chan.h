@@ -50,7 +50,9 @@
 #ifndef CHAN_SPIN_MAX
 #define CHAN_SPIN_MAX 256
 #endif
-#define CHAN_SPIN_MIN 8
+#ifndef CHAN_SPIN_MIN
+#define CHAN_SPIN_MIN 32
+#endif
 /* Cases a select can wait on using the thread-local sudogs; more take an sa_malloc block. */
 #define CHAN_TLS_CASES 8
 
