@@ -3,6 +3,11 @@
 # perf/chanbench.go (Go's channels) alternately, RUNS times each, and print the median of each
 # measurement. Go is skipped with a note when `go` is not installed (Debian: golang-go).
 #
+# Reading the numbers: Go's unbuffered ping-pong usually runs both goroutines on one P, so a
+# round trip is two goroutine switches with no kernel involvement; the C versions need both
+# threads on CPUs at once (spanalloc spins for the partner) or a futex sleep and wake-up per
+# leg, so on a loaded machine their ping-pong measures the scheduler more than the channel.
+#
 # Usage: perf/chanbench.sh [path/to/chanbench] [path/to/chanbench.go]
 # Environment: RUNS (default 5), ROUNDS (ping-pong round trips, default 200000),
 #              MSGS (throughput messages, default 5000000).
