@@ -20,6 +20,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <string.h>
 
 mheap_t sa_mheap = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -146,6 +147,7 @@ mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages)
 	if (npages == 0 || npages > (SA_MAX_ALLOC >> SA_PAGE_SHIFT) || align_pages == 0)
 		return NULL;
 	size_t want = npages + align_pages - 1;
+	int saved_errno = errno; /* a fallback that failed (hugetlb, a taken hint) is no error */
 	pthread_mutex_lock(&sa_mheap.lock);
 	if (sa_config.memlimit)
 		scav_memlimit_locked(want * SA_PAGE_SIZE); /* may drop and retake the lock */
@@ -182,6 +184,7 @@ mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages)
 		sa_mheap.nlarge++;
 	}
 	pthread_mutex_unlock(&sa_mheap.lock);
+	errno = saved_errno;
 	return s;
 }
 
