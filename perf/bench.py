@@ -413,6 +413,22 @@ def svg_bars(path, title, groups, series, value, unit, log_scale=True):
 
 # ---- main --------------------------------------------------------------------------------------
 
+def cpu_busy_s():
+    """Non-idle CPU seconds of the whole machine since boot (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_cpu_s():
+    import resource
+    c, m = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    return c.ru_utime + c.ru_stime + m.ru_utime + m.ru_stime
+
+
 def machine():
     cpu = "?"
     try:
@@ -500,6 +516,7 @@ def main():
         % (len(workloads), len(runnable), " ".join(a.name for a in runnable), runs, total,
            " (quick mode)" if opts.quick else ""))
     load0 = os.getloadavg()[0]
+    busy0, own0, wall0 = cpu_busy_s(), own_cpu_s(), datetime.datetime.now()
     results, rows, n = {}, [], 0
     for r in range(runs):
         for w in workloads:
@@ -522,6 +539,12 @@ def main():
                     if h in kv:
                         res.setdefault("hists", {})[h[5:]] = kv[h]
 
+    # CPU that other processes used during the runs: the machine's busy time minus our own
+    busy1, own1, wall1 = cpu_busy_s(), own_cpu_s(), datetime.datetime.now()
+    foreign = None
+    if busy0 is not None and busy1 is not None:
+        capacity = (wall1 - wall0).total_seconds() * (os.cpu_count() or 1)
+        foreign = max(0.0, (busy1 - busy0) - (own1 - own0)) / capacity * 100 if capacity > 0 else None
     summary = summarize(results, workloads, allocs)
     names = [a.name for a in allocs]
 
@@ -589,7 +612,7 @@ def main():
             cg_md = ["callgrind: valgrind not installed, skipped", ""]
 
     load1 = os.getloadavg()[0]
-    busy = load0 > (os.cpu_count() or 1) * 0.75  # the end value includes this run's own load
+    busy = foreign is not None and foreign > 10
     header = ["## Benchmarks", "",
               "- date: %s" % stamp.strftime("%Y-%m-%d %H:%M"),
               "- machine: %s" % machine(),
@@ -597,8 +620,8 @@ def main():
               "- %d run(s) per cell, interleaved; threads in multi-threaded workloads: %d" % (runs, opts.threads),
               "- time ×spanalloc, RSS ×spanalloc: the peer's median over spanalloc's (>1: spanalloc is faster / smaller)",
               "- ±%: spread of the runs, (max−min)/median",
-              "- load average: %.2f at start, %.2f at end, with this run (%d cores)%s" % (
-                  load0, load1, os.cpu_count() or 0,
+              "- other processes used %s of the CPUs during the runs (load average %.2f before, %.2f after)%s" % (
+                  "?" if foreign is None else "%.0f%%" % foreign, load0, load1,
                   " — **the machine was busy: wall times are unreliable; compare CPU ms**" if busy else ""),
               "- CPU ms: CPU time of all the workload's threads in the timed section",
               "- " + perf_note]
