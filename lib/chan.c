@@ -188,6 +188,12 @@ bool chan_park(chang *g, const struct timespec *deadline)
 	/* Spin first: in a ping-pong the partner usually answers within a microsecond, far
 	 * sooner than a futex sleep and wake-up would. */
 	uint32_t budget = g->spin ? g->spin : CHAN_SPIN_MAX;
+	/* A pair of threads that both slept once can stay stuck: each wakes the other through
+	 * the kernel, which takes longer than the shrunken spin, so each sleeps again. Every
+	 * CHAN_SPIN_PROBE-th wait spins the full budget, to find out whether the partner is
+	 * back to answering quickly. */
+	if (budget < CHAN_SPIN_MAX && ++g->probe % CHAN_SPIN_PROBE == 0)
+		budget = CHAN_SPIN_MAX;
 	for (uint32_t i = 0; i < budget; i++) {
 		if (atomic_load_explicit(&g->wake, memory_order_acquire) == 1) {
 			g->spin = budget * 2 < CHAN_SPIN_MAX ? budget * 2 : CHAN_SPIN_MAX;

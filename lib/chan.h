@@ -46,12 +46,18 @@
  * partner is running on another core and answers within a microsecond or so (a ping-pong);
  * it is waste when threads outnumber cores and the partner is not running at all. So the
  * budget adapts per thread, as glibc's adaptive mutexes do: a wait that ended while spinning
- * doubles it (up to CHAN_SPIN_MAX), a wait that had to sleep halves it (down to CHAN_SPIN_MIN). */
+ * doubles it (up to CHAN_SPIN_MAX), a wait that had to sleep halves it (down to CHAN_SPIN_MIN),
+ * and every CHAN_SPIN_PROBE-th wait spins the maximum to notice when spinning pays again.
+ * The numbers come from perf/chanbench on a 2-vCPU VM: 1024 pauses (tens of microseconds) cover
+ * a partner's answer even when the host delays it; 32 keeps the waste small under overload. */
 #ifndef CHAN_SPIN_MAX
-#define CHAN_SPIN_MAX 256
+#define CHAN_SPIN_MAX 1024
 #endif
 #ifndef CHAN_SPIN_MIN
 #define CHAN_SPIN_MIN 32
+#endif
+#ifndef CHAN_SPIN_PROBE
+#define CHAN_SPIN_PROBE 8
 #endif
 /* Cases a select can wait on using the thread-local sudogs; more take an sa_malloc block. */
 #define CHAN_TLS_CASES 8
@@ -124,6 +130,7 @@ typedef struct chang {
 	sudog *param;                  /* the sudog that completed, or NULL when timed out */
 	uint64_t rng;                  /* xorshift state for select's poll order */
 	uint32_t spin;                 /* adaptive spin budget (0: not yet set) */
+	uint32_t probe;                /* waits since the last full-budget spin */
 	sudog sg[CHAN_TLS_CASES];
 	uint32_t order[2 * CHAN_TLS_CASES];
 } chang;

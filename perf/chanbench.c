@@ -8,10 +8,16 @@
  *             messages per second, and the consumer checks the sum so nothing is optimized away
  *             or lost.
  *
+ * floor       two threads bouncing a counter through two atomic words, spinning: no channel,
+ *             no lock, no sleep. It is the least a thread ping-pong can cost on this machine
+ *             (on a VM whose vCPUs are not really simultaneous it is far above the cache-line
+ *             transfer time), the yardstick for the two threaded ping-pongs.
+ *
  * Output: one line per measurement, "<impl> <bench> <value> <unit>", for the runner to collect.
  * Usage: chanbench [pingpong-rounds [throughput-msgs]]
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -239,6 +245,37 @@ static double cv_throughput(long n)
 	return (double)n / dt;
 }
 
+/* ---- the hardware floor for a threaded ping-pong ---- */
+static _Atomic long floor_ping, floor_pong;
+
+static void *floor_echo(void *p)
+{
+	long rounds = *(long *)p;
+	for (long i = 1; i <= rounds; i++) {
+		while (atomic_load_explicit(&floor_ping, memory_order_acquire) != i)
+			;
+		atomic_store_explicit(&floor_pong, i, memory_order_release);
+	}
+	return NULL;
+}
+
+static double floor_pingpong(long rounds)
+{
+	atomic_store(&floor_ping, 0);
+	atomic_store(&floor_pong, 0);
+	pthread_t t;
+	pthread_create(&t, NULL, floor_echo, &rounds);
+	double t0 = now_s();
+	for (long i = 1; i <= rounds; i++) {
+		atomic_store_explicit(&floor_ping, i, memory_order_release);
+		while (atomic_load_explicit(&floor_pong, memory_order_acquire) != i)
+			;
+	}
+	double dt = now_s() - t0;
+	pthread_join(t, NULL);
+	return dt * 1e9 / (double)rounds;
+}
+
 int main(int argc, char **argv)
 {
 	long rounds = argc > 1 ? atol(argv[1]) : 200000;
@@ -247,6 +284,7 @@ int main(int argc, char **argv)
 	sa_pingpong(rounds / 10 + 1);
 	printf("spanalloc pingpong %.1f ns/roundtrip\n", sa_pingpong(rounds));
 	printf("condvar pingpong %.1f ns/roundtrip\n", cv_pingpong(rounds));
+	printf("spin-floor pingpong %.1f ns/roundtrip\n", floor_pingpong(rounds));
 	printf("spanalloc throughput %.0f msgs/s\n", sa_throughput(msgs));
 	printf("condvar throughput %.0f msgs/s\n", cv_throughput(msgs));
 	return 0;
