@@ -247,10 +247,26 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+static size_t inuse_peak;
+
+static size_t inuse_recent_locked(void)
+{
+	size_t inuse = sa_mheap.pages_inuse * SA_PAGE_SIZE;
+	return inuse > inuse_peak ? inuse : inuse_peak;
+}
+
+static void decay_peak_locked(void)
+{
+	size_t inuse = sa_mheap.pages_inuse * SA_PAGE_SIZE;
+	inuse_peak -= inuse_peak / 4;
+	if (inuse > inuse_peak)
+		inuse_peak = inuse;
+}
+
 /* Bytes above the retained goal (mheap.lock held). */
 static size_t excess_locked(void)
 {
-	size_t inuse = sa_mheap.pages_inuse * SA_PAGE_SIZE;
+	size_t inuse = inuse_recent_locked();
 	size_t goal = inuse + inuse / 100 * retain_pct;
 	if (sa_config.memlimit && sa_config.memlimit / 100 * 95 < goal)
 		goal = sa_config.memlimit / 100 * 95;
@@ -279,6 +295,8 @@ static void *scav_main(void *arg)
 		uint64_t t0 = now_ns();
 		size_t done = 0;
 		pthread_mutex_lock(&sa_mheap.lock);
+		decay_peak_locked();
+		bool decaying = inuse_peak > sa_mheap.pages_inuse * SA_PAGE_SIZE + SA_CHUNK_SIZE;
 		size_t ex = excess_locked();
 		while (ex > 0) {
 			size_t got = scav_locked(ex < ((size_t)16 << 20) ? ex : (size_t)16 << 20, 0);
@@ -290,7 +308,7 @@ static void *scav_main(void *arg)
 		pthread_mutex_unlock(&sa_mheap.lock);
 		uint64_t spent = now_ns() - t0;
 		if (done == 0) {
-			if (++idle >= 4) { /* park until a free makes work */
+			if (!decaying && ++idle >= 4) { /* park until a free makes work */
 				pthread_mutex_lock(&park_mu);
 				atomic_store(&parked, 1);
 				while (atomic_load(&parked))
