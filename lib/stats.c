@@ -9,6 +9,7 @@
  * printing may allocate): the report is exact per class, not one atomic snapshot of the heap.
  */
 #include "internal.h"
+#include "chan.h"
 
 void stats_class(unsigned cls, sa_class_stats_t *out)
 {
@@ -85,6 +86,7 @@ void sa_stats_print(FILE *f)
 									: "hugetlb");
 	fprintf(f, "  mcache            per-thread (SPANALLOC_MCACHE_CLASS_BYTES=%zu)%s\n",
 		sa_config.mcache_class_bytes, sa_config.debug ? ", debug: no caching" : "");
+	chan_stats_print(f);
 	fprintf(f, "%5s %6s %6s %7s %9s %9s %9s %9s %9s %9s\n", "class", "size", "spans", "objects", "in use",
 		"cached", "free", "tailwaste", "spanbytes", "util%");
 	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
