@@ -23,6 +23,19 @@ if [ -n "$pkgs" ]; then
 	fi
 fi
 
+# Peer allocators for `make bench`: best effort, never fatal.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
+	peers=""
+	for p in libjemalloc2 libtcmalloc-minimal4 libmimalloc2.0; do
+		dpkg -s "$p" >/dev/null 2>&1 || peers="$peers $p"
+	done
+	if [ -n "$peers" ]; then
+		echo "autogen.sh: installing benchmark peers$peers"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $peers >/dev/null 2>&1 ||
+			echo "autogen.sh: could not install$peers; make bench will skip them"
+	fi
+fi
+
 mkdir -p m4 build-aux
 autoreconf -fi
 ./configure "$@"
