@@ -31,7 +31,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg >
 	done
 	if [ -n "$peers" ]; then
 		echo "autogen.sh: installing benchmark peers$peers"
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $peers >/dev/null 2>&1 ||
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $peers >/dev/null 2>&1 ||
+			{ apt-get update -qq >/dev/null 2>&1 &&
+			  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $peers >/dev/null 2>&1; }; } ||
 			echo "autogen.sh: could not install$peers; make bench will skip them"
 	fi
 fi
