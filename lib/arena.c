@@ -14,6 +14,24 @@
  *   off      mprotect to read-write: plain 4 KiB pages.
  * Committing is a system call, so it happens only when mheap grows (amortised over a span).
  *
+ * Remembered fallback with backoff (as mimalloc's large_page_try_ok): after a failed MAP_HUGETLB
+ * the next `hugetlb_backoff` chunk commits skip it; the backoff starts at 8 and doubles to 1024
+ * on each further failure, and a success resets it. So a drained pool costs one failing mmap per
+ * 8..1024 chunks (16 MiB..2 GiB of heap growth), and a pool refilled later (an administrator
+ * raising vm.nr_hugepages, another process exiting) is used again. When the pool is empty at
+ * start (init.c reads free_hugepages) the backoff starts at its maximum.
+ *
+ * MADV_COLLAPSE (Linux 6.1) is never called on the allocation path: the scavenger thread calls
+ * arena_collapse_some, which asks the kernel to collapse THP chunks that are wholly in use and
+ * have not been asked before (the bit is cleared when the scavenger splits the chunk). In THP
+ * "madvise" mode a 2 MiB-aligned MADV_HUGEPAGE chunk normally gets a huge page at its first
+ * fault; collapse repairs chunks that did not (fragmented physical memory, split pages).
+ *
+ * NUMA: an arena belongs to one heap node (mheap.c). Under SPANALLOC_NUMA=local and more than
+ * one node it is mbind()-ed (numa/, MPOL_BIND) to its node, under interleave to all nodes
+ * (MPOL_INTERLEAVE); a simulated node that does not exist is not bound. A MAP_FIXED hugetlb
+ * mmap replaces the mapping and with it the policy, so the chunk is bound again after it.
+ *
  * Invariants: arena bases are 64 MB aligned; a chunk's committed bit is set exactly when it is
  * readable and writable; committed memory is never decommitted here (the scavenger advises it
  * away, DESIGN.md invariant 6). Callers hold mheap.lock.
@@ -66,16 +84,24 @@ static void *reserve_aligned(size_t size, uintptr_t hint)
 
 /* Reserve n contiguous arenas and create their metadata. Returns the first; the others follow
  * at +64 MB each and are published in the page map too. NULL when out of address space. */
-heaparena_t *arena_reserve(size_t n, uintptr_t hint)
+/* Apply the NUMA policy of a heap node to [addr, addr+len). */
+static void bind_range(void *addr, size_t len, int node)
+{
+	if (sa_numa_nodes() <= 1)
+		return; /* one node: nothing to choose, no system call */
+	if (sa_config.numa == 1)
+		sa_numa_bind(addr, len, node);
+	else if (sa_config.numa == 2)
+		sa_numa_bind(addr, len, -1);
+}
+
+heaparena_t *arena_reserve(size_t n, uintptr_t hint, int node)
 {
 	if (n == 0 || n > (SA_MAX_ALLOC >> SA_ARENA_SHIFT))
 		return NULL;
 	char *base = reserve_aligned(n * SA_ARENA_SIZE, hint);
 	if (base == NULL)
 		return NULL;
-	int node = 0;
-	if (sa_config.numa == 1)
-		node = sa_numa_current_node();
 	heaparena_t *first = NULL;
 	for (size_t i = 0; i < n; i++) {
 		heaparena_t *a = persistent_alloc(sizeof *a);
@@ -84,10 +110,7 @@ heaparena_t *arena_reserve(size_t n, uintptr_t hint)
 		a->base = (uintptr_t)base + i * SA_ARENA_SIZE;
 		a->node = node;
 		palloc_init(&a->palloc);
-		if (sa_config.numa == 1 && sa_numa_nodes() > 1)
-			sa_numa_bind((void *)a->base, SA_ARENA_SIZE, node);
-		else if (sa_config.numa == 2 && sa_numa_nodes() > 1)
-			sa_numa_bind((void *)a->base, SA_ARENA_SIZE, -1);
+		bind_range((void *)a->base, SA_ARENA_SIZE, node);
 		pagemap_set_arena(a->base, a);
 		if (i == 0)
 			first = a;
@@ -96,18 +119,63 @@ heaparena_t *arena_reserve(size_t n, uintptr_t hint)
 	return first;
 }
 
-static int commit_chunk(uintptr_t chunk)
+#define HUGETLB_BACKOFF_MIN 8
+#define HUGETLB_BACKOFF_MAX 1024
+
+/* Whether this commit may try MAP_HUGETLB (the remembered fallback, with backoff). */
+static bool hugetlb_try(void)
 {
-	if (sa_config.hugepages == HUGE_HUGETLB && !sa_mheap.hugetlb_failed) {
+	mheap_t *h = &sa_mheap;
+	if (sa_config.hugepages != HUGE_HUGETLB)
+		return false;
+	if (!h->hugetlb_failed)
+		return true;
+	if (h->hugetlb_backoff == 0) { /* set by init.c: the pool was empty at start */
+		h->hugetlb_backoff = HUGETLB_BACKOFF_MAX;
+		h->hugetlb_skip = HUGETLB_BACKOFF_MAX;
+	}
+	if (h->hugetlb_skip > 0) {
+		h->hugetlb_skip--;
+		return false;
+	}
+	return true;
+}
+
+static void hugetlb_result(bool ok)
+{
+	mheap_t *h = &sa_mheap;
+	if (ok) {
+		if (h->hugetlb_failed)
+			h->hugetlb_retries_ok++;
+		h->hugetlb_failed = 0;
+		h->hugetlb_backoff = 0;
+		h->hugetlb_skip = 0;
+		return;
+	}
+	h->hugetlb_fails++;
+	h->hugetlb_failed = 1;
+	h->hugetlb_backoff = h->hugetlb_backoff == 0 ? HUGETLB_BACKOFF_MIN
+			     : h->hugetlb_backoff >= HUGETLB_BACKOFF_MAX ? HUGETLB_BACKOFF_MAX
+									   : h->hugetlb_backoff * 2;
+	h->hugetlb_skip = h->hugetlb_backoff;
+}
+
+static int commit_chunk(uintptr_t chunk, int node)
+{
+	if (hugetlb_try()) {
 		void *p = mmap((void *)chunk, SA_CHUNK_SIZE, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
-		if (p == (void *)chunk)
+		if (p == (void *)chunk) {
+			hugetlb_result(true);
+			bind_range(p, SA_CHUNK_SIZE, node);
 			return BACK_HUGETLB;
+		}
 		/* Pool empty (ENOMEM) or no hugetlb support: remember, and step down. If the
 		 * failed mmap took the reservation with it, put PROT_NONE back first. */
-		sa_mheap.hugetlb_failed = 1;
-		mmap((void *)chunk, SA_CHUNK_SIZE, PROT_NONE,
-		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+		hugetlb_result(false);
+		if (mmap((void *)chunk, SA_CHUNK_SIZE, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0) == (void *)chunk)
+			bind_range((void *)chunk, SA_CHUNK_SIZE, node);
 	}
 	if (mprotect((void *)chunk, SA_CHUNK_SIZE, PROT_READ | PROT_WRITE) != 0)
 		return BACK_NONE;
@@ -125,13 +193,53 @@ bool arena_commit(uintptr_t base, size_t npages)
 		unsigned ci = (unsigned)((c - a->base) >> SA_CHUNK_SHIFT);
 		if (a->committed & (1u << ci))
 			continue;
-		int b = commit_chunk(c);
+		int b = commit_chunk(c, a->node);
 		if (b == BACK_NONE)
 			return false;
 		a->committed |= 1u << ci;
 		a->backing[ci] = (uint8_t)b;
 		sa_mheap.committed += SA_CHUNK_SIZE;
 		sa_mheap.committed_by[b] += SA_CHUNK_SIZE;
+		sa_mheap.committed_node[a->node] += SA_CHUNK_SIZE;
 	}
 	return true;
+}
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+size_t arena_collapse_some(size_t max)
+{
+	static _Atomic int unsupported;
+	if (max == 0 || sa_config.hugepages == HUGE_OFF || atomic_load_explicit(&unsupported, memory_order_relaxed))
+		return 0;
+	uintptr_t todo[16];
+	size_t n = 0;
+	if (max > sizeof todo / sizeof todo[0])
+		max = sizeof todo / sizeof todo[0];
+	pthread_mutex_lock(&sa_mheap.lock);
+	for (size_t i = 0; i < sa_mheap.narenas && n < max; i++) {
+		heaparena_t *a = sa_mheap.arenas[i];
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA && n < max; ci++)
+			if (a->backing[ci] == BACK_THP && a->palloc.chunk_free[ci] == 0 && !(a->collapsed & (1u << ci))) {
+				a->collapsed |= 1u << ci;
+				todo[n++] = a->base + ((uintptr_t)ci << SA_CHUNK_SHIFT);
+			}
+	}
+	pthread_mutex_unlock(&sa_mheap.lock);
+	/* No lock held: a collapse copies up to 2 MiB. Pages freed meanwhile keep their contents;
+	 * the scavenger (this same thread) advises them only after. */
+	for (size_t i = 0; i < n; i++) {
+		int saved = errno;
+		if (madvise((void *)todo[i], SA_CHUNK_SIZE, MADV_COLLAPSE) == 0) {
+			__atomic_fetch_add(&sa_mheap.collapse_ok, 1, __ATOMIC_RELAXED);
+		} else {
+			if (errno == EINVAL) /* a kernel before 6.1 */
+				atomic_store_explicit(&unsupported, 1, memory_order_relaxed);
+			__atomic_fetch_add(&sa_mheap.collapse_fail, 1, __ATOMIC_RELAXED);
+		}
+		errno = saved;
+	}
+	return n;
 }

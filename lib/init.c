@@ -57,8 +57,7 @@ void sa_fatal(const char *fmt, ...)
 
 static void fork_prepare(void)
 {
-	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
-		pthread_mutex_lock(&sa_mcentral[i].lock);
+	mcentral_fork_prepare(); /* every node's mcentrals */
 	pthread_mutex_lock(&sa_mheap.lock);
 	mcache_fork_prepare();
 }
@@ -67,16 +66,14 @@ static void fork_parent(void)
 {
 	mcache_fork_parent();
 	pthread_mutex_unlock(&sa_mheap.lock);
-	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
-		pthread_mutex_unlock(&sa_mcentral[i].lock);
+	mcentral_fork_parent();
 }
 
 static void fork_child(void)
 {
 	mcache_fork_child();
 	pthread_mutex_init(&sa_mheap.lock, NULL);
-	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
-		pthread_mutex_init(&sa_mcentral[i].lock, NULL);
+	mcentral_fork_child();
 	scav_fork_child();
 }
 

@@ -138,7 +138,12 @@ typedef struct palloc {
 	pallocsum_t root;                 /* 8192 pages */
 	size_t free_pages;
 	uint64_t scav[SA_PALLOC_WORDS];   /* scavenger: 1 = page returned to the kernel (free, not resident) */
+	/* per 2 MiB chunk (256 pages): its summary and free page count, for hugepage-aware
+	 * placement (mheap.c: the fullest chunk that fits) */
+	pallocsum_t chunk[SA_CHUNKS_PER_ARENA];
+	uint16_t chunk_free[SA_CHUNKS_PER_ARENA];
 } palloc_t;
+#define SA_CHUNK_PAGES (SA_CHUNK_SIZE / SA_PAGE_SIZE) /* 256 */
 
 enum backing { BACK_NONE = 0, BACK_HUGETLB, BACK_THP, BACK_SMALL };
 
@@ -150,7 +155,8 @@ typedef struct heaparena {
 	uint32_t committed;                /* bit per 2 MiB chunk */
 	uint8_t backing[SA_CHUNKS_PER_ARENA];
 	uint32_t zeroed_base;              /* pages at or above have never been handed out */
-	int node;
+	uint32_t collapsed;                /* bit per THP chunk the scavenger asked to MADV_COLLAPSE */
+	int node;                          /* heap node (0 .. sa_heap_nodes-1), see mheap */
 } heaparena_t;
 
 /* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go). It
@@ -178,14 +184,18 @@ SA_INTERNAL void pagemap_set_arena(uintptr_t base, heaparena_t *a);
 SA_INTERNAL void pagemap_set_span(uintptr_t base, size_t npages, mspan_t *s);
 
 /* arena.c */
-SA_INTERNAL heaparena_t *arena_reserve(size_t narenas, uintptr_t hint);
+SA_INTERNAL heaparena_t *arena_reserve(size_t narenas, uintptr_t hint, int node);
 SA_INTERNAL bool arena_commit(uintptr_t base, size_t npages);
 SA_INTERNAL const char *backing_name(int b);
+/* Scavenger thread, no lock held: MADV_COLLAPSE up to max THP chunks that are wholly in use
+ * and not yet collapsed. Returns how many were asked. */
+SA_INTERNAL size_t arena_collapse_some(size_t max);
 
 /* pagealloc.c */
 SA_INTERNAL void palloc_init(palloc_t *pa);
 SA_INTERNAL void palloc_set(palloc_t *pa, size_t first, size_t n, bool used);
 SA_INTERNAL long palloc_find(const palloc_t *pa, size_t npages);
+SA_INTERNAL long palloc_find_chunk(const palloc_t *pa, unsigned ci, size_t npages);
 SA_INTERNAL bool palloc_is_free(const palloc_t *pa, size_t first, size_t n);
 SA_INTERNAL pallocsum_t palloc_summarize_word(uint64_t w);
 SA_INTERNAL size_t palloc_scav_take(palloc_t *pa, size_t first, size_t n);
@@ -194,9 +204,16 @@ SA_INTERNAL size_t palloc_scav_mark(palloc_t *pa, size_t first, size_t n);
 /* ------------------------------------------------------------------------------------------
  * mheap
  * ---------------------------------------------------------------------------------------- */
+/* Heap nodes: NUMA nodes as the heap sees them (SPANALLOC_NUMA=local: one per node of numa/,
+ * real or simulated, at most SA_MAX_NODES, higher nodes folded modulo; interleave and off: 1). */
+#define SA_MAX_NODES 8
+extern int sa_heap_nodes SA_INTERNAL;
+/* The heap node of the calling CPU: 0 on one node, else numa/'s node of sched_getcpu(). */
+SA_INTERNAL int heap_node(void);
+
 typedef struct mheap {
 	pthread_mutex_t lock;
-	heaparena_t **arenas;          /* sorted by base address */
+	heaparena_t **arenas;          /* sorted by base address; each belongs to one heap node */
 	size_t narenas, cap_arenas;
 	mspan_t *spanfree;             /* pool of dead span records */
 	size_t nspans_inuse;
@@ -204,7 +221,13 @@ typedef struct mheap {
 	size_t reserved, committed, pages_inuse;
 	size_t committed_by[4];        /* per enum backing */
 	size_t large_inuse, nlarge;
-	int hugetlb_failed;            /* remembered fallback: skip MAP_HUGETLB */
+	int hugetlb_failed;            /* remembered fallback: skip MAP_HUGETLB (retried with backoff) */
+	unsigned hugetlb_skip;         /* chunk commits left before MAP_HUGETLB is tried again */
+	unsigned hugetlb_backoff;      /* current skip length: 8, doubling to 1024 */
+	size_t hugetlb_fails, hugetlb_retries_ok;
+	size_t committed_node[SA_MAX_NODES];
+	size_t placed_packed, placed_aligned, placed_first; /* which placement rule found the run */
+	size_t collapse_ok, collapse_fail;   /* updated with __atomic builtins by the scavenger */
 	/* scavenger (scavenge.c), under lock: resident = committed - scavenged */
 	size_t scavenged;              /* bytes of free pages whose scav bit is set */
 	size_t released;               /* bytes ever returned to the kernel */
@@ -214,7 +237,9 @@ typedef struct mheap {
 
 extern mheap_t sa_mheap;
 
+/* mheap_alloc takes pages of the calling CPU's heap node; mheap_alloc_node of the given one. */
 SA_INTERNAL mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages);
+SA_INTERNAL mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int node);
 SA_INTERNAL bool mheap_free(mspan_t *s, const void *p);
 
 /* persistent.c: metadata memory that is never freed (Go's persistentalloc). */
@@ -231,11 +256,18 @@ typedef struct mcentral {
 	mspan_t *spare;                /* at most one empty span kept back from mheap */
 	size_t nspans;
 	spanclass_t spanclass;
+	uint8_t node;
 } __attribute__((aligned(SA_CACHE_LINE))) mcentral_t;
 
-extern mcentral_t sa_mcentral[SA_NUM_SPAN_CLASSES];
+/* One mcentral per heap node and spanclass. A refill takes from the calling CPU's node; a flush
+ * returns each object to its span's node (span->node). */
+extern mcentral_t sa_mcentrals[SA_MAX_NODES][SA_NUM_SPAN_CLASSES];
+#define sa_mcentral (sa_mcentrals[0]) /* node 0: the only one on a single-node machine */
 
 SA_INTERNAL void mcentral_init(void);
+SA_INTERNAL void mcentral_fork_prepare(void);
+SA_INTERNAL void mcentral_fork_parent(void);
+SA_INTERNAL void mcentral_fork_child(void);
 SA_INTERNAL size_t mcentral_refill(spanclass_t sc, void **out, size_t want);
 SA_INTERNAL void mcentral_flush(spanclass_t sc, void **objs, size_t n);
 SA_INTERNAL void mcentral_release_spares(void);

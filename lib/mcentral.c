@@ -10,20 +10,58 @@
  * oscillates around a span boundary does not take pages from mheap and give them back on every
  * batch; a second empty span goes back to mheap at once. sa_release() empties the spare.
  *
+ * NUMA: there is one mcentral per heap node and spanclass (sa_mcentrals[node][sc]). A refill
+ * serves the calling CPU's node (heap_node(): numa/'s node of sched_getcpu(), read once per
+ * batch, on this slow path only) and takes new spans from that node's arenas, so a thread's
+ * memory is local to where it runs. A flush returns each object to its span's own node
+ * (span->node), whatever CPU the freeing thread is on; a batch with objects of several nodes
+ * takes one node's lock at a time. On one node (or SPANALLOC_NUMA=interleave|off) there is only
+ * node 0, and none of this costs anything.
+ *
  * Invariants: a span is on exactly one of partial, full or spare while it is in use; a span on
  * full has alloc_count == nelems; a span on partial has 0 < alloc_count < nelems, or is fresh.
- * Lock order: this lock, then mheap.lock.
+ * Lock order: this lock, then mheap.lock; never two mcentrals (of any node) at once.
  */
 #include "internal.h"
+#include "../numa/numa.h"
 
-mcentral_t sa_mcentral[SA_NUM_SPAN_CLASSES];
+mcentral_t sa_mcentrals[SA_MAX_NODES][SA_NUM_SPAN_CLASSES];
 
+/* After numa/ is initialised: fix the number of heap nodes. */
 void mcentral_init(void)
 {
-	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++) {
-		pthread_mutex_init(&sa_mcentral[i].lock, NULL);
-		sa_mcentral[i].spanclass = (spanclass_t)i;
-	}
+	int n = 1;
+	if (sa_config.numa == 1)
+		n = sa_numa_nodes() < SA_MAX_NODES ? sa_numa_nodes() : SA_MAX_NODES;
+	sa_heap_nodes = n < 1 ? 1 : n;
+	for (unsigned node = 0; node < SA_MAX_NODES; node++)
+		for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++) {
+			pthread_mutex_init(&sa_mcentrals[node][i].lock, NULL);
+			sa_mcentrals[node][i].spanclass = (spanclass_t)i;
+			sa_mcentrals[node][i].node = (uint8_t)node;
+		}
+}
+
+/* pthread_atfork, from init.c: every mcentral lock of every node in use, before mheap.lock. */
+void mcentral_fork_prepare(void)
+{
+	for (int node = 0; node < sa_heap_nodes; node++)
+		for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
+			pthread_mutex_lock(&sa_mcentrals[node][i].lock);
+}
+
+void mcentral_fork_parent(void)
+{
+	for (int node = 0; node < sa_heap_nodes; node++)
+		for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
+			pthread_mutex_unlock(&sa_mcentrals[node][i].lock);
+}
+
+void mcentral_fork_child(void)
+{
+	for (int node = 0; node < sa_heap_nodes; node++)
+		for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++)
+			pthread_mutex_init(&sa_mcentrals[node][i].lock, NULL);
 }
 
 static void list_push(mspan_t **head, mspan_t *s, uint8_t which)
@@ -49,11 +87,12 @@ static void list_remove(mcentral_t *c, mspan_t *s)
 	s->list = LIST_NONE;
 }
 
-/* Take up to want free objects of spanclass sc into out[]. Returns how many (0 only when the
- * heap is exhausted). */
+/* Take up to want free objects of spanclass sc into out[], from the calling CPU's node.
+ * Returns how many (0 only when the heap is exhausted). */
 size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
 {
-	mcentral_t *c = &sa_mcentral[sc];
+	const int node = heap_node();
+	mcentral_t *c = &sa_mcentrals[node][sc];
 	size_t got = 0;
 	pthread_mutex_lock(&c->lock);
 	while (got < want) {
@@ -64,7 +103,7 @@ size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
 				c->spare = NULL;
 			} else {
 				unsigned cls = spanclass_sizeclass(sc);
-				s = mheap_alloc(sa_class_to_allocnpages[cls], sc, 1);
+				s = mheap_alloc_node(sa_class_to_allocnpages[cls], sc, 1, node);
 				if (s == NULL)
 					break;
 				c->nspans++;
@@ -81,14 +120,20 @@ size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
 	return got;
 }
 
-/* Return n objects of spanclass sc to their spans. */
+/* Return n objects of spanclass sc to their spans, each to its span's node. */
 void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 {
-	mcentral_t *c = &sa_mcentral[sc];
-	pthread_mutex_lock(&c->lock);
+	mcentral_t *c = NULL;
 	for (size_t i = 0; i < n; i++) {
 		mspan_t *s = spanof(objs[i]);
 		uintptr_t p = (uintptr_t)objs[i];
+		mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][sc];
+		if (want != c) { /* one node's lock at a time */
+			if (c)
+				pthread_mutex_unlock(&c->lock);
+			c = want;
+			pthread_mutex_lock(&c->lock);
+		}
 		if (unlikely(s == NULL || s->spanclass != sc || p >= s->limit ||
 			     p != s->base + mspan_objindex(s, p) * s->elemsize)) {
 			pthread_mutex_unlock(&c->lock);
@@ -113,15 +158,16 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 			}
 		}
 	}
-	pthread_mutex_unlock(&c->lock);
+	if (c)
+		pthread_mutex_unlock(&c->lock);
 	scav_poll(); /* no lock held: the scavenger thread may start */
 }
 
 /* Give every spare (empty) span back to mheap. */
 void mcentral_release_spares(void)
 {
-	for (unsigned i = 0; i < SA_NUM_SPAN_CLASSES; i++) {
-		mcentral_t *c = &sa_mcentral[i];
+	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++) {
+		mcentral_t *c = &sa_mcentrals[i / SA_NUM_SPAN_CLASSES][i % SA_NUM_SPAN_CLASSES];
 		pthread_mutex_lock(&c->lock);
 		if (c->spare) {
 			mheap_free(c->spare, NULL);

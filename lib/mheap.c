@@ -2,10 +2,30 @@
  *
  * mheap owns every arena and hands out runs of 8 KiB pages as spans: to mcentral for small
  * objects (1–10 pages, by size class) and straight to malloc for large objects (> 32 KiB, one
- * object per span). It finds the lowest-addressed free run through each arena's summary tree
- * (pagealloc.c), walking arenas in address order and carrying a free run across arenas that
- * touch, so a run larger than 64 MB can span several. When no run fits it reserves new arenas
- * (arena.c), after the last one when that address is free.
+ * object per span). Each arena belongs to one heap node (NUMA, see below); a run is taken only
+ * from arenas of the node asked for, and when none fits, new arenas are reserved for that node
+ * (arena.c), after the last arena when that address is free.
+ *
+ * Placement is hugepage-aware, after tcmalloc's Temeraire (HugePageFiller), so that whole 2 MiB
+ * chunks fall free and the scavenger can return whole huge pages without splitting them:
+ *   - a run smaller than a chunk (every span of a size class, and large objects < 2 MiB) goes
+ *     into the fullest chunk that has room for it: fewest free pages among the chunks whose
+ *     longest free run is long enough (per-chunk summaries, pagealloc.c). Among wholly free
+ *     chunks, resident ones come first, then scavenged ones, then never-committed ones, each
+ *     by lowest address; inside the chosen chunk, the lowest run that fits. A run that fits
+ *     only across a chunk boundary falls back to the rule below.
+ *   - a run of a chunk or more starts on a chunk boundary when such a place exists (whole free
+ *     chunks, then the start of the next one), lowest address first, so a 2 MiB object is one
+ *     huge page and not parts of two;
+ *   - otherwise (and for the fallbacks): the lowest-addressed free run, as Go's page allocator,
+ *     found through each arena's summary tree, walking the node's arenas in address order and
+ *     carrying a free run across arenas that touch, so a run larger than 64 MB can span several.
+ * The scans are bounded by the node's arenas whose root summary fits (full arenas cost one
+ * compare) times 32 chunks; this is the span-creation slow path, under mheap.lock.
+ *
+ * NUMA: with SPANALLOC_NUMA=local there is one heap node per NUMA node (numa/, real or
+ * simulated by SPANALLOC_NUMA_FAKE), capped at SA_MAX_NODES; mheap_alloc uses the calling CPU's
+ * node, mcentral passes its own. With interleave or off there is one heap node, 0.
  *
  * Freed runs coalesce by construction: freeing clears bits, and the summaries see the merged
  * run at once. Memory is never returned to the kernel here (DESIGN.md invariant 6): mheap_free
@@ -20,10 +40,20 @@
  */
 #include "internal.h"
 
+#include "../numa/numa.h"
+
 #include <errno.h>
 #include <string.h>
 
 mheap_t sa_mheap = {.lock = PTHREAD_MUTEX_INITIALIZER};
+int sa_heap_nodes = 1;
+
+int heap_node(void)
+{
+	if (sa_heap_nodes <= 1)
+		return 0;
+	return sa_numa_current_node() % sa_heap_nodes;
+}
 
 static mspan_t *span_record_alloc(void)
 {
@@ -76,13 +106,15 @@ static bool arenas_insert(heaparena_t *first, size_t n)
 	return true;
 }
 
-/* Lowest address of a free run of n pages, or 0. */
-static uintptr_t find_run(size_t n)
+/* Lowest address of a free run of n pages in node's arenas, or 0. */
+static uintptr_t find_first(size_t n, int node)
 {
 	size_t carry = 0;
 	uintptr_t prev_end = 0;
 	for (size_t i = 0; i < sa_mheap.narenas; i++) {
 		const heaparena_t *a = sa_mheap.arenas[i];
+		if (a->node != node)
+			continue;
 		const pallocsum_t r = a->palloc.root;
 		if (a->base != prev_end)
 			carry = 0;
@@ -94,6 +126,99 @@ static uintptr_t find_run(size_t n)
 		prev_end = a->base + SA_ARENA_SIZE;
 	}
 	return 0;
+}
+
+/* Rank of wholly free chunk ci: 0 resident, 1 committed but (partly) scavenged, 2 uncommitted. */
+static unsigned empty_rank(const heaparena_t *a, unsigned ci)
+{
+	if (!(a->committed & (1u << ci)))
+		return 2;
+	const uint64_t *sc = &a->palloc.scav[ci * (SA_CHUNK_PAGES / 64)];
+	for (size_t w = 0; w < SA_CHUNK_PAGES / 64; w++)
+		if (sc[w])
+			return 1;
+	return 0;
+}
+
+/* n < a chunk: the fullest chunk of node whose longest free run is ≥ n (see the top). 0 when
+ * no single chunk has room. */
+static uintptr_t find_packed(size_t n, int node)
+{
+	const heaparena_t *best = NULL;
+	unsigned best_ci = 0, best_key = ~0u;
+	for (size_t i = 0; i < sa_mheap.narenas; i++) {
+		const heaparena_t *a = sa_mheap.arenas[i];
+		if (a->node != node || a->palloc.root.max < n)
+			continue;
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++) {
+			if (a->palloc.chunk[ci].max < n)
+				continue;
+			unsigned f = a->palloc.chunk_free[ci];
+			unsigned key = f * 4 + (f == SA_CHUNK_PAGES ? empty_rank(a, ci) : 0);
+			if (key < best_key) {
+				best_key = key;
+				best = a;
+				best_ci = ci;
+				if (f == n) /* an exact fit: nothing is fuller */
+					goto found;
+			}
+		}
+	}
+	if (best == NULL)
+		return 0;
+found:;
+	long pg = palloc_find_chunk(&best->palloc, best_ci, n);
+	return pg < 0 ? 0 : best->base + (uintptr_t)pg * SA_PAGE_SIZE;
+}
+
+/* n ≥ a chunk: the lowest run of n free pages in node's arenas that starts on a chunk
+ * boundary, or 0. */
+static uintptr_t find_aligned(size_t n, int node)
+{
+	size_t run = 0;
+	uintptr_t start = 0, prev_end = 0;
+	for (size_t i = 0; i < sa_mheap.narenas; i++) {
+		const heaparena_t *a = sa_mheap.arenas[i];
+		if (a->node != node)
+			continue;
+		if (a->base != prev_end)
+			run = 0;
+		prev_end = a->base + SA_ARENA_SIZE;
+		if (run == 0 && a->palloc.root.max < SA_CHUNK_PAGES)
+			continue; /* no whole free chunk to start from, nothing carried in */
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++) {
+			const palloc_t *pa = &a->palloc;
+			if (pa->chunk_free[ci] == SA_CHUNK_PAGES) {
+				if (run == 0)
+					start = a->base + ((uintptr_t)ci << SA_CHUNK_SHIFT);
+				run += SA_CHUNK_PAGES;
+				if (run >= n)
+					return start;
+			} else {
+				if (run > 0 && run + pa->chunk[ci].start >= n)
+					return start;
+				run = 0;
+			}
+		}
+	}
+	return 0;
+}
+
+static uintptr_t find_run(size_t n, int node)
+{
+	uintptr_t b;
+	if (n < SA_CHUNK_PAGES) {
+		if ((b = find_packed(n, node)) != 0) {
+			sa_mheap.placed_packed++;
+			return b;
+		}
+	} else if ((b = find_aligned(n, node)) != 0) {
+		sa_mheap.placed_aligned++;
+		return b;
+	}
+	if ((b = find_first(n, node)) != 0)
+		sa_mheap.placed_first++;
+	return b;
 }
 
 /* Mark pages [base, base + n pages) used or free, arena by arena. Returns whether any page
@@ -126,7 +251,7 @@ static bool set_run(uintptr_t base, size_t n, bool used)
 	return dirty;
 }
 
-static bool grow(size_t npages)
+static bool grow(size_t npages, int node)
 {
 	size_t n = (npages + SA_PAGES_PER_ARENA - 1) / SA_PAGES_PER_ARENA;
 	uintptr_t hint = 0;
@@ -135,15 +260,22 @@ static bool grow(size_t npages)
 			hint = sa_mheap.arenas[i]->base + SA_ARENA_SIZE;
 	if (hint == 0)
 		hint = (uintptr_t)0x00c0 << 32; /* Go's first hint: far from the program's own maps */
-	heaparena_t *a = arena_reserve(n, hint);
+	heaparena_t *a = arena_reserve(n, hint, node);
 	return a != NULL && arenas_insert(a, n);
 }
 
-/* A span of npages pages whose first page is aligned to align_pages (a power of two, 1 for
- * none). sc 0 makes a large-object span; otherwise the span is cut for spanclass sc.
- * NULL when the address space or the kernel says no. */
 mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages)
 {
+	return mheap_alloc_node(npages, sc, align_pages, heap_node());
+}
+
+/* A span of npages pages of heap node `node` whose first page is aligned to align_pages (a
+ * power of two, 1 for none). sc 0 makes a large-object span; otherwise the span is cut for
+ * spanclass sc. NULL when the address space or the kernel says no. */
+mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int node)
+{
+	if (node < 0 || node >= sa_heap_nodes)
+		node = 0;
 	if (npages == 0 || npages > (SA_MAX_ALLOC >> SA_PAGE_SHIFT) || align_pages == 0)
 		return NULL;
 	size_t want = npages + align_pages - 1;
@@ -151,9 +283,9 @@ mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages)
 	pthread_mutex_lock(&sa_mheap.lock);
 	if (sa_config.memlimit)
 		scav_memlimit_locked(want * SA_PAGE_SIZE); /* may drop and retake the lock */
-	uintptr_t base = find_run(want);
+	uintptr_t base = find_run(want, node);
 	if (base == 0) {
-		if (!grow(want) || (base = find_run(want)) == 0) {
+		if (!grow(want, node) || (base = find_run(want, node)) == 0) {
 			pthread_mutex_unlock(&sa_mheap.lock);
 			return NULL;
 		}

@@ -15,6 +15,11 @@
  * run is inside the child: descend; otherwise carry becomes child.end (or grows by the child's
  * size when the child is wholly free). Every step is bounded: 2 + 8 + 8 summaries and 64 bits.
  *
+ * Each 2 MiB chunk (256 pages, 4 bitmap words) also keeps its own summary and free page count
+ * (chunk[], chunk_free[]), refreshed by palloc_set, so that mheap can place a small run in the
+ * fullest chunk that fits (hugepage-aware placement, after Temeraire) without scanning bits;
+ * palloc_find_chunk finds the lowest run of N pages inside one chunk.
+ *
  * A second bitmap, scav, marks free pages the scavenger returned to the kernel (Go's
  * pageAlloc.scav): they are not resident and, after MADV_DONTNEED, read as zero. Handing a page
  * out clears its bit (palloc_scav_take); freeing leaves it clear (resident, dirty).
@@ -95,6 +100,10 @@ void palloc_init(palloc_t *pa)
 	pa->l2[0] = pa->l2[1] = sum_free(L2_PAGES);
 	pa->root = sum_free(SA_PAGES_PER_ARENA);
 	pa->free_pages = SA_PAGES_PER_ARENA;
+	for (size_t i = 0; i < SA_CHUNKS_PER_ARENA; i++) {
+		pa->chunk[i] = sum_free(SA_CHUNK_PAGES);
+		pa->chunk_free[i] = SA_CHUNK_PAGES;
+	}
 }
 
 /* Mark pages [first, first+n) used or free and refresh the summaries above them. */
@@ -120,6 +129,14 @@ void palloc_set(palloc_t *pa, size_t first, size_t n, bool used)
 		pa->free_pages -= n;
 	else
 		pa->free_pages += n;
+	for (size_t c = first / SA_CHUNK_PAGES; c <= (first + n - 1) / SA_CHUNK_PAGES; c++) {
+		const size_t cw = SA_CHUNK_PAGES / 64;
+		size_t used_pages = 0;
+		for (size_t w = c * cw; w < (c + 1) * cw; w++)
+			used_pages += (size_t)__builtin_popcountll(pa->bits[w]);
+		pa->chunk[c] = merge(&pa->l0[c * cw], cw, L0_PAGES);
+		pa->chunk_free[c] = (uint16_t)(SA_CHUNK_PAGES - used_pages);
+	}
 }
 
 /* Scan summaries s[lo..lo+cnt) of `size` pages each. Returns the first page of a run that
@@ -163,6 +180,26 @@ long palloc_find(const palloc_t *pa, size_t n)
 		} else if (++carry >= n) {
 			return (long)(i * 64 + b + 1 - n);
 		}
+	}
+	return -1;
+}
+
+/* First page of the lowest-addressed run of n free pages inside chunk ci (n ≤ 256), or -1. */
+long palloc_find_chunk(const palloc_t *pa, unsigned ci, size_t n)
+{
+	const size_t cw = SA_CHUNK_PAGES / 64;
+	if (n == 0 || ci >= SA_CHUNKS_PER_ARENA || pa->chunk[ci].max < n)
+		return -1;
+	size_t carry = 0, i = SIZE_MAX;
+	long r = scan_level(pa->l0, ci * cw, cw, L0_PAGES, n, &carry, &i);
+	if (r >= 0 || i == SIZE_MAX)
+		return r;
+	uint64_t w = pa->bits[i];
+	for (size_t b = 0; b < 64; b++) {
+		if (w & (1ULL << b))
+			carry = 0;
+		else if (++carry >= n)
+			return (long)(i * 64 + b + 1 - n);
 	}
 	return -1;
 }

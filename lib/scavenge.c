@@ -13,7 +13,8 @@
  *     SPANALLOC_MEMLIMIT.
  *
  * One step (scav_locked): under mheap.lock, walk chunks from the highest address down (the page
- * allocator is lowest-address first-fit, so the top is reused last) and pick free, resident
+ * allocator packs runs into the fullest chunk and takes wholly free chunks lowest address
+ * first, so the top is reused last) and pick free, resident
  * pages: first whole free 2 MiB chunks (a whole huge page goes back; hugetlb chunks only ever
  * whole), then, when that is not enough, free runs inside THP / 4 KiB chunks that are less than
  * 96.875% in use (Go's scavChunkHiOccFrac; sa_release and the memory limit ignore density).
@@ -163,6 +164,8 @@ size_t scav_locked(size_t max_bytes, int flags)
 			for (size_t i = 0; i < np; i++) {
 				/* uring.c already retried failures with madvise(2), MADV_FREE with DONTNEED */
 				size_t newly = palloc_scav_mark(&p[i].a->palloc, p[i].first, p[i].n);
+				if (p[i].n < CHUNK_PAGES) /* a part of a THP chunk: the huge page is split */
+					p[i].a->collapsed &= ~(1u << (p[i].first / CHUNK_PAGES));
 				palloc_set(&p[i].a->palloc, p[i].first, p[i].n, false);
 				sa_mheap.scavenged += newly * SA_PAGE_SIZE;
 				sa_mheap.released += newly * SA_PAGE_SIZE;
@@ -306,6 +309,9 @@ static void *scav_main(void *arg)
 			ex = excess_locked();
 		}
 		pthread_mutex_unlock(&sa_mheap.lock);
+		/* off the allocation path: ask the kernel to collapse a few THP chunks wholly in use */
+		if (now_ns() - t0 < budget)
+			arena_collapse_some(4);
 		uint64_t spent = now_ns() - t0;
 		if (done == 0) {
 			if (!decaying && ++idle >= 4) { /* park until a free makes work */

@@ -14,8 +14,8 @@
 void stats_class(unsigned cls, sa_class_stats_t *out)
 {
 	size_t spans = 0, alloc = 0;
-	for (int noscan = 0; noscan <= 1; noscan++) {
-		mcentral_t *c = &sa_mcentral[make_spanclass(cls, noscan)];
+	for (int k = 0; k < 2 * sa_heap_nodes; k++) {
+		mcentral_t *c = &sa_mcentrals[k / 2][make_spanclass(cls, k % 2)];
 		pthread_mutex_lock(&c->lock);
 		for (int l = 0; l < 3; l++) {
 			mspan_t *s = l == 0 ? c->partial : l == 1 ? c->full : c->spare;
@@ -80,10 +80,21 @@ void sa_stats_print(FILE *f)
 	fprintf(f, "  small in use      %14zu bytes (objects handed out, by class size)\n", small_inuse);
 	fprintf(f, "  small spans       %14zu bytes\n", small_spans);
 	fprintf(f, "  large in use      %14zu bytes in %zu objects\n", h.large_inuse, h.nlarge);
-	fprintf(f, "  huge pages        %s\n",
+	fprintf(f, "  huge pages        %s; hugetlb %zu bytes, thp-advised %zu bytes, 4k %zu bytes\n",
 		sa_config.hugepages == HUGE_OFF ? "off"
-		: sa_config.hugepages == HUGE_THP || h.hugetlb_failed ? "thp (hugetlb pool empty or off)"
-									: "hugetlb");
+		: sa_config.hugepages == HUGE_THP ? "thp"
+		: h.hugetlb_failed ? "hugetlb, falling back to thp (pool empty; retried with backoff)"
+				   : "hugetlb",
+		h.committed_by[BACK_HUGETLB], h.committed_by[BACK_THP], h.committed_by[BACK_SMALL]);
+	fprintf(f, "  hugetlb fallback  %zu failed MAP_HUGETLB, %zu successful retries; MADV_COLLAPSE %zu ok, %zu failed\n",
+		h.hugetlb_fails, h.hugetlb_retries_ok, h.collapse_ok, h.collapse_fail);
+	fprintf(f, "  placement         %zu runs in the fullest 2 MiB chunk, %zu chunk-aligned, %zu first fit\n",
+		h.placed_packed, h.placed_aligned, h.placed_first);
+	fprintf(f, "  numa              %s, %d heap node%s", sa_config.numa == 0 ? "off" : sa_config.numa == 1 ? "local" : "interleave",
+		sa_heap_nodes, sa_heap_nodes == 1 ? "" : "s");
+	for (int n = 0; n < sa_heap_nodes; n++)
+		fprintf(f, "%s node %d %zu", n ? "," : ":", n, h.committed_node[n]);
+	fprintf(f, "%s\n", sa_heap_nodes > 1 ? " bytes committed" : "");
 	fprintf(f, "  mcache            per-thread (SPANALLOC_MCACHE_CLASS_BYTES=%zu)%s\n",
 		sa_config.mcache_class_bytes, sa_config.debug ? ", debug: no caching" : "");
 	chan_stats_print(f);

@@ -2,7 +2,7 @@
  * spans and mcentral.
  *
  * Every test runs in a fresh forked process (see sa_check.h), so the heap starts empty and
- * first fit by address is predictable: a test that depends on it initialises the allocator
+ * placement (lib/mheap.c) is predictable: a test that depends on it initialises the allocator
  * with sa_ensure_init() and no allocation before its own.
  */
 #include "sa_check.h"
@@ -213,30 +213,33 @@ START_TEST(test_mheap_aligned)
 }
 END_TEST
 
-/* First fit by address and coalescing, on a fresh heap. */
+/* Runs of a 2 MiB chunk or more: first fit by address on a chunk boundary, hole reuse and
+ * coalescing, on a fresh heap. (Runs below a chunk go to the fullest chunk that fits:
+ * tests/check_huge.c.) */
 START_TEST(test_mheap_coalesce)
 {
 	sa_ensure_init();
-	mspan_t *a = alloc_run(300, 1);
+	const size_t C = SA_CHUNK_SIZE / SA_PAGE_SIZE; /* 256 pages */
+	mspan_t *a = alloc_run(2 * C, 1);
 	ck_assert_uint_eq(a->base % SA_ARENA_SIZE, 0); /* fresh heap: the first run opens the first arena */
-	mspan_t *b = alloc_run(300, 1);
-	mspan_t *c = alloc_run(300, 1);
+	mspan_t *b = alloc_run(2 * C, 1);
+	mspan_t *c = alloc_run(2 * C, 1);
 	uintptr_t abase = a->base, bbase = b->base, cbase = c->base;
-	ck_assert_uint_eq(bbase, abase + 300 * SA_PAGE_SIZE);
-	ck_assert_uint_eq(cbase, bbase + 300 * SA_PAGE_SIZE);
+	ck_assert_uint_eq(bbase, abase + 2 * C * SA_PAGE_SIZE);
+	ck_assert_uint_eq(cbase, bbase + 2 * C * SA_PAGE_SIZE);
 	/* a hole in the middle is reused first, by address */
 	free_run(b);
-	mspan_t *h = alloc_run(100, 1);
+	mspan_t *h = alloc_run(C, 1);
 	ck_assert_uint_eq(h->base, bbase);
-	mspan_t *big = alloc_run(250, 1); /* 200 left in the hole: too small */
-	ck_assert_uint_eq(big->base, cbase + 300 * SA_PAGE_SIZE);
-	mspan_t *h2 = alloc_run(200, 1); /* exact fit of the rest of the hole */
-	ck_assert_uint_eq(h2->base, bbase + 100 * SA_PAGE_SIZE);
+	mspan_t *big = alloc_run(C + 44, 1); /* C left in the hole: too small */
+	ck_assert_uint_eq(big->base, cbase + 2 * C * SA_PAGE_SIZE);
+	mspan_t *h2 = alloc_run(C, 1); /* exact fit of the rest of the hole */
+	ck_assert_uint_eq(h2->base, bbase + C * SA_PAGE_SIZE);
 	free_run(big);
 	/* free two adjacent runs: a run of their sum fits at the same address */
 	free_run(a);
 	free_run(h);
-	mspan_t *sum = alloc_run(400, 1);
+	mspan_t *sum = alloc_run(3 * C, 1);
 	ck_assert_uint_eq(sum->base, abase);
 	free_run(sum);
 	/* three neighbours freed in reverse order coalesce with what follows c */
@@ -245,15 +248,13 @@ START_TEST(test_mheap_coalesce)
 	mspan_t *all = alloc_run(SA_PAGES_PER_ARENA, 1);
 	ck_assert_uint_eq(all->base, abase);
 	free_run(all);
-	/* a run across the end of the first arena into the next, when that one is adjacent */
+	/* 10 pages left at the end of the first arena: a 20-page run does not straddle the arena
+	 * (nor any chunk) boundary, it is packed into one chunk */
 	mspan_t *fill = alloc_run(SA_PAGES_PER_ARENA - 10, 1);
 	ck_assert_uint_eq(fill->base, abase);
 	mspan_t *x = alloc_run(20, 1);
-	if (arena_of(abase + SA_ARENA_SIZE) != NULL && x->base < abase + SA_ARENA_SIZE) {
-		ck_assert_uint_eq(x->base, abase + (SA_PAGES_PER_ARENA - 10) * SA_PAGE_SIZE);
-		ck_assert_ptr_eq(spanof((void *)(abase + SA_ARENA_SIZE)), x);
-		ck_assert_ptr_eq(spanof((void *)(abase + SA_ARENA_SIZE - 1)), x);
-	}
+	ck_assert_uint_eq(x->base >> SA_CHUNK_SHIFT, (x->base + 20 * SA_PAGE_SIZE - 1) >> SA_CHUNK_SHIFT);
+	ck_assert_ptr_eq(spanof((void *)x->base), x);
 	free_run(x);
 	free_run(fill);
 	size_t ns, pg;
