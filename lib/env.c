@@ -40,11 +40,11 @@ static const char *const onoff_choices[] = {"off", "on", NULL};
 
 static const struct knob knobs[] = {
 	{"SPANALLOC_HUGEPAGES", K_ENUM, &sa_config.hugepages, huge_choices, 0, 0,
-	 "arena backing: hugetlb (then thp, then 4 KiB pages on failure), thp, or off"},
+	 "arena backing in 2 MiB chunks: hugetlb (the default; an empty pool at start means thp, a failed MAP_HUGETLB steps down to thp then 4 KiB pages and is retried after 8..1024 chunks), thp (MADV_HUGEPAGE), or off (4 KiB pages)"},
 	{"SPANALLOC_NUMA", K_ENUM, &sa_config.numa, numa_choices, 0, 0,
-	 "arena NUMA placement: local (node of the allocating CPU), interleave, off"},
+	 "NUMA placement: local (arenas, mcentrals per node, bound with mbind; a CPU refills from its own node), interleave (one heap interleaved over the nodes), off"},
 	{"SPANALLOC_NUMA_FAKE", K_SIZE, &sa_config.numa_fake, NULL, 0, 64,
-	 "testing: split the CPUs into N simulated NUMA nodes (0 = the real topology)"},
+	 "testing: split the CPUs into N simulated NUMA nodes, CPU c on node c % N (binding only for nodes that exist; 0 = the real topology)"},
 	{"SPANALLOC_STATS", K_BOOL, &sa_config.stats, NULL, 0, 0,
 	 "print the heap report (sa_stats_print) to stderr at exit"},
 	{"SPANALLOC_DEBUG", K_BOOL, &sa_config.debug, NULL, 0, 0,

@@ -6,8 +6,13 @@
  * libnuma we use what is allocation-free: numa_available() and mbind(). On a machine without
  * NUMA (numa_available() < 0) every CPU is on node 0 and binding does nothing.
  *
- * SPANALLOC_NUMA_FAKE=N (lib/env.c passes it in; for tests) splits the CPUs into N simulated nodes; binding
- * then applies only to nodes that exist.
+ * SPANALLOC_NUMA_FAKE=N (lib/env.c passes it in; for tests) splits the CPUs into N simulated nodes
+ * (CPU c on node c % N); binding then applies only to nodes that exist: node n < the real node
+ * count is bound to real node n, a higher one is left unbound, and interleaving spans the real
+ * nodes only.
+ *
+ * sa_numa_current_node() is sched_getcpu() (glibc reads it from the rseq area, no system call)
+ * and a table lookup: cheap enough for the refill slow path, not meant for the fast path.
  */
 #include "numa.h"
 
@@ -91,6 +96,7 @@ int sa_numa_init(int fake_nodes)
 
 bool sa_numa_available(void) { return available; }
 int sa_numa_nodes(void) { return nnodes; }
+int sa_numa_real_nodes(void) { return real_nodes; }
 
 int sa_numa_node_of_cpu(int cpu)
 {

@@ -13,7 +13,10 @@
  * Returns the number of nodes (≥ 1). */
 int sa_numa_init(int fake_nodes);
 bool sa_numa_available(void);
+/* Nodes as spanalloc sees them: the simulated count under SPANALLOC_NUMA_FAKE, else the real. */
 int sa_numa_nodes(void);
+/* Nodes of the machine (binding applies only to these). */
+int sa_numa_real_nodes(void);
 /* Node of a CPU (0 for unknown CPUs or without NUMA). */
 int sa_numa_node_of_cpu(int cpu);
 /* Node of the CPU the caller runs on now. */
