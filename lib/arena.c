@@ -27,10 +27,16 @@
  * "madvise" mode a 2 MiB-aligned MADV_HUGEPAGE chunk normally gets a huge page at its first
  * fault; collapse repairs chunks that did not (fragmented physical memory, split pages).
  *
+ * The THP step checks once that THP is in "madvise" or "always" mode; in "never" mode chunks
+ * count as 4 KiB pages (the report's thp-advised bytes are chunks that can really be huge).
+ *
  * NUMA: an arena belongs to one heap node (mheap.c). Under SPANALLOC_NUMA=local and more than
  * one node it is mbind()-ed (numa/, MPOL_BIND) to its node, under interleave to all nodes
  * (MPOL_INTERLEAVE); a simulated node that does not exist is not bound. A MAP_FIXED hugetlb
- * mmap replaces the mapping and with it the policy, so the chunk is bound again after it.
+ * mmap replaces the mapping and with it the policy, so the chunk is bound again after it; and
+ * on a real multi-node machine the mmap itself runs with the thread bound to the node, so the
+ * kernel checks the reservation against that node's free huge pages (else a reservation taken
+ * from another node's pool could fail at fault time, as a SIGBUS).
  *
  * Invariants: arena bases are 64 MB aligned; a chunk's committed bit is set exactly when it is
  * readable and writable; committed memory is never decommitted here (the scavenger advises it
@@ -40,7 +46,10 @@
 #include "../numa/numa.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -160,11 +169,32 @@ static void hugetlb_result(bool ok)
 	h->hugetlb_skip = h->hugetlb_backoff;
 }
 
+/* THP mode from sysfs, read once (open/read: no allocation): 0 never/missing, 1 madvise/always. */
+static int thp_usable(void)
+{
+	static int mode = -1;
+	if (mode < 0) {
+		char buf[128];
+		int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
+		ssize_t r = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+		if (fd >= 0)
+			close(fd);
+		buf[r > 0 ? r : 0] = '\0';
+		mode = strstr(buf, "[always]") || strstr(buf, "[madvise]") ? 1 : 0;
+	}
+	return mode;
+}
+
 static int commit_chunk(uintptr_t chunk, int node)
 {
 	if (hugetlb_try()) {
+		sa_numa_saved_t saved;
+		if (sa_config.numa == 1)
+			sa_numa_policy_push(node, &saved); /* reserve on the arena's node (numa.h) */
 		void *p = mmap((void *)chunk, SA_CHUNK_SIZE, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
+		if (sa_config.numa == 1)
+			sa_numa_policy_pop(&saved);
 		if (p == (void *)chunk) {
 			hugetlb_result(true);
 			bind_range(p, SA_CHUNK_SIZE, node);
@@ -179,7 +209,9 @@ static int commit_chunk(uintptr_t chunk, int node)
 	}
 	if (mprotect((void *)chunk, SA_CHUNK_SIZE, PROT_READ | PROT_WRITE) != 0)
 		return BACK_NONE;
-	if (sa_config.hugepages != HUGE_OFF && madvise((void *)chunk, SA_CHUNK_SIZE, MADV_HUGEPAGE) == 0)
+	/* THP in "never" mode: MADV_HUGEPAGE would succeed and do nothing; count 4 KiB pages */
+	if (sa_config.hugepages != HUGE_OFF && thp_usable() &&
+	    madvise((void *)chunk, SA_CHUNK_SIZE, MADV_HUGEPAGE) == 0)
 		return BACK_THP;
 	return BACK_SMALL;
 }

@@ -128,3 +128,24 @@ bool sa_numa_bind(void *addr, size_t len, int node)
 	}
 	return mbind(addr, len, mode, &mask, sizeof mask * 8, 0) == 0;
 }
+
+void sa_numa_policy_push(int node, sa_numa_saved_t *sv)
+{
+	sv->active = 0;
+	if (!available || real_nodes <= 1 || node < 0 || node >= real_nodes || node >= 64)
+		return;
+	if (get_mempolicy(&sv->mode, sv->mask, sizeof sv->mask * 8, NULL, 0) != 0)
+		return;
+	unsigned long mask = 1UL << node;
+	if (set_mempolicy(MPOL_BIND, &mask, sizeof mask * 8) == 0)
+		sv->active = 1;
+}
+
+void sa_numa_policy_pop(sa_numa_saved_t *sv)
+{
+	if (!sv->active)
+		return;
+	set_mempolicy(sv->mode, sv->mode == MPOL_DEFAULT ? NULL : sv->mask,
+		      sv->mode == MPOL_DEFAULT ? 0 : sizeof sv->mask * 8);
+	sv->active = 0;
+}

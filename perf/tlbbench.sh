@@ -5,7 +5,8 @@
 # spanalloc: SPANALLOC_HUGEPAGES=hugetlb (the pool raised to fit the heap: root only, restored
 # on every way out), thp, off. Peers by LD_PRELOAD: glibc, jemalloc, tcmalloc, mimalloc, and
 # mimalloc with MIMALLOC_ALLOW_LARGE_OS_PAGES=1 (its MAP_HUGETLB path; the pool is raised for it
-# too). Prints one line per run and a table of access time relative to spanalloc/off.
+# too). Prints one line per run and a table of medians; the load average before and after tells
+# whether the machine was busy.
 top=$(cd "$(dirname "$0")/.." && pwd)
 gib=${1:-2}
 mops=${2:-40}
@@ -14,6 +15,7 @@ bench=$top/perf/tlbbench
 lib=$top/lib/.libs/libspanalloc.so
 peers=/usr/lib/x86_64-linux-gnu
 [ -x "$bench" ] || { echo "build it first: make perf/tlbbench"; exit 2; }
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs; THP $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 pool=/proc/sys/vm/nr_hugepages
 old=$(cat $pool)
 can_pool=0
@@ -29,41 +31,46 @@ need=$(awk -v g="$gib" 'BEGIN { printf "%d", g * 1024 / 2 * 1.125 * 1.1 + 64 }')
 pool_on() { [ $can_pool = 1 ] && echo $((old + need)) > $pool; }
 pool_off() { [ $can_pool = 1 ] && echo "$old" > $pool; }
 out=$(mktemp)
-run() { # name env... -- preload
+run() { # name env...
 	name=$1; shift
-	for r in $(seq "$runs"); do
-		line=$(env "$@" "$bench" "$gib" "$mops" 2>&1 | tail -1)
-		echo "$name $line" | tee -a "$out"
-	done
+	line=$(env "$@" "$bench" "$gib" "$mops" 2>&1 | tail -1)
+	echo "$name $line" | tee -a "$out"
 }
-if [ $can_pool = 1 ]; then
-	pool_on
-	run spanalloc/hugetlb SPANALLOC_HUGEPAGES=hugetlb LD_PRELOAD="$lib"
-	pool_off
-else
-	echo "spanalloc/hugetlb skipped: not root (the pool cannot be raised)"
-fi
-run spanalloc/thp SPANALLOC_HUGEPAGES=thp LD_PRELOAD="$lib"
-run spanalloc/off SPANALLOC_HUGEPAGES=off LD_PRELOAD="$lib"
-run glibc X=1
-[ -e $peers/libjemalloc.so.2 ] && run jemalloc LD_PRELOAD=$peers/libjemalloc.so.2
-[ -e $peers/libtcmalloc_minimal.so.4 ] && run tcmalloc LD_PRELOAD=$peers/libtcmalloc_minimal.so.4
-if [ -e $peers/libmimalloc.so.2 ]; then
-	run mimalloc LD_PRELOAD=$peers/libmimalloc.so.2
-	pool_on
-	run mimalloc/large MIMALLOC_ALLOW_LARGE_OS_PAGES=1 LD_PRELOAD=$peers/libmimalloc.so.2
-	pool_off
-fi
+# rounds outside, allocators inside: a busy spell on the machine hits every allocator alike
+for r in $(seq "$runs"); do
+	if [ $can_pool = 1 ]; then
+		pool_on
+		run spanalloc/hugetlb SPANALLOC_HUGEPAGES=hugetlb LD_PRELOAD="$lib"
+		pool_off
+	else
+		echo "spanalloc/hugetlb skipped: not root (the pool cannot be raised)"
+	fi
+	run spanalloc/thp SPANALLOC_HUGEPAGES=thp LD_PRELOAD="$lib"
+	run spanalloc/off SPANALLOC_HUGEPAGES=off LD_PRELOAD="$lib"
+	run glibc X=1
+	[ -e $peers/libjemalloc.so.2 ] && run jemalloc LD_PRELOAD=$peers/libjemalloc.so.2
+	[ -e $peers/libtcmalloc_minimal.so.4 ] && run tcmalloc LD_PRELOAD=$peers/libtcmalloc_minimal.so.4
+	if [ -e $peers/libmimalloc.so.2 ]; then
+		run mimalloc LD_PRELOAD=$peers/libmimalloc.so.2
+		pool_on
+		run mimalloc/large MIMALLOC_ALLOW_LARGE_OS_PAGES=1 LD_PRELOAD=$peers/libmimalloc.so.2
+		pool_off
+	fi
+done
 echo
-echo "median access time per allocator (ns per random access), ratio to spanalloc/off:"
-awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-       n[$1]++; a[$1, n[$1]] = v["ns_per_access"]; al[$1, n[$1]] = v["alloc_s"]; h[$1] = v["anonhuge_mb"] "/" v["hugetlb_mb"]; order[++k] = $1 }
-     END { for (j = 1; j <= k; j++) { x = order[j]; if (seen[x]++) continue;
-             m = n[x]; for (i = 1; i <= m; i++) s[i] = a[x, i]; 
-             for (i = 1; i <= m; i++) for (q = i + 1; q <= m; q++) if (s[q] < s[i]) { t = s[i]; s[i] = s[q]; s[q] = t }
-             med[x] = s[int((m + 1) / 2)]; names[++u] = x; alloc[x] = al[x, 1] }
-           base = med["spanalloc/off"];
-           printf "%-20s %10s %8s %9s %18s\n", "allocator", "ns/access", "ratio", "alloc_s", "THP/hugetlb MiB";
-           for (j = 1; j <= u; j++) { x = names[j];
+echo "median over $runs runs: ns per random access, its ratio to spanalloc/off, allocation phase (s):"
+awk 'function median(arr, m,   i, q, t, s) { for (i = 1; i <= m; i++) s[i] = arr[i];
+         for (i = 1; i <= m; i++) for (q = i + 1; q <= m; q++) if (s[q] < s[i]) { t = s[i]; s[i] = s[q]; s[q] = t }
+         return s[int((m + 1) / 2)] }
+     { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+       x = $1; if (!(x in n)) names[++u] = x; n[x]++
+       A[x, n[x]] = v["ns_per_access"]; L[x, n[x]] = v["alloc_s"]; h[x] = v["anonhuge_mb"] "/" v["hugetlb_mb"] }
+     END { for (j = 1; j <= u; j++) { x = names[j]; delete a1; delete a2
+             for (i = 1; i <= n[x]; i++) { a1[i] = A[x, i]; a2[i] = L[x, i] }
+             med[x] = median(a1, n[x]); alloc[x] = median(a2, n[x]) }
+           base = med["spanalloc/off"]
+           printf "%-20s %10s %8s %9s %18s\n", "allocator", "ns/access", "ratio", "alloc_s", "THP/hugetlb MiB"
+           for (j = 1; j <= u; j++) { x = names[j]
              printf "%-20s %10.1f %8.2f %9.2f %18s\n", x, med[x], base ? med[x] / base : 0, alloc[x], h[x] } }' "$out"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -f "$out"
