@@ -5,9 +5,9 @@
  *   - the background scavenger thread, started lazily the first time pages are freed (from a
  *     point that holds no allocator lock, since pthread_create allocates), keeps resident
  *     memory (committed - scavenged) near the retained goal, (100 + retain)% of the bytes in
- *     spans (Go: retainExtraPercent = 10), and under 95% of SPANALLOC_MEMLIMIT. Each wake it
- *     works at most cpu% of the interval, then sleeps; with nothing to do it parks until a free
- *     makes more free pages;
+ *     spans or of their recent, decaying peak (Go: retainExtraPercent = 10), and under 95% of
+ *     SPANALLOC_MEMLIMIT. Each wake it works at most cpu% of the interval, then sleeps; with
+ *     nothing to do it parks until a free makes more free pages;
  *   - sa_release(): everything free, synchronously;
  *   - the allocating slow path (mheap_alloc) when resident + the request would pass
  *     SPANALLOC_MEMLIMIT.
@@ -250,6 +250,12 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* The in-use bytes the goal is computed from: the current bytes in spans, or a recent peak
+ * decaying by a quarter per interval, whichever is larger. A program that frees its heap and
+ * builds it again within a few hundred milliseconds (a batch loop, a request burst) keeps its
+ * pages instead of paying a madvise and a page fault per page each round; a heap that really
+ * shrank is returned after ~8 intervals. Go gets the same hysteresis from basing its goal on
+ * the last GC's heap goal. Updated by the scavenger thread under mheap.lock. */
 static size_t inuse_peak;
 
 static size_t inuse_recent_locked(void)
@@ -299,6 +305,7 @@ static void *scav_main(void *arg)
 		size_t done = 0;
 		pthread_mutex_lock(&sa_mheap.lock);
 		decay_peak_locked();
+		/* the peak is still above what is in use: the goal keeps falling, so do not park */
 		bool decaying = inuse_peak > sa_mheap.pages_inuse * SA_PAGE_SIZE + SA_CHUNK_SIZE;
 		size_t ex = excess_locked();
 		while (ex > 0) {
