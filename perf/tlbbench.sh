@@ -5,7 +5,7 @@
 # spanalloc: SPANALLOC_HUGEPAGES=hugetlb (the pool raised to fit the heap: root only, restored
 # on every way out), thp, off. Peers by LD_PRELOAD: glibc, jemalloc, tcmalloc, mimalloc, and
 # mimalloc with MIMALLOC_ALLOW_LARGE_OS_PAGES=1 (its MAP_HUGETLB path; the pool is raised for it
-# too). Prints one line per run and a table of medians; the load average before and after tells
+# too; the pool is up for the whole run and only these two configurations use it). Prints one line per run and a table of medians; the load average before and after tells
 # whether the machine was busy.
 top=$(cd "$(dirname "$0")/.." && pwd)
 gib=${1:-2}
@@ -29,22 +29,25 @@ fi
 # pages for the heap: objects (64 B) + pointer array (8 B each) + 10% slack
 need=$(awk -v g="$gib" 'BEGIN { printf "%d", g * 1024 / 2 * 1.125 * 1.1 + 64 }')
 pool_on() { [ $can_pool = 1 ] && echo $((old + need)) > $pool; }
-pool_off() { [ $can_pool = 1 ] && echo "$old" > $pool; }
+pool_off() { [ $can_pool = 1 ] && echo "$old" > $pool || true; }
 out=$(mktemp)
 run() { # name env...
 	name=$1; shift
 	line=$(env "$@" "$bench" "$gib" "$mops" 2>&1 | tail -1)
 	echo "$name $line" | tee -a "$out"
 }
+# The pool is raised once, for the whole run: the first process to touch freshly added pool
+# pages pays a large one-time cost (measured 3.2 s for 1 GiB, then 0.3 s), so one untimed
+# spanalloc/hugetlb run warms it; a pool reserved at boot would be warm too.
+if [ $can_pool = 1 ]; then
+	pool_on
+	env SPANALLOC_HUGEPAGES=hugetlb LD_PRELOAD="$lib" "$bench" "$gib" 1 >/dev/null 2>&1
+else
+	echo "spanalloc/hugetlb skipped: not root (the pool cannot be raised)"
+fi
 # rounds outside, allocators inside: a busy spell on the machine hits every allocator alike
 for r in $(seq "$runs"); do
-	if [ $can_pool = 1 ]; then
-		pool_on
-		run spanalloc/hugetlb SPANALLOC_HUGEPAGES=hugetlb LD_PRELOAD="$lib"
-		pool_off
-	else
-		echo "spanalloc/hugetlb skipped: not root (the pool cannot be raised)"
-	fi
+	[ $can_pool = 1 ] && run spanalloc/hugetlb SPANALLOC_HUGEPAGES=hugetlb LD_PRELOAD="$lib"
 	run spanalloc/thp SPANALLOC_HUGEPAGES=thp LD_PRELOAD="$lib"
 	run spanalloc/off SPANALLOC_HUGEPAGES=off LD_PRELOAD="$lib"
 	run glibc X=1
@@ -52,11 +55,10 @@ for r in $(seq "$runs"); do
 	[ -e $peers/libtcmalloc_minimal.so.4 ] && run tcmalloc LD_PRELOAD=$peers/libtcmalloc_minimal.so.4
 	if [ -e $peers/libmimalloc.so.2 ]; then
 		run mimalloc LD_PRELOAD=$peers/libmimalloc.so.2
-		pool_on
 		run mimalloc/large MIMALLOC_ALLOW_LARGE_OS_PAGES=1 LD_PRELOAD=$peers/libmimalloc.so.2
-		pool_off
 	fi
 done
+pool_off
 echo
 echo "median over $runs runs: ns per random access, its ratio to spanalloc/off, allocation phase (s):"
 awk 'function median(arr, m,   i, q, t, s) { for (i = 1; i <= m; i++) s[i] = arr[i];
