@@ -4,8 +4,8 @@
  *   malloc.c    size → sizeclass, small objects through the mcache, large ones from mheap
  *   mcache.c    per-thread free lists per sizeclass (the per-CPU rseq cache replaces its inside)
  *   mcentral.c  per-spanclass partial/full span lists, batch refill and flush, one lock each
- *   mheap.c     spans of whole 8 KiB pages, large objects, the span record pool; one lock
- *   pagealloc.c free-page bitmap + summary tree per arena (Go's pallocSum), first fit by address
+ *   mheap.c     spans of whole 8 KiB pages, hugepage-aware placement, arenas per NUMA node; one lock
+ *   pagealloc.c free-page bitmap + summary tree per arena (Go's pallocSum), per-chunk summaries
  *   pagemap.c   address → heapArena → mspan of each page, lock-free reads
  *   arena.c     64 MB heapArenas: reserve PROT_NONE, commit 2 MiB chunks (hugetlb → THP → 4 KiB)
  *
