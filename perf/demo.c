@@ -17,7 +17,7 @@
 #define POOL 20000
 #define STEPS 400000
 
-static void *_Atomic handoff[THREADS];
+static void *handoff[THREADS]; /* swapped with __atomic_exchange_n */
 
 static size_t pick_size(uint64_t *rng)
 {
