@@ -20,6 +20,8 @@ sa_config_t sa_config = {
 	.stats = 0,
 	.debug = 0,
 	.mcache_class_bytes = (size_t)64 << 10,
+	.rseq = 1,
+	.cpu_cache_bytes = (size_t)1 << 20,
 };
 
 enum kind { K_BOOL, K_ENUM, K_SIZE, K_STR };
@@ -51,6 +53,10 @@ static const struct knob knobs[] = {
 	 "full checks: no caching, double free caught on every free, freed memory poisoned"},
 	{"SPANALLOC_MCACHE_CLASS_BYTES", K_SIZE, &sa_config.mcache_class_bytes, NULL, 0, (size_t)1 << 30,
 	 "bytes of one size class a thread's mcache may hold before flushing to mcentral (k/m/g suffix; 0 = no caching)"},
+	{"SPANALLOC_RSEQ", K_ENUM, &sa_config.rseq, onoff_choices, 0, 0,
+	 "per-CPU caches through rseq (on; the per-thread caches where rseq is unavailable) or off (per-thread caches)"},
+	{"SPANALLOC_CPU_CACHE_BYTES", K_SIZE, &sa_config.cpu_cache_bytes, NULL, 0, (size_t)1 << 30,
+	 "bytes one CPU's cache may hold, shared between size classes by demand (k/m/g suffix; 0 = per-thread caches)"},
 	{"SPANALLOC_SCAVENGE", K_STR, &sa_config.scavenge, NULL, 0, 0,
 	 "background scavenger: off, or retain=PERCENT,interval=MS,cpu=PERCENT (default retain=10,interval=50,cpu=25)"},
 	{"SPANALLOC_MADVISE", K_ENUM, &sa_config.madvise, madvise_choices, 0, 0,

@@ -2,7 +2,7 @@
  *
  * The layers, top to bottom (see DESIGN.md section 1):
  *   malloc.c    size → sizeclass, small objects through the mcache, large ones from mheap
- *   mcache.c    per-thread free lists per sizeclass (the per-CPU rseq cache replaces its inside)
+ *   mcache.c    per-CPU object arrays through rseq (rseq.c); per-thread free lists as the fallback
  *   mcentral.c  per-spanclass partial/full span lists, batch refill and flush, one lock each
  *   mheap.c     spans of whole 8 KiB pages, hugepage-aware placement, arenas per NUMA node; one lock
  *   pagealloc.c free-page bitmap + summary tree per arena (Go's pallocSum), per-chunk summaries
@@ -273,17 +273,21 @@ SA_INTERNAL void mcentral_flush(spanclass_t sc, void **objs, size_t n);
 SA_INTERNAL void mcentral_release_spares(void);
 
 /* ------------------------------------------------------------------------------------------
- * mcache (per-thread free lists; the issue 4 rseq cache keeps this interface)
+ * mcache: per-CPU object arrays reached through rseq, per-thread free lists as the fallback
+ * (mcache.c, rseq.c; DESIGN.md section 4)
  * ---------------------------------------------------------------------------------------- */
+/* Per-thread fallback: a list threaded through the objects. room counts down on free and up on
+ * malloc; the list holds max - room objects and flushes when room goes below 0. */
 typedef struct freelist {
 	void *head;
-	uint32_t count;
-	uint32_t max;                  /* flush when count exceeds max */
+	int32_t room;
+	uint32_t max;
 } freelist_t;
 
 typedef struct mcache {
 	freelist_t lists[SA_NUM_SIZE_CLASSES];
 	int state;                     /* enum mcache_state */
+	int rseq;                      /* own rseq registration: 0 none, 1 registered, -1 failed */
 	struct mcache *next, *prev;    /* list of LIVE caches, for statistics */
 } mcache_t;
 
@@ -291,14 +295,106 @@ enum mcache_state { MCACHE_NEW = 0, MCACHE_LIVE, MCACHE_DEAD };
 
 extern __thread mcache_t sa_mcache __attribute__((tls_model("initial-exec")));
 
-SA_INTERNAL void *mcache_refill(unsigned sizeclass);
-SA_INTERNAL void mcache_overflow(unsigned sizeclass);
+static inline size_t freelist_count(const freelist_t *l)
+{
+	return (size_t)((int64_t)l->max - l->room);
+}
+
+/* Per-CPU slabs. CPU i's region is sa_slabs + (i << SA_SLAB_SHIFT): first one 8-byte header per
+ * size class, then the slot arrays. A header holds offsets (in 8-byte slots from the region's
+ * start): class c's cached objects are slots [begin, current), its capacity is [begin, end).
+ * malloc pops slot current-1 and free pushes at current; the 16-bit store of current is the
+ * commit. A drain locks a class by storing begin = 0xffff and end = 0, so both fail. */
+#define SA_SLAB_SHIFT 19               /* 512 KiB of address space per CPU: 65536 slots */
+typedef struct cpuhdr {
+	uint16_t current, end, begin, pad;
+} cpuhdr_t;
+#define SA_HDR_LOCKED 0xffff
+
+extern uint8_t sa_percpu SA_INTERNAL;      /* per-CPU caches in use (set once at init) */
+extern char *sa_slabs SA_INTERNAL;
+extern uint32_t sa_ncpu SA_INTERNAL;       /* from /sys/devices/system/cpu/possible */
+extern long sa_rseq_off SA_INTERNAL;       /* thread pointer offset of the thread's struct rseq */
+
+/* The rseq critical sections. Each emits its struct rseq_cs into section __rseq_cs and its abort
+ * handler, preceded by the signature RSEQ_SIG (0x53053053), into __rseq_failure; the handler
+ * re-arms rseq_cs and restarts. struct rseq: cpu_id at offset 4, rseq_cs at offset 8. A cpu_id
+ * outside [0, sa_ncpu) (not registered yet, or registration failed) takes the slow path. */
+#define SA_RSEQ_PROLOGUE(target)                                                                    \
+	".pushsection __rseq_cs, \"aw\"\n\t.balign 32\n"                                           \
+	"3:\t.long 0, 0\n\t.quad 1f, 2f - 1f, 4f\n\t.popsection\n"                                 \
+	".pushsection __rseq_failure, \"ax\"\n\t.long 0x53053053\n"                                 \
+	"4:\tjmp 0f\n\t.popsection\n"                                                               \
+	"0:\tleaq 3b(%%rip), %[t]\n\t"                                                               \
+	"movq %[t], %%fs:8(%[off])\n"                                                               \
+	"1:\tmovl %%fs:4(%[off]), %k[t]\n\t"                                                         \
+	"cmpl %[ncpu], %k[t]\n\t"                                                                   \
+	"jae " target "\n\t"                                                                     \
+	"shlq $19, %[t]\n\t"                                                                        \
+	"addq %[slabs], %[t]\n\t"
+
+/* Pop an object of class cls from this CPU's slab; goes to slow when the class is empty. */
+#define SA_PERCPU_POP(p, cls, slow)                                                                \
+	do {                                                                                       \
+		uintptr_t t_, c_;                                                                  \
+		__asm__ volatile goto(SA_RSEQ_PROLOGUE("%l[" #slow "]")                                              \
+			     "movzwl (%[t],%[cls],8), %k[c]\n\t"                                   \
+			     "cmpw 4(%[t],%[cls],8), %w[c]\n\t"                                    \
+			     "jbe %l[" #slow "]\n\t"                                                     \
+			     "movq -8(%[t],%[c],8), %[p]\n\t"                                      \
+			     "decl %k[c]\n\t"                                                       \
+			     "movw %w[c], (%[t],%[cls],8)\n"                                        \
+			     "2:\n"                                                                  \
+			     : [t] "=&r"(t_), [c] "=&r"(c_), [p] "=&r"(p)                            \
+			     : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls)), [ncpu] "m"(sa_ncpu), \
+			       [slabs] "m"(sa_slabs)                                                   \
+			     : "memory", "cc"                                                        \
+			     : slow);                                                                 \
+	} while (0)
+
+/* Push object p of class cls onto this CPU's slab; goes to slow when the class is full. */
+#define SA_PERCPU_PUSH(p, cls, slow)                                                               \
+	do {                                                                                       \
+		uintptr_t t_, c_;                                                                  \
+		__asm__ volatile goto(SA_RSEQ_PROLOGUE("%l[" #slow "]")                                              \
+			     "movzwl (%[t],%[cls],8), %k[c]\n\t"                                   \
+			     "cmpw 2(%[t],%[cls],8), %w[c]\n\t"                                    \
+			     "jae %l[" #slow "]\n\t"                                                     \
+			     "movq %[p], (%[t],%[c],8)\n\t"                                        \
+			     "incl %k[c]\n\t"                                                       \
+			     "movw %w[c], (%[t],%[cls],8)\n"                                        \
+			     "2:\n"                                                                  \
+			     : [t] "=&r"(t_), [c] "=&r"(c_)                                          \
+			     : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls)), [p] "r"(p),       \
+			       [ncpu] "m"(sa_ncpu), [slabs] "m"(sa_slabs)                             \
+			     : "memory", "cc"                                                        \
+			     : slow);                                                                 \
+	} while (0)
+
+SA_INTERNAL void *mcache_refill(unsigned sizeclass);        /* malloc missed (either path) */
+SA_INTERNAL void mcache_overflow(unsigned sizeclass);       /* per-thread list went past its bound */
+SA_INTERNAL void mcache_percpu_free_slow(unsigned sizeclass, void *p); /* per-CPU push failed */
 SA_INTERNAL void mcache_release(mcache_t *c);
+SA_INTERNAL void mcache_release_all(void);  /* this thread's lists and every CPU's slab */
+SA_INTERNAL size_t mcache_drain_idle(void); /* drain CPUs with no slow-path activity lately */
 SA_INTERNAL void mcache_init(void);
-SA_INTERNAL size_t mcache_cached(unsigned sizeclass);
+SA_INTERNAL size_t mcache_cached(unsigned sizeclass);        /* per-thread lists + per-CPU slabs */
+SA_INTERNAL size_t mcache_thread_cached(unsigned sizeclass); /* per-thread lists only */
+SA_INTERNAL size_t mcache_percpu_bytes(void);                /* bytes held by per-CPU slabs */
+SA_INTERNAL const char *mcache_mode(void);                   /* which path is in use, for reports */
 SA_INTERNAL void mcache_fork_prepare(void);
 SA_INTERNAL void mcache_fork_parent(void);
 SA_INTERNAL void mcache_fork_child(void);
+
+/* rseq.c: registration and cross-CPU fences */
+enum rseq_mode { RSEQ_MODE_NONE = 0, RSEQ_MODE_GLIBC, RSEQ_MODE_OWN };
+SA_INTERNAL int rseq_init(const char **why);  /* enum rseq_mode; sets sa_rseq_off */
+SA_INTERNAL bool rseq_register_thread(void);  /* RSEQ_MODE_OWN: this thread; false on failure */
+SA_INTERNAL void rseq_unregister_thread(void);
+SA_INTERNAL int rseq_current_cpu(void);       /* cpu_id of the thread's area, -1 when unknown */
+SA_INTERNAL bool rseq_fence_cpu(int cpu);     /* restart rseq sequences running on cpu */
+SA_INTERNAL bool rseq_fence_init(void);       /* MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ */
+SA_INTERNAL uint32_t rseq_possible_cpus(void);/* highest possible CPU + 1, 0 when unknown */
 
 /* ------------------------------------------------------------------------------------------
  * Configuration, statistics, errors, init
@@ -312,6 +408,8 @@ typedef struct sa_config {
 	int stats;
 	int debug;
 	size_t mcache_class_bytes;
+	int rseq;                      /* SPANALLOC_RSEQ: 0 off (per-thread caches), 1 on */
+	size_t cpu_cache_bytes;        /* SPANALLOC_CPU_CACHE_BYTES: per-CPU cache capacity */
 	/* scavenger */
 	const char *scavenge;          /* SPANALLOC_SCAVENGE: "off" or "retain=N,interval=MS,cpu=PCT" */
 	int madvise;                   /* 0 MADV_DONTNEED, 1 MADV_FREE */

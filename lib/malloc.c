@@ -1,12 +1,14 @@
 /* malloc.c — the allocation and free paths (Go's mallocgc, for malloc).
  *
- * Small objects (≤ 32 KiB): size → sizeclass by table lookup, then pop the calling thread's
- * mcache list for that class. That is the whole fast path: a table load, a TLS list pop, no
- * lock, no system call, no atomic read-modify-write. An empty list refills from mcentral.
+ * Small objects (≤ 32 KiB): size → sizeclass by table lookup, then pop the current CPU's slab
+ * for that class inside a restartable sequence (SA_PERCPU_POP, internal.h), or, where rseq is
+ * not available, the calling thread's mcache list. That is the whole fast path: a table load, a
+ * pop, no lock, no system call, no atomic read-modify-write. An empty class refills from
+ * mcentral (mcache.c).
  * malloc memory is never scanned by the collector, so its spanclasses carry the noscan bit.
  *
  * free: the page map gives the span of any pointer in two loads; the span says its class. A
- * small object is pushed on the mcache list of that class; a large object's span goes
+ * small object is pushed on the current CPU's slab (or the thread's list); a large object's span goes
  * straight back to mheap. That p is the start of an object is checked when it reaches its span
  * (mcentral_flush), keeping the multiply off the fast path.
  *
@@ -24,15 +26,21 @@
 #include <errno.h>
 #include <string.h>
 
-static inline void *small_alloc(unsigned cls)
+static inline __attribute__((always_inline)) void *small_alloc(unsigned cls)
 {
-	freelist_t *l = &sa_mcache.lists[cls];
-	void *p = l->head;
-	if (likely(p != NULL)) {
-		l->head = *(void **)p;
-		l->count--;
+	void *p;
+	if (likely(sa_percpu)) {
+		SA_PERCPU_POP(p, cls, refill);
 		return p;
 	}
+	freelist_t *l = &sa_mcache.lists[cls];
+	p = l->head;
+	if (likely(p != NULL)) {
+		l->head = *(void **)p;
+		l->room++;
+		return p;
+	}
+refill:
 	p = mcache_refill(cls);
 	if (unlikely(p == NULL))
 		errno = ENOMEM;
@@ -97,10 +105,17 @@ static inline __attribute__((always_inline)) void free_object(mspan_t *s, void *
 		free_large(s, p);
 		return;
 	}
+	if (likely(sa_percpu)) {
+		SA_PERCPU_PUSH(p, cls, full);
+		return;
+	full:
+		mcache_percpu_free_slow(cls, p);
+		return;
+	}
 	freelist_t *l = &sa_mcache.lists[cls];
 	*(void **)p = l->head;
 	l->head = p;
-	if (unlikely(++l->count > l->max))
+	if (unlikely(--l->room < 0))
 		mcache_overflow(cls);
 }
 
@@ -192,7 +207,7 @@ void *sa_aligned_alloc(size_t align, size_t n)
 void sa_release(void)
 {
 	sa_ensure_init();
-	mcache_release(&sa_mcache);
+	mcache_release_all(); /* this thread's lists and every CPU's slab */
 	mcentral_release_spares();
 	pthread_mutex_lock(&sa_mheap.lock);
 	scav_locked(SIZE_MAX, SCAV_DENSE); /* every free page back to the kernel, now */

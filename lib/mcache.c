@@ -1,47 +1,308 @@
-/* mcache.c — the per-thread cache of free objects (the fallback shape of DESIGN.md's mcache).
+/* mcache.c — the cache in front of mcentral: per-CPU object arrays through rseq, per-thread free
+ * lists as the fallback (DESIGN.md sections 1 and 4).
  *
- * Each thread owns one mcache in initial-exec TLS: per size class a singly linked list of free
- * objects threaded through their first word, with a count and a bound. malloc pops, free
- * pushes; neither takes a lock nor makes a system call. An empty list refills with a batch
- * from mcentral; a list past its bound flushes a batch back. Batches are sized so one lock
- * acquisition covers up to 64 objects, and a class holds at most SPANALLOC_MCACHE_CLASS_BYTES.
+ * Per-CPU (the normal path). Each possible CPU has a region of SA_SLAB_SHIFT bytes: one header
+ * per size class, then the slot arrays (cpuhdr_t in internal.h). malloc pops and free pushes
+ * inside a restartable sequence (SA_PERCPU_POP/PUSH): read cpu_id from the thread's struct rseq,
+ * index that CPU's region, read the header, move one pointer, commit by storing the header's
+ * current. Preemption, migration or a signal restarts the sequence; no lock, no atomic
+ * read-modify-write. Batch moves (refill from mcentral, flush to it) are sequences too
+ * (push_batch, pop_batch below), on whatever CPU the thread is on when they run.
  *
- * Life cycle: a thread's mcache starts NEW (bounds 0, so its first free or malloc takes the
- * slow path, which registers a pthread key destructor and sets the bounds) and becomes LIVE.
- * At thread exit the destructor flushes every list and marks it DEAD: bounds stay 0, so any
- * later malloc or free in that thread's remaining destructors goes straight to mcentral and
- * nothing is stranded. SPANALLOC_DEBUG keeps every thread at bound 0: no caching at all, so
- * each free reaches its span and a double free is caught on the spot.
+ * Capacity. Each class has a fixed slot array (class_begin, class_cap), but what a CPU may hold
+ * is bounded in bytes: a class's end starts at its begin (capacity 0) and grows by one batch when
+ * a push finds it full or a refill needs room, as long as the CPU's capacity bytes stay under
+ * SPANALLOC_CPU_CACHE_BYTES; past that it takes unused capacity from other classes (demand
+ * decides the split). Growing end is safe without a fence (a sequence that read the old end just
+ * sees less room); shrinking another class's end only to its current fill may leave a push in
+ * flight one slot past it, which is inside that class's own array and comes back on the next pop.
+ * end is written only under the CPU's lock (cpustate.lock; slow path only).
  *
- * Issue 4 replaces the inside of this file with per-CPU caches reached through rseq; the
- * interface (mcache_refill, mcache_overflow, mcache_release) stays.
+ * Drain (sa_release, idle CPUs): under the CPU's lock, lock every class (begin = 0xffff, end = 0:
+ * pop and push both fail), membarrier-fence the CPU so no sequence that read the old header can
+ * commit, take the objects, reset current, fence again, restore begin (capacity back to 0). A CPU
+ * is idle when its slow path has not run for SA_IDLE_MS; every 256th slow path on any CPU
+ * looks for such CPUs, so cached memory does not stay on CPUs nobody runs on.
+ *
+ * Fallback: where rseq is unavailable, SPANALLOC_RSEQ=off, SPANALLOC_DEBUG or a zero cache size,
+ * each thread has an mcache in initial-exec TLS: per class a list threaded through the objects,
+ * with a count-down "room" (the list holds max - room). Its life cycle: NEW (bounds 0, so the first
+ * free or malloc takes the slow path, which registers a pthread key destructor), LIVE, DEAD at
+ * thread exit after the destructor flushed every list (later mallocs in that thread go straight to
+ * mcentral, nothing is stranded). SPANALLOC_DEBUG keeps every bound 0: no caching at all. In
+ * per-CPU mode a thread whose rseq area is not usable (own registration failed, or unregistered at
+ * its exit) uses these lists too.
  */
 #include "internal.h"
 
 #include <string.h>
+#include <time.h>
 
 __thread mcache_t sa_mcache __attribute__((tls_model("initial-exec")));
+
+uint8_t sa_percpu;
+char *sa_slabs;
+uint32_t sa_ncpu;
 
 static pthread_key_t mcache_key;
 static uint8_t class_batch[SA_NUM_SIZE_CLASSES];
 static uint32_t class_max[SA_NUM_SIZE_CLASSES];
 
 #define BATCH_MAX 64
+#define CLASS_CAP_MAX 960 /* slots per class and CPU: 66 classes fit 16-bit offsets */
+#define SA_IDLE_MS 1000
 
 static void mcache_thread_exit(void *arg);
 
-void mcache_init(void)
+/* ---- per-CPU state --------------------------------------------------------------------- */
+typedef struct cpustate {
+	pthread_mutex_t lock;          /* slow path only: end of every class, cap_bytes, drains */
+	size_t cap_bytes;              /* sum over classes of (end - begin) * size */
+	uint32_t slowops;              /* slow paths run on this CPU (racy count, for idleness) */
+	uint32_t seen_ops;             /* slowops at seen_ms */
+	uint64_t seen_ms;
+} __attribute__((aligned(SA_CACHE_LINE))) cpustate_t;
+
+static int rseq_mode;
+static const char *fallback_why = "not initialised";
+static uint16_t class_begin[SA_NUM_SIZE_CLASSES], class_cap[SA_NUM_SIZE_CLASSES];
+static cpustate_t *cpus;
+static bool fence_ok;
+
+static inline cpuhdr_t *hdr(unsigned cpu, unsigned cls)
 {
-	pthread_key_create(&mcache_key, mcache_thread_exit);
-	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
-		size_t size = sa_class_to_size[i];
-		size_t per_class = sa_config.mcache_class_bytes;
-		size_t b = per_class / 2 / size;
-		class_batch[i] = (uint8_t)(b < 1 ? 1 : b > BATCH_MAX ? BATCH_MAX : b);
-		class_max[i] = sa_config.debug || per_class == 0 ? 0 : (uint32_t)(2 * class_batch[i]);
-	}
+	return (cpuhdr_t *)(sa_slabs + ((size_t)cpu << SA_SLAB_SHIFT)) + cls;
+}
+static inline void **slots(unsigned cpu)
+{
+	return (void **)(sa_slabs + ((size_t)cpu << SA_SLAB_SHIFT));
+}
+static inline unsigned ld16(uint16_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void st16(uint16_t *p, unsigned v) { __atomic_store_n(p, (uint16_t)v, __ATOMIC_RELAXED); }
+
+/* Push up to n (> 0) objects onto this CPU's slab of class cls, in one sequence; returns how many
+ * fit (0 when the class is full or locked, or rseq is not usable in this thread). */
+static size_t push_batch(unsigned cls, void *const *objs, size_t n)
+{
+	uintptr_t t, h, c, k, d, i, x;
+	__asm__ volatile(SA_RSEQ_PROLOGUE("5f")
+			 "leaq (%[t],%[cls],8), %[h]\n\t"
+			 "movzwl (%[h]), %k[c]\n\t"
+			 "movzwl 2(%[h]), %k[k]\n\t"
+			 "subl %k[c], %k[k]\n\t"
+			 "jle 5f\n\t"
+			 "cmpq %[n], %[k]\n\t"
+			 "cmovaq %[n], %[k]\n\t"
+			 "leaq (%[t],%[c],8), %[d]\n\t"
+			 "xorl %k[i], %k[i]\n"
+			 "6:\tmovq (%[objs],%[i],8), %[x]\n\t"
+			 "movq %[x], (%[d],%[i],8)\n\t"
+			 "incq %[i]\n\t"
+			 "cmpq %[k], %[i]\n\t"
+			 "jb 6b\n\t"
+			 "addl %k[k], %k[c]\n\t"
+			 "movw %w[c], (%[h])\n"
+			 "2:\n\t"
+			 "jmp 7f\n"
+			 "5:\txorl %k[k], %k[k]\n"
+			 "7:\n"
+			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [i] "=&r"(i),
+			   [x] "=&r"(x)
+			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)cls), [objs] "r"(objs), [n] "r"(n),
+			   [ncpu] "m"(sa_ncpu), [slabs] "m"(sa_slabs)
+			 : "memory", "cc");
+	return k;
 }
 
+/* Pop up to n (> 0) objects of class cls from this CPU's slab into out[], in one sequence. */
+static size_t pop_batch(unsigned cls, void **out, size_t n)
+{
+	uintptr_t t, h, c, k, d, i, x;
+	__asm__ volatile(SA_RSEQ_PROLOGUE("5f")
+			 "leaq (%[t],%[cls],8), %[h]\n\t"
+			 "movzwl (%[h]), %k[c]\n\t"
+			 "movzwl 4(%[h]), %k[x]\n\t"
+			 "movl %k[c], %k[k]\n\t"
+			 "subl %k[x], %k[k]\n\t"
+			 "jle 5f\n\t"
+			 "cmpq %[n], %[k]\n\t"
+			 "cmovaq %[n], %[k]\n\t"
+			 "subl %k[k], %k[c]\n\t"
+			 "leaq (%[t],%[c],8), %[d]\n\t"
+			 "xorl %k[i], %k[i]\n"
+			 "6:\tmovq (%[d],%[i],8), %[x]\n\t"
+			 "movq %[x], (%[out],%[i],8)\n\t"
+			 "incq %[i]\n\t"
+			 "cmpq %[k], %[i]\n\t"
+			 "jb 6b\n\t"
+			 "movw %w[c], (%[h])\n"
+			 "2:\n\t"
+			 "jmp 7f\n"
+			 "5:\txorl %k[k], %k[k]\n"
+			 "7:\n"
+			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [i] "=&r"(i),
+			   [x] "=&r"(x)
+			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)cls), [out] "r"(out), [n] "r"(n),
+			   [ncpu] "m"(sa_ncpu), [slabs] "m"(sa_slabs)
+			 : "memory", "cc");
+	return k;
+}
+
+/* Take unused capacity (end beyond current) from classes other than cls on cpu until need bytes
+ * are found or none is left. cpu's lock held. Returns the bytes freed. */
+static size_t steal(unsigned cpu, unsigned cls, size_t need)
+{
+	size_t got = 0;
+	for (unsigned d = SA_NUM_SIZE_CLASSES - 1; d >= 1 && got < need; d--) {
+		if (d == cls)
+			continue;
+		cpuhdr_t *h = hdr(cpu, d);
+		unsigned end = ld16(&h->end), cur = ld16(&h->current), b = class_begin[d];
+		if (cur < b)
+			cur = b;
+		if (end <= cur)
+			continue;
+		size_t size = sa_class_to_size[d];
+		size_t take = end - cur, want = (need - got + size - 1) / size;
+		if (take > want)
+			take = want;
+		st16(&h->end, end - (unsigned)take);
+		got += take * size;
+	}
+	cpus[cpu].cap_bytes -= got < cpus[cpu].cap_bytes ? got : cpus[cpu].cap_bytes;
+	return got;
+}
+
+/* Give class cls on cpu up to want more slots of capacity, within its array and the CPU's byte
+ * budget. Returns the slots added. */
+static unsigned grow(unsigned cpu, unsigned cls, unsigned want)
+{
+	cpustate_t *cs = &cpus[cpu];
+	size_t size = sa_class_to_size[cls], budget = sa_config.cpu_cache_bytes;
+	pthread_mutex_lock(&cs->lock);
+	cpuhdr_t *h = hdr(cpu, cls);
+	unsigned end = ld16(&h->end), limit = class_begin[cls] + class_cap[cls];
+	if (ld16(&h->begin) == SA_HDR_LOCKED || end >= limit) {
+		pthread_mutex_unlock(&cs->lock);
+		return 0;
+	}
+	if (end + want > limit)
+		want = limit - end;
+	if (cs->cap_bytes + want * size > budget) {
+		size_t need = cs->cap_bytes + want * size - budget;
+		steal(cpu, cls, need);
+		size_t room = budget > cs->cap_bytes ? budget - cs->cap_bytes : 0;
+		if (want * size > room)
+			want = (unsigned)(room / size);
+	}
+	if (want) {
+		st16(&h->end, end + want);
+		cs->cap_bytes += want * size;
+	}
+	pthread_mutex_unlock(&cs->lock);
+	return want;
+}
+
+/* Return everything CPU cpu caches to mcentral. Returns the objects moved. */
+static size_t drain_cpu(unsigned cpu, bool trylock)
+{
+	cpustate_t *cs = &cpus[cpu];
+	if (!fence_ok)
+		return 0;
+	if (trylock) {
+		if (pthread_mutex_trylock(&cs->lock) != 0)
+			return 0;
+	} else {
+		pthread_mutex_lock(&cs->lock);
+	}
+	bool any = cs->cap_bytes != 0;
+	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES && !any; c++)
+		any = ld16(&hdr(cpu, c)->current) != class_begin[c] || ld16(&hdr(cpu, c)->end) != class_begin[c];
+	if (!any) {
+		pthread_mutex_unlock(&cs->lock);
+		return 0;
+	}
+	uint16_t old_end[SA_NUM_SIZE_CLASSES];
+	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
+		cpuhdr_t *h = hdr(cpu, c);
+		old_end[c] = (uint16_t)ld16(&h->end);
+		st16(&h->end, 0);
+		st16(&h->begin, SA_HDR_LOCKED);
+	}
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (!rseq_fence_cpu((int)cpu)) {
+		/* nothing moved: sequences that saw the lock took the slow path; undo it */
+		for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
+			st16(&hdr(cpu, c)->begin, class_begin[c]);
+			st16(&hdr(cpu, c)->end, old_end[c]);
+		}
+		pthread_mutex_unlock(&cs->lock);
+		return 0;
+	}
+	size_t moved = 0;
+	void **sl = slots(cpu);
+	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
+		cpuhdr_t *h = hdr(cpu, c);
+		unsigned cur = ld16(&h->current), b = class_begin[c];
+		/* reset first: a fork between here and the flush leaks these objects in the child
+		 * instead of handing them out twice */
+		st16(&h->current, b);
+		__atomic_signal_fence(__ATOMIC_SEQ_CST);
+		if (cur > b) {
+			mcentral_flush(make_spanclass(c, true), sl + b, cur - b);
+			moved += cur - b;
+		}
+	}
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	rseq_fence_cpu((int)cpu); /* no sequence still holds an old current */
+	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
+		st16(&hdr(cpu, c)->end, class_begin[c]);
+		st16(&hdr(cpu, c)->begin, class_begin[c]);
+	}
+	cs->cap_bytes = 0;
+	pthread_mutex_unlock(&cs->lock);
+	return moved;
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Drain every CPU whose slow path has not run for SA_IDLE_MS (as seen by successive calls). */
+size_t mcache_drain_idle(void)
+{
+	if (!sa_percpu)
+		return 0;
+	uint64_t now = now_ms();
+	size_t moved = 0;
+	for (unsigned cpu = 0; cpu < sa_ncpu; cpu++) {
+		cpustate_t *cs = &cpus[cpu];
+		uint32_t ops = __atomic_load_n(&cs->slowops, __ATOMIC_RELAXED);
+		uint64_t seen = __atomic_load_n(&cs->seen_ms, __ATOMIC_RELAXED);
+		if (ops != __atomic_load_n(&cs->seen_ops, __ATOMIC_RELAXED) || seen == 0) {
+			__atomic_store_n(&cs->seen_ops, ops, __ATOMIC_RELAXED);
+			__atomic_store_n(&cs->seen_ms, now, __ATOMIC_RELAXED);
+			continue;
+		}
+		if (now - seen >= SA_IDLE_MS && __atomic_load_n(&cs->cap_bytes, __ATOMIC_RELAXED) != 0)
+			moved += drain_cpu(cpu, true);
+	}
+	return moved;
+}
+
+static inline void note_slowop(unsigned cpu)
+{
+	cpustate_t *cs = &cpus[cpu];
+	uint32_t ops = __atomic_load_n(&cs->slowops, __ATOMIC_RELAXED) + 1;
+	__atomic_store_n(&cs->slowops, ops, __ATOMIC_RELAXED);
+	if (unlikely((ops & 255) == 0))
+		mcache_drain_idle();
+}
+
+/* ---- per-thread lists ------------------------------------------------------------------ */
 /* Every LIVE mcache is on this list, so statistics can count what caches hold. */
 static pthread_mutex_t mcaches_lock = PTHREAD_MUTEX_INITIALIZER;
 static mcache_t *mcaches;
@@ -57,8 +318,10 @@ static void mcache_register(mcache_t *c)
 		mcaches->prev = c;
 	mcaches = c;
 	pthread_mutex_unlock(&mcaches_lock);
-	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++)
+	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
+		c->lists[i].room += (int32_t)class_max[i];
 		c->lists[i].max = class_max[i];
+	}
 }
 
 /* Flush up to n objects from the head of list cls. */
@@ -72,22 +335,24 @@ static void flush_list(mcache_t *c, unsigned cls, size_t n)
 			buf[k++] = l->head;
 			l->head = *(void **)l->head;
 		}
-		l->count -= (uint32_t)k;
+		l->room += (int32_t)k;
 		n -= k;
 		mcentral_flush(make_spanclass(cls, true), buf, k);
 	}
 }
 
-/* Slow path of malloc: list cls is empty. Returns one object, or NULL when out of memory. */
-void *mcache_refill(unsigned cls)
+static void *thread_refill(unsigned cls)
 {
-	sa_ensure_init();
 	mcache_t *c = &sa_mcache;
 	if (c->state == MCACHE_NEW)
 		mcache_register(c);
 	freelist_t *l = &c->lists[cls];
-	if (l->head) /* filled meanwhile (a NEW cache registering) */
-		goto pop;
+	void *p = l->head;
+	if (p) { /* filled meanwhile (a NEW cache registering, or a per-CPU thread's list) */
+		l->head = *(void **)p;
+		l->room++;
+		return p;
+	}
 	void *buf[BATCH_MAX];
 	size_t want = l->max ? class_batch[cls] : 1;
 	size_t got = mcentral_refill(make_spanclass(cls, true), buf, want);
@@ -97,39 +362,216 @@ void *mcache_refill(unsigned cls)
 		*(void **)buf[i] = l->head;
 		l->head = buf[i];
 	}
-	l->count += (uint32_t)(got - 1);
+	l->room -= (int32_t)(got - 1);
 	return buf[0];
-pop:;
-	void *p = l->head;
-	l->head = *(void **)p;
-	l->count--;
-	return p;
 }
 
-/* Slow path of free: list cls went past its bound (or the cache is not LIVE). The object was
- * pushed already. */
+/* Slow path of free on the per-thread path: list cls went past its bound (or the cache is not
+ * LIVE). The object was pushed already. */
 void mcache_overflow(unsigned cls)
 {
 	mcache_t *c = &sa_mcache;
 	if (c->state == MCACHE_NEW) {
 		sa_ensure_init();
 		mcache_register(c);
-		if (c->lists[cls].count <= c->lists[cls].max)
+		if (c->lists[cls].room >= 0)
 			return;
 	}
 	freelist_t *l = &c->lists[cls];
 	if (unlikely(sa_config.debug)) /* poison all but the link word: use-after-free shows */
 		memset((char *)l->head + sizeof(void *), 0xde, sa_class_to_size[cls] - sizeof(void *));
 	/* keep half the bound so a free/malloc ping-pong at the edge does not flush every time */
-	flush_list(c, cls, l->max ? l->count - l->max / 2 : l->count);
+	size_t count = freelist_count(l);
+	flush_list(c, cls, l->max ? count - l->max / 2 : count);
 }
 
-/* Return everything the cache holds to mcentral. */
+/* ---- slow paths of the per-CPU fast path ------------------------------------------------ */
+/* This thread's CPU, registering its own rseq area first where spanalloc registers its own; -1
+ * when this thread cannot use rseq (its lists serve it then). */
+static int thread_cpu(void)
+{
+	int cpu = rseq_current_cpu();
+	if (likely(cpu >= 0))
+		return cpu;
+	mcache_t *c = &sa_mcache;
+	if (rseq_mode == RSEQ_MODE_OWN && c->state != MCACHE_DEAD && c->rseq == 0) {
+		if (c->state == MCACHE_NEW)
+			mcache_register(c); /* its destructor unregisters at thread exit */
+		c->rseq = rseq_register_thread() ? 1 : -1;
+		return rseq_current_cpu();
+	}
+	return -1;
+}
+
+static void *percpu_refill(unsigned cls)
+{
+	int cpu = thread_cpu();
+	if (cpu < 0)
+		return thread_refill(cls);
+	note_slowop((unsigned)cpu);
+	void *p;
+	SA_PERCPU_POP(p, cls, empty); /* registered just now, or refilled meanwhile */
+	return p;
+empty:;
+	void *buf[BATCH_MAX];
+	spanclass_t sc = make_spanclass(cls, true);
+	size_t got = mcentral_refill(sc, buf, class_batch[cls]);
+	if (got == 0)
+		return NULL;
+	size_t k = 1;
+	if (got > k) {
+		k += push_batch(cls, buf + k, got - k);
+		if (k < got && grow((unsigned)cpu, cls, class_batch[cls]) > 0)
+			k += push_batch(cls, buf + k, got - k);
+		if (k < got) /* no room (capacity spent, CPU changed, or a drain): give back */
+			mcentral_flush(sc, buf + k, got - k);
+	}
+	return buf[0];
+}
+
+/* Slow path of malloc: the class is empty (either path). Returns one object, or NULL. */
+void *mcache_refill(unsigned cls)
+{
+	sa_ensure_init();
+	if (sa_percpu)
+		return percpu_refill(cls);
+	return thread_refill(cls);
+}
+
+/* Slow path of free on the per-CPU path: the class is full on this CPU (or rseq is not usable
+ * in this thread). */
+void mcache_percpu_free_slow(unsigned cls, void *p)
+{
+	int cpu = thread_cpu();
+	if (cpu < 0) {
+		freelist_t *l = &sa_mcache.lists[cls];
+		*(void **)p = l->head;
+		l->head = p;
+		if (--l->room < 0)
+			mcache_overflow(cls);
+		return;
+	}
+	note_slowop((unsigned)cpu);
+	SA_PERCPU_PUSH(p, cls, full); /* registered just now */
+	return;
+full:
+	if (grow((unsigned)cpu, cls, class_batch[cls]) > 0) {
+		SA_PERCPU_PUSH(p, cls, still_full);
+		return;
+	}
+still_full:;
+	/* at capacity: send a batch (and p) back to mcentral */
+	void *buf[BATCH_MAX + 1];
+	size_t n = pop_batch(cls, buf, class_batch[cls]);
+	buf[n++] = p;
+	mcentral_flush(make_spanclass(cls, true), buf, n);
+}
+
+/* ---- set-up, release, statistics -------------------------------------------------------- */
+static void percpu_init(void)
+{
+	if (sa_config.debug) {
+		fallback_why = "SPANALLOC_DEBUG: no caching";
+		return;
+	}
+	if (!sa_config.rseq) {
+		fallback_why = "SPANALLOC_RSEQ=off";
+		return;
+	}
+	if (sa_config.cpu_cache_bytes == 0 || sa_config.mcache_class_bytes == 0) {
+		fallback_why = "cache size 0";
+		return;
+	}
+	uint32_t ncpu = rseq_possible_cpus();
+	if (ncpu == 0) {
+		fallback_why = "cannot read /sys/devices/system/cpu/possible";
+		return;
+	}
+	const char *why;
+	int mode = rseq_init(&why);
+	if (mode == RSEQ_MODE_NONE) {
+		fallback_why = why;
+		return;
+	}
+	if (!rseq_fence_init()) {
+		fallback_why = "membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ) failed";
+		if (mode == RSEQ_MODE_OWN)
+			rseq_unregister_thread();
+		return;
+	}
+	fence_ok = true;
+	unsigned off = SA_NUM_SIZE_CLASSES; /* the headers take the first slots */
+	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
+		size_t cap = sa_config.cpu_cache_bytes / 4 / sa_class_to_size[c];
+		if (cap < 2u * class_batch[c])
+			cap = 2u * class_batch[c];
+		if (cap > CLASS_CAP_MAX)
+			cap = CLASS_CAP_MAX;
+		class_begin[c] = (uint16_t)off;
+		class_cap[c] = (uint16_t)cap;
+		off += (unsigned)cap;
+	}
+	char *slabs = os_map((size_t)ncpu << SA_SLAB_SHIFT);
+	cpustate_t *cs = persistent_alloc(ncpu * sizeof(cpustate_t));
+	if (slabs == NULL || cs == NULL) {
+		fallback_why = "out of memory for the per-CPU slabs";
+		if (mode == RSEQ_MODE_OWN)
+			rseq_unregister_thread();
+		return;
+	}
+	for (unsigned cpu = 0; cpu < ncpu; cpu++) {
+		pthread_mutex_init(&cs[cpu].lock, NULL);
+		cpuhdr_t *h = (cpuhdr_t *)(slabs + ((size_t)cpu << SA_SLAB_SHIFT));
+		h[0] = (cpuhdr_t){.current = 0, .end = 0, .begin = SA_HDR_LOCKED};
+		for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++)
+			h[c] = (cpuhdr_t){.current = class_begin[c], .end = class_begin[c], .begin = class_begin[c]};
+	}
+	cpus = cs;
+	sa_slabs = slabs;
+	sa_ncpu = ncpu;
+	rseq_mode = mode;
+	if (mode == RSEQ_MODE_OWN) { /* this thread registered in rseq_init */
+		sa_mcache.rseq = 1;
+		if (sa_mcache.state == MCACHE_NEW)
+			mcache_register(&sa_mcache);
+	}
+	__atomic_store_n(&sa_percpu, 1, __ATOMIC_RELEASE);
+}
+
+void mcache_init(void)
+{
+	pthread_key_create(&mcache_key, mcache_thread_exit);
+	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
+		size_t size = sa_class_to_size[i];
+		size_t per_class = sa_config.mcache_class_bytes;
+		size_t b = per_class / 2 / size;
+		class_batch[i] = (uint8_t)(b < 1 ? 1 : b > BATCH_MAX ? BATCH_MAX : b);
+		class_max[i] = sa_config.debug || per_class == 0 ? 0 : (uint32_t)(2 * class_batch[i]);
+	}
+	percpu_init();
+}
+
+const char *mcache_mode(void)
+{
+	if (!sa_percpu)
+		return fallback_why;
+	return rseq_mode == RSEQ_MODE_GLIBC ? "glibc" : "own";
+}
+
+/* Return everything the thread's lists hold to mcentral. */
 void mcache_release(mcache_t *c)
 {
 	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++)
-		if (c->lists[i].count)
-			flush_list(c, i, c->lists[i].count);
+		if (c->lists[i].head)
+			flush_list(c, i, freelist_count(&c->lists[i]));
+}
+
+void mcache_release_all(void)
+{
+	mcache_release(&sa_mcache);
+	if (sa_percpu)
+		for (unsigned cpu = 0; cpu < sa_ncpu; cpu++)
+			drain_cpu(cpu, false);
 }
 
 static void mcache_unlink(mcache_t *c)
@@ -150,22 +592,61 @@ static void mcache_thread_exit(void *arg)
 	mcache_unlink(c);
 	pthread_mutex_unlock(&mcaches_lock);
 	c->state = MCACHE_DEAD;
-	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++)
+	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
 		c->lists[i].max = 0;
+		c->lists[i].room = 0;
+	}
+	if (c->rseq == 1) { /* our own registration: later calls in this thread use its lists */
+		rseq_unregister_thread();
+		c->rseq = -1;
+	}
 }
 
-/* Objects of class cls held by all caches (a racy but consistent-enough sum for reports). */
-size_t mcache_cached(unsigned cls)
+/* Objects of class cls held by the per-thread lists (a racy but consistent-enough sum). */
+size_t mcache_thread_cached(unsigned cls)
 {
 	size_t n = 0;
 	pthread_mutex_lock(&mcaches_lock);
-	for (mcache_t *c = mcaches; c; c = c->next)
-		n += __atomic_load_n(&c->lists[cls].count, __ATOMIC_RELAXED);
+	for (mcache_t *c = mcaches; c; c = c->next) {
+		int64_t k = (int64_t)__atomic_load_n(&c->lists[cls].max, __ATOMIC_RELAXED) -
+			    __atomic_load_n(&c->lists[cls].room, __ATOMIC_RELAXED);
+		n += k > 0 ? (size_t)k : 0;
+	}
 	pthread_mutex_unlock(&mcaches_lock);
 	return n;
 }
 
-/* fork: hold the list still in the parent; in the child only the forking thread survives. */
+static size_t percpu_cached(unsigned cls)
+{
+	size_t n = 0;
+	if (!sa_percpu)
+		return 0;
+	for (unsigned cpu = 0; cpu < sa_ncpu; cpu++) {
+		unsigned cur = ld16(&hdr(cpu, cls)->current);
+		if (cur > class_begin[cls])
+			n += cur - class_begin[cls];
+	}
+	return n;
+}
+
+/* Objects of class cls held by all caches. */
+size_t mcache_cached(unsigned cls)
+{
+	return mcache_thread_cached(cls) + percpu_cached(cls);
+}
+
+size_t mcache_percpu_bytes(void)
+{
+	size_t n = 0;
+	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++)
+		n += percpu_cached(c) * sa_class_to_size[c];
+	return n;
+}
+
+/* fork: hold the list still in the parent; in the child only the forking thread survives. A
+ * drain or a capacity change another thread was making is repaired in the child: locked classes
+ * are unlocked (the objects they still hold are consistent: a drain resets current before it
+ * gives objects away), capacities recounted; the child registers for membarrier again. */
 void mcache_fork_prepare(void) { pthread_mutex_lock(&mcaches_lock); }
 void mcache_fork_parent(void) { pthread_mutex_unlock(&mcaches_lock); }
 void mcache_fork_child(void)
@@ -177,4 +658,25 @@ void mcache_fork_child(void)
 		self->next = self->prev = NULL;
 		mcaches = self;
 	}
+	if (!sa_percpu)
+		return;
+	for (unsigned cpu = 0; cpu < sa_ncpu; cpu++) {
+		pthread_mutex_init(&cpus[cpu].lock, NULL);
+		size_t cap = 0;
+		for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
+			cpuhdr_t *h = hdr(cpu, c);
+			unsigned b = class_begin[c], limit = b + class_cap[c];
+			unsigned cur = ld16(&h->current), end = ld16(&h->end);
+			if (ld16(&h->begin) != b)
+				st16(&h->begin, b);
+			if (end < cur)
+				end = cur;
+			if (end > limit)
+				end = limit;
+			st16(&h->end, end);
+			cap += (size_t)(end - b) * sa_class_to_size[c];
+		}
+		cpus[cpu].cap_bytes = cap;
+	}
+	fence_ok = rseq_fence_init();
 }

@@ -95,8 +95,12 @@ void sa_stats_print(FILE *f)
 	for (int n = 0; n < sa_heap_nodes; n++)
 		fprintf(f, "%s node %d %zu", n ? "," : ":", n, h.committed_node[n]);
 	fprintf(f, "%s\n", sa_heap_nodes > 1 ? " bytes committed" : "");
-	fprintf(f, "  mcache            per-thread (SPANALLOC_MCACHE_CLASS_BYTES=%zu)%s\n",
-		sa_config.mcache_class_bytes, sa_config.debug ? ", debug: no caching" : "");
+	if (sa_percpu)
+		fprintf(f, "  mcache            per-CPU through rseq (%s registration), %u CPUs, %zu bytes cached (SPANALLOC_CPU_CACHE_BYTES=%zu)\n",
+			mcache_mode(), (unsigned)sa_ncpu, mcache_percpu_bytes(), sa_config.cpu_cache_bytes);
+	else
+		fprintf(f, "  mcache            per-thread: %s (SPANALLOC_MCACHE_CLASS_BYTES=%zu)\n", mcache_mode(),
+			sa_config.mcache_class_bytes);
 	chan_stats_print(f);
 	fprintf(f, "%5s %6s %6s %7s %9s %9s %9s %9s %9s %9s\n", "class", "size", "spans", "objects", "in use",
 		"cached", "free", "tailwaste", "spanbytes", "util%");

@@ -1,0 +1,617 @@
+/* check_rseq.c — the per-CPU caches (issue 4): rseq fast path, migration, preemption and
+ * aborts, cross-thread frees, drains, the capacity bound, fork, and the fallback.
+ *
+ * tests/rseq-modes.sh runs this suite (and check_api, check_stress) in each mode:
+ *   SA_EXPECT_MODE=glibc   default environment: glibc's rseq registration
+ *   SA_EXPECT_MODE=own     GLIBC_TUNABLES=glibc.pthread.rseq=0: spanalloc registers its own
+ *   SA_EXPECT_MODE=thread  SPANALLOC_RSEQ=off: the per-thread fallback
+ *   SA_EXPECT_MODE=small   SPANALLOC_CPU_CACHE_BYTES=8k: capacity moves between classes constantly
+ * Without SA_EXPECT_MODE it accepts whichever mode it finds. Every object's contents are written
+ * at allocation and checked before it is freed.
+ */
+#include "sa_check.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
+
+static _Atomic long errors;
+static _Atomic int stop;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Fill object p of n bytes with a pattern derived from tag; check it later. */
+static void fill(void *p, size_t n, uint64_t tag)
+{
+	uint64_t *w = p;
+	for (size_t i = 0; i < n / 8; i++)
+		w[i] = tag ^ (i * 0x9E3779B97F4A7C15ULL);
+	for (size_t i = n / 8 * 8; i < n; i++)
+		((unsigned char *)p)[i] = (unsigned char)tag;
+}
+static bool check(const void *p, size_t n, uint64_t tag)
+{
+	const uint64_t *w = p;
+	for (size_t i = 0; i < n / 8; i++)
+		if (w[i] != (tag ^ (i * 0x9E3779B97F4A7C15ULL)))
+			return false;
+	for (size_t i = n / 8 * 8; i < n; i++)
+		if (((const unsigned char *)p)[i] != (unsigned char)tag)
+			return false;
+	return true;
+}
+
+static size_t pick_size(uint64_t *rng)
+{
+	uint64_t r = rng_below(rng, 100);
+	if (r < 60)
+		return 1 + rng_below(rng, 128);
+	if (r < 90)
+		return 1 + rng_below(rng, 1024);
+	if (r < 99)
+		return 1 + rng_below(rng, 16384);
+	return 1 + rng_below(rng, 32768);
+}
+
+static size_t total_cached(void)
+{
+	size_t n = 0;
+	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++)
+		n += mcache_cached(c);
+	return n;
+}
+
+static int allowed_cpus(cpu_set_t *set)
+{
+	CPU_ZERO(set);
+	if (sched_getaffinity(0, sizeof *set, set) != 0)
+		return 1;
+	return CPU_COUNT(set);
+}
+
+/* ---- mode ------------------------------------------------------------------------------- */
+START_TEST(test_mode)
+{
+	void *p = sa_malloc(24);
+	ck_assert_ptr_nonnull(p);
+	sa_free(p);
+	const char *want = getenv("SA_EXPECT_MODE");
+	const char *mode = mcache_mode();
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	sa_stats_print(f);
+	fclose(f);
+	ck_assert_ptr_nonnull(strstr(buf, "  mcache            per-"));
+	if (want == NULL || !strcmp(want, "")) {
+		/* any mode */
+	} else if (!strcmp(want, "glibc") || !strcmp(want, "small")) {
+		ck_assert_int_eq(sa_percpu, 1);
+		ck_assert_str_eq(mode, "glibc");
+		ck_assert_ptr_nonnull(strstr(buf, "per-CPU through rseq (glibc registration)"));
+	} else if (!strcmp(want, "own")) {
+		ck_assert_int_eq(sa_percpu, 1);
+		ck_assert_str_eq(mode, "own");
+		ck_assert_ptr_nonnull(strstr(buf, "per-CPU through rseq (own registration)"));
+	} else if (!strcmp(want, "thread")) {
+		ck_assert_int_eq(sa_percpu, 0);
+		ck_assert_ptr_nonnull(strstr(buf, "per-thread: SPANALLOC_RSEQ=off"));
+	} else {
+		ck_abort_msg("unknown SA_EXPECT_MODE %s", want);
+	}
+	free(buf);
+}
+END_TEST
+
+START_TEST(test_possible_cpus)
+{
+	uint32_t n = rseq_possible_cpus();
+	long conf = sysconf(_SC_NPROCESSORS_CONF);
+	ck_assert_uint_gt(n, 0);
+	ck_assert_int_ge((long)n, conf); /* possible ⊇ present */
+	sa_ensure_init();
+	if (sa_percpu)
+		ck_assert_uint_eq(sa_ncpu, n);
+}
+END_TEST
+
+/* The fast path really is per CPU: what one free pushes, the next malloc on the same CPU pops. */
+START_TEST(test_lifo_same_cpu)
+{
+	sa_ensure_init();
+	if (!sa_percpu)
+		return;
+	cpu_set_t set;
+	allowed_cpus(&set);
+	int cpu = -1;
+	for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
+		if (CPU_ISSET(i, &set))
+			cpu = i;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0);
+	void *warm = sa_malloc(64); /* registers (own mode) and fills the class */
+	sa_free(warm);
+	for (int i = 0; i < 1000; i++) {
+		void *p = sa_malloc(64);
+		sa_free(p);
+		void *q = sa_malloc(64);
+		ck_assert_ptr_eq(p, q);
+		sa_free(q);
+	}
+	ck_assert_int_eq(rseq_current_cpu(), cpu);
+	ck_assert_uint_gt(mcache_cached(size_to_class(64)), 0);
+}
+END_TEST
+
+/* ---- migration: another thread flips the workers' affinity in a loop ----------------------- */
+#define MIG_WORKERS 4
+static _Atomic pid_t worker_tid[MIG_WORKERS];
+
+static void *mig_worker(void *arg)
+{
+	long id = (long)arg;
+	worker_tid[id] = (pid_t)syscall(SYS_gettid);
+	uint64_t rng = 0x1234 + (uint64_t)id;
+	enum { KEEP = 512 };
+	void *p[KEEP] = {0};
+	size_t sz[KEEP];
+	uint64_t tag[KEEP];
+	uint64_t ops = 0;
+	while (!stop || ops < 20000) {
+		size_t i = rng_below(&rng, KEEP);
+		if (p[i]) {
+			if (!check(p[i], sz[i], tag[i]))
+				errors++;
+			sa_free(p[i]);
+			p[i] = NULL;
+		} else {
+			sz[i] = pick_size(&rng);
+			tag[i] = rng_next(&rng);
+			p[i] = sa_malloc(sz[i]);
+			if (p[i] == NULL) {
+				errors++;
+				continue;
+			}
+			fill(p[i], sz[i], tag[i]);
+		}
+		ops++;
+	}
+	for (size_t i = 0; i < KEEP; i++)
+		if (p[i]) {
+			if (!check(p[i], sz[i], tag[i]))
+				errors++;
+			sa_free(p[i]);
+		}
+	return (void *)(uintptr_t)ops;
+}
+
+START_TEST(test_migration)
+{
+	sa_ensure_init();
+	size_t ns0, pg0;
+	heap_counts(&ns0, &pg0);
+	cpu_set_t all;
+	int ncpu = allowed_cpus(&all);
+	int cpus[CPU_SETSIZE], k = 0;
+	for (int i = 0; i < CPU_SETSIZE; i++)
+		if (CPU_ISSET(i, &all))
+			cpus[k++] = i;
+	stop = 0;
+	pthread_t th[MIG_WORKERS];
+	for (long i = 0; i < MIG_WORKERS; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, mig_worker, (void *)i), 0);
+	double end = now_s() + 2.0;
+	unsigned long flips = 0;
+	while (now_s() < end) {
+		for (int w = 0; w < MIG_WORKERS; w++) {
+			pid_t t = worker_tid[w];
+			if (t == 0 || ncpu < 2)
+				continue;
+			cpu_set_t one;
+			CPU_ZERO(&one);
+			CPU_SET(cpus[(flips + (unsigned long)w) % (unsigned long)k], &one);
+			if (sched_setaffinity(t, sizeof one, &one) == 0)
+				flips++;
+		}
+		usleep(200);
+	}
+	stop = 1;
+	uint64_t ops = 0;
+	for (int i = 0; i < MIG_WORKERS; i++) {
+		void *r;
+		pthread_join(th[i], &r);
+		ops += (uint64_t)(uintptr_t)r;
+	}
+	ck_assert_int_eq(errors, 0);
+	ck_assert_uint_gt(ops, 20000 * MIG_WORKERS);
+	if (ncpu >= 2)
+		ck_assert_uint_gt(flips, 100);
+	sa_release();
+	ck_assert_uint_eq(total_cached(), 0);
+	size_t ns1, pg1;
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(pg1, pg0);
+}
+END_TEST
+
+/* ---- preemption and signals: more threads than CPUs, and a signal storm ------------------- */
+#define OVER_THREADS 12
+static void on_signal(int sig) { (void)sig; }
+
+static void *over_worker(void *arg)
+{
+	long id = (long)arg;
+	uint64_t rng = 0xabcdef + (uint64_t)id;
+	enum { KEEP = 256 };
+	void *p[KEEP] = {0};
+	size_t sz[KEEP];
+	uint64_t tag[KEEP];
+	for (long n = 0; n < 150000; n++) {
+		size_t i = rng_below(&rng, KEEP);
+		if (p[i]) {
+			if (!check(p[i], sz[i], tag[i]))
+				errors++;
+			sa_free(p[i]);
+			p[i] = NULL;
+		} else {
+			sz[i] = 1 + rng_below(&rng, 300);
+			tag[i] = rng_next(&rng);
+			p[i] = sa_malloc(sz[i]);
+			if (p[i] == NULL) {
+				errors++;
+				continue;
+			}
+			fill(p[i], sz[i], tag[i]);
+		}
+	}
+	for (size_t i = 0; i < KEEP; i++)
+		if (p[i]) {
+			if (!check(p[i], sz[i], tag[i]))
+				errors++;
+			sa_free(p[i]);
+		}
+	return NULL;
+}
+
+START_TEST(test_oversubscribed_with_signals)
+{
+	sa_ensure_init();
+	size_t ns0, pg0;
+	heap_counts(&ns0, &pg0);
+	struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGALRM, &sa, NULL);
+	struct itimerval it = {.it_interval = {0, 200}, .it_value = {0, 200}}; /* 5 kHz: many aborts */
+	setitimer(ITIMER_REAL, &it, NULL);
+	pthread_t th[OVER_THREADS];
+	for (long i = 0; i < OVER_THREADS; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, over_worker, (void *)i), 0);
+	for (int i = 0; i < OVER_THREADS; i++)
+		pthread_join(th[i], NULL);
+	struct itimerval off = {{0, 0}, {0, 0}};
+	setitimer(ITIMER_REAL, &off, NULL);
+	ck_assert_int_eq(errors, 0);
+	sa_release();
+	ck_assert_uint_eq(total_cached(), 0);
+	size_t ns1, pg1;
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(pg1, pg0);
+}
+END_TEST
+
+/* ---- producer/consumer: one thread allocates, another frees -------------------------------- */
+#define RING 4096
+static void *_Atomic ring[RING];
+static _Atomic int producer_done;
+
+static void *producer(void *arg)
+{
+	(void)arg;
+	uint64_t rng = 7;
+	for (long n = 0; n < 400000; n++) {
+		size_t size = 8 + rng_below(&rng, 56) * 8;
+		uint64_t *p = sa_malloc(size);
+		if (p == NULL) {
+			errors++;
+			continue;
+		}
+		p[0] = size;
+		fill(p + 1, size - 8, size * 31);
+		size_t slot = rng_below(&rng, RING);
+		void *old;
+		while ((old = atomic_exchange(&ring[slot], p)) != NULL) {
+			/* slot taken: put the old one back somewhere else */
+			p = old;
+			slot = (slot + 1) % RING;
+		}
+	}
+	producer_done = 1;
+	return NULL;
+}
+
+static void *consumer(void *arg)
+{
+	(void)arg;
+	long freed = 0;
+	for (;;) {
+		int done = producer_done;
+		bool any = false;
+		for (size_t i = 0; i < RING; i++) {
+			uint64_t *p = atomic_exchange(&ring[i], NULL);
+			if (p == NULL)
+				continue;
+			any = true;
+			if (!check(p + 1, p[0] - 8, p[0] * 31))
+				errors++;
+			sa_free(p);
+			freed++;
+		}
+		if (done && !any)
+			break;
+	}
+	return (void *)freed;
+}
+
+START_TEST(test_producer_consumer)
+{
+	sa_ensure_init();
+	size_t ns0, pg0;
+	heap_counts(&ns0, &pg0);
+	producer_done = 0;
+	pthread_t a, b;
+	ck_assert_int_eq(pthread_create(&a, NULL, producer, NULL), 0);
+	ck_assert_int_eq(pthread_create(&b, NULL, consumer, NULL), 0);
+	pthread_join(a, NULL);
+	void *freed;
+	pthread_join(b, &freed);
+	ck_assert_int_eq(errors, 0);
+	ck_assert_int_eq((long)freed, 400000);
+	sa_release();
+	ck_assert_uint_eq(total_cached(), 0);
+	size_t ns1, pg1;
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(pg1, pg0);
+}
+END_TEST
+
+/* ---- the capacity bound ---------------------------------------------------------------- */
+START_TEST(test_capacity_bound)
+{
+	sa_ensure_init();
+	if (!sa_percpu)
+		return;
+	/* free many objects of many classes: what stays cached per CPU is bounded in bytes */
+	static void *p[20000];
+	uint64_t rng = 3;
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < 20000; i++) {
+			p[i] = sa_malloc(1 + rng_below(&rng, 4000));
+			ck_assert_ptr_nonnull(p[i]);
+		}
+		for (int i = 0; i < 20000; i++)
+			sa_free(p[i]);
+		size_t bytes = mcache_percpu_bytes();
+		/* plus at most a few pushes in flight past a shrunk end, here none */
+		ck_assert_msg(bytes <= (size_t)sa_ncpu * sa_config.cpu_cache_bytes, "%zu bytes cached > %u x %zu",
+			      bytes, (unsigned)sa_ncpu, sa_config.cpu_cache_bytes);
+		ck_assert_uint_gt(bytes, 0);
+	}
+	sa_release();
+	ck_assert_uint_eq(mcache_percpu_bytes(), 0);
+}
+END_TEST
+
+/* ---- threads that exit: their CPUs' caches stay usable, sa_release drains them ------------- */
+static void *short_thread(void *arg)
+{
+	uint64_t rng = (uint64_t)(uintptr_t)arg;
+	void *p[200];
+	for (int i = 0; i < 200; i++) {
+		size_t n = 1 + rng_below(&rng, 2000);
+		p[i] = sa_malloc(n);
+		if (p[i] == NULL)
+			errors++;
+		else
+			fill(p[i], n < 16 ? n : 16, 5);
+	}
+	for (int i = 0; i < 200; i++)
+		sa_free(p[i]);
+	return NULL;
+}
+
+START_TEST(test_thread_churn_release)
+{
+	sa_ensure_init();
+	size_t ns0, pg0;
+	heap_counts(&ns0, &pg0);
+	for (int round = 0; round < 50; round++) {
+		pthread_t th[4];
+		for (long i = 0; i < 4; i++)
+			ck_assert_int_eq(pthread_create(&th[i], NULL, short_thread, (void *)(round * 4 + i + 1)), 0);
+		for (int i = 0; i < 4; i++)
+			pthread_join(th[i], NULL);
+		for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) /* no exited thread keeps a list */
+			ck_assert_uint_eq(mcache_thread_cached(c), 0);
+	}
+	ck_assert_int_eq(errors, 0);
+	sa_release();
+	ck_assert_uint_eq(total_cached(), 0);
+	size_t ns1, pg1;
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(pg1, pg0);
+}
+END_TEST
+
+/* A thread's TLS destructors may allocate after spanalloc's own destructor ran (and, in own
+ * mode, unregistered its rseq area): those calls must still work and strand nothing. */
+static pthread_key_t late_key;
+static void late_destructor(void *arg)
+{
+	sa_free(arg);
+	for (int i = 0; i < 100; i++) {
+		void *p = sa_malloc(40);
+		if (p == NULL)
+			errors++;
+		fill(p, 40, 9);
+		if (!check(p, 40, 9))
+			errors++;
+		sa_free(p);
+	}
+}
+static void *late_thread(void *arg)
+{
+	(void)arg;
+	void *p = sa_malloc(40);
+	sa_free(sa_malloc(100));
+	pthread_setspecific(late_key, p);
+	return NULL;
+}
+
+START_TEST(test_late_destructor)
+{
+	sa_ensure_init();
+	void *warm = sa_malloc(8);
+	sa_free(warm);
+	/* created after spanalloc's key, so it runs after spanalloc's destructor in the same pass */
+	ck_assert_int_eq(pthread_key_create(&late_key, late_destructor), 0);
+	for (int i = 0; i < 20; i++) {
+		pthread_t t;
+		ck_assert_int_eq(pthread_create(&t, NULL, late_thread, NULL), 0);
+		pthread_join(t, NULL);
+	}
+	ck_assert_int_eq(errors, 0);
+	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) /* only this thread's list is live */
+		ck_assert_uint_eq(mcache_thread_cached(c), freelist_count(&sa_mcache.lists[c]));
+}
+END_TEST
+
+/* ---- an idle CPU's cache goes back ------------------------------------------------------- */
+START_TEST(test_idle_drain)
+{
+	sa_ensure_init();
+	cpu_set_t all;
+	if (!sa_percpu || allowed_cpus(&all) < 2)
+		return;
+	int c0 = -1, c1 = -1;
+	for (int i = 0; i < CPU_SETSIZE; i++)
+		if (CPU_ISSET(i, &all)) {
+			if (c0 < 0)
+				c0 = i;
+			else if (c1 < 0)
+				c1 = i;
+		}
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(c0, &one);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof one, &one), 0);
+	static void *p[3000];
+	for (int i = 0; i < 3000; i++)
+		p[i] = sa_malloc(48);
+	for (int i = 0; i < 3000; i++)
+		sa_free(p[i]);
+	unsigned cls = size_to_class(48);
+	ck_assert_uint_gt(mcache_cached(cls), 0);
+	CPU_ZERO(&one);
+	CPU_SET(c1, &one);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof one, &one), 0);
+	mcache_drain_idle(); /* notes c0's activity */
+	usleep(1200 * 1000);
+	mcache_drain_idle(); /* c0 ran no slow path for more than a second: drained */
+	ck_assert_uint_eq(mcache_cached(cls), 0);
+}
+END_TEST
+
+/* ---- fork with threads allocating ------------------------------------------------------- */
+static void *fork_busy(void *arg)
+{
+	(void)arg;
+	uint64_t rng = 11;
+	while (!stop) {
+		void *p[64];
+		for (int i = 0; i < 64; i++)
+			p[i] = sa_malloc(1 + rng_below(&rng, 512));
+		for (int i = 0; i < 64; i++)
+			sa_free(p[i]);
+		if (rng_below(&rng, 64) == 0)
+			sa_release(); /* drains across CPUs while others fork */
+	}
+	return NULL;
+}
+
+START_TEST(test_fork)
+{
+	sa_ensure_init();
+	stop = 0;
+	pthread_t th[3];
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, fork_busy, NULL), 0);
+	for (int k = 0; k < 100; k++) {
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			uint64_t rng = 5;
+			static void *p[2000];
+			for (int i = 0; i < 2000; i++) {
+				size_t n = 1 + rng_below(&rng, 3000);
+				p[i] = sa_malloc(n);
+				if (p[i] == NULL)
+					_exit(2);
+				fill(p[i], n, (uint64_t)i);
+			}
+			rng = 5;
+			for (int i = 0; i < 2000; i++) {
+				size_t n = 1 + rng_below(&rng, 3000);
+				if (!check(p[i], n, (uint64_t)i))
+					_exit(3);
+				sa_free(p[i]);
+			}
+			sa_release();
+			_exit(total_cached() == 0 ? 0 : 4);
+		}
+		int st;
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d: status %d", k, st);
+	}
+	stop = 1;
+	for (int i = 0; i < 3; i++)
+		pthread_join(th[i], NULL);
+}
+END_TEST
+
+static Suite *rseq_suite(void)
+{
+	Suite *s = suite_create("rseq");
+	TCase *tc = tcase_create("percpu");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_mode);
+	tcase_add_test(tc, test_possible_cpus);
+	tcase_add_test(tc, test_lifo_same_cpu);
+	tcase_add_test(tc, test_migration);
+	tcase_add_test(tc, test_oversubscribed_with_signals);
+	tcase_add_test(tc, test_producer_consumer);
+	tcase_add_test(tc, test_capacity_bound);
+	tcase_add_test(tc, test_thread_churn_release);
+	tcase_add_test(tc, test_late_destructor);
+	tcase_add_test(tc, test_idle_drain);
+	tcase_add_test(tc, test_fork);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	return run_suite(rseq_suite());
+}

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Run the per-CPU cache suite in every mode of issue 4, and the API and stress suites in the two
+# modes the default `make check` run does not cover.
+#   glibc   default: glibc's rseq registration (__rseq_size > 0)
+#   own     GLIBC_TUNABLES=glibc.pthread.rseq=0: spanalloc registers a struct rseq per thread
+#   thread  SPANALLOC_RSEQ=off: the per-thread fallback
+#   small   SPANALLOC_CPU_CACHE_BYTES=8k: per-CPU capacity moves between classes all the time
+# A mode that this kernel cannot run (no rseq) is reported and skipped by the suite's mode test.
+fail=0
+run() { # NAME ENV... -- PROGRAM
+	name=$1; shift
+	out=$(env "$@" 2>&1)
+	rc=$?
+	last=$(printf '%s\n' "$out" | tail -1)
+	printf '%-8s %-40s %s\n' "$name" "$(echo "$@" | sed 's/SA_EXPECT_MODE=[a-z]* //')" "$last"
+	if [ $rc -ne 0 ]; then
+		printf '%s\n' "$out" | tail -20
+		fail=1
+	fi
+}
+if [ -r /proc/self/status ] && ! grep -q . /sys/devices/system/cpu/possible 2>/dev/null; then
+	echo "no /sys/devices/system/cpu/possible: per-CPU modes cannot be expected"
+	exit 77
+fi
+run glibc  SA_EXPECT_MODE=glibc ./tests/check_rseq
+run own    SA_EXPECT_MODE=own GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_rseq
+run thread SA_EXPECT_MODE=thread SPANALLOC_RSEQ=off ./tests/check_rseq
+run small  SA_EXPECT_MODE=small SPANALLOC_CPU_CACHE_BYTES=8k ./tests/check_rseq
+run own    GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_api
+run thread SPANALLOC_RSEQ=off ./tests/check_api
+run own    GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_stress
+run thread SPANALLOC_RSEQ=off ./tests/check_stress
+exit $fail
