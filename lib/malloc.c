@@ -41,10 +41,7 @@ static inline __attribute__((always_inline)) void *small_alloc(unsigned cls)
 		return p;
 	}
 refill:
-	p = mcache_refill(cls);
-	if (unlikely(p == NULL))
-		errno = ENOMEM;
-	return p;
+	return mcache_refill(cls); /* sets errno = ENOMEM when it fails; a tail call */
 }
 
 void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
@@ -67,6 +64,8 @@ void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
 
 void *sa_malloc(size_t n)
 {
+	if (likely(n <= SA_SMALL_SIZE_MAX - 8)) /* the common sizes: one table, laid out inline */
+		return small_alloc(sa_size_to_class8[(n + SA_SMALL_SIZE_DIV - 1) / SA_SMALL_SIZE_DIV]);
 	if (likely(n <= SA_MAX_SMALL_SIZE))
 		return small_alloc(size_to_class(n));
 	return sa_malloc_large(n, 1, false);
@@ -124,11 +123,22 @@ void sa_free_span_object(mspan_t *s, void *p)
 	free_object(s, p);
 }
 
+/* Out of line and not _Noreturn, so sa_free tail-calls it and needs no stack frame. */
+static SA_NOINLINE void free_unknown(void *p)
+{
+	owner_span(p);
+}
+
 void sa_free(void *p)
 {
 	if (p == NULL)
 		return;
-	free_object(owner_span(p), p);
+	mspan_t *s = spanof(p);
+	if (unlikely(s == NULL)) {
+		free_unknown(p);
+		return;
+	}
+	free_object(s, p);
 }
 
 void *sa_calloc(size_t count, size_t size)

@@ -35,6 +35,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <string.h>
 #include <time.h>
 
@@ -429,13 +430,15 @@ empty:;
 	return buf[0];
 }
 
-/* Slow path of malloc: the class is empty (either path). Returns one object, or NULL. */
+/* Slow path of malloc: the class is empty (either path). Returns one object, or NULL with
+ * errno = ENOMEM. */
 void *mcache_refill(unsigned cls)
 {
 	sa_ensure_init();
-	if (sa_percpu)
-		return percpu_refill(cls);
-	return thread_refill(cls);
+	void *p = sa_percpu ? percpu_refill(cls) : thread_refill(cls);
+	if (unlikely(p == NULL))
+		errno = ENOMEM;
+	return p;
 }
 
 /* Slow path of free on the per-CPU path: the class is full on this CPU (or rseq is not usable
