@@ -125,6 +125,97 @@ typedef struct sa_select_case {
 } sa_select_case_t;
 SA_API int sa_select(sa_select_case_t *cases, size_t ncases, long long timeout_ns);
 
+/* ---- Garbage collector (lib/gc/; README "Garbage collector") ----
+ *
+ * An opt-in garbage-collected heap beside malloc's, collected as Go's runtime does: concurrent
+ * tri-colour mark on dedicated marker threads with a hybrid write barrier, then concurrent
+ * sweep; two short stops per cycle. Objects are zeroed, 16-byte aligned (8 for tiny ones).
+ *
+ * Rules:
+ *  - A GC object stays alive while a word points into it (interior pointers count) from: a GC
+ *    object that is alive, a registered root, or the stack/registers of a registered thread.
+ *    Memory from malloc/sa_malloc is NOT scanned: register it with sa_gc_root_add if it holds
+ *    GC pointers. sa_gc_alloc'd objects are scanned conservatively (every aligned word),
+ *    typed ones precisely, noscan ones not at all.
+ *  - Every store of a pointer into a GC object or a registered root goes through sa_gc_store
+ *    (the write barrier). Stores to stack variables need none.
+ *  - A thread that holds GC pointers in its stack is registered: its first GC allocation
+ *    registers it, or sa_gc_thread_register does; it is unregistered when it exits (or by
+ *    sa_gc_thread_unregister). Registered threads are stopped briefly by the signal
+ *    SIGRTMIN + SPANALLOC_GC_SIGNAL (default 5); the program must not block that signal.
+ *  - sa_free (and free, realloc) of a GC object prints one line and aborts.
+ */
+/* Scanned conservatively. NULL with ENOMEM when memory is short. */
+SA_API void *sa_gc_alloc(size_t n) __attribute__((warn_unused_result));
+/* Holds no pointers: never scanned. Below 16 bytes, several share one 16-byte block (Go's
+ * tiny allocator), alive while any of them is. */
+SA_API void *sa_gc_alloc_noscan(size_t n) __attribute__((warn_unused_result));
+/* A type for precise scanning: size bytes (a multiple of 8); bit i of ptrmask (word i / 64,
+ * bit i % 64) says that the 8 bytes at offset 8*i hold a pointer. The type must outlive every
+ * object allocated with it. */
+typedef struct sa_gc_type {
+	size_t size;
+	const unsigned long long *ptrmask;
+} sa_gc_type_t;
+/* An array of count (0 counts as 1) elements of type t, scanned precisely (only pointer
+ * words). NULL with EINVAL for a bad type, ENOMEM when memory is short. */
+SA_API void *sa_gc_alloc_typed(const sa_gc_type_t *t, size_t count) __attribute__((warn_unused_result));
+
+/* Register [addr, addr + len) as a root (0, EINVAL, ENOMEM); remove the root starting at addr
+ * (0, ENOENT). Scanned conservatively, once per cycle. */
+SA_API int sa_gc_root_add(void *addr, size_t len);
+SA_API int sa_gc_root_remove(void *addr);
+/* Register / unregister the calling thread (0; EINVAL when its stack cannot be found, or
+ * unregister of an unregistered thread). */
+SA_API int sa_gc_thread_register(void);
+SA_API int sa_gc_thread_unregister(void);
+
+/* The write barrier: *slot = v. Outside marking: a thread-local flag set and cleared around one
+ * predictable branch and the store. While marking it shades the old and the new value (Go's
+ * hybrid barrier). slot is a void * location in a GC object or a root. */
+SA_API extern volatile int sa_gc_barrier_on;
+SA_API extern __thread volatile int sa_gc_in_store __attribute__((tls_model("initial-exec")));
+SA_API void sa_gc_store_slow(void **slot, void *v);
+static inline void sa_gc_store(void *slot, const void *v)
+{
+	sa_gc_in_store = 1;
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	if (__builtin_expect(sa_gc_barrier_on, 0))
+		sa_gc_store_slow((void **)slot, (void *)v);
+	else
+		*(void *volatile *)slot = (void *)v;
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	sa_gc_in_store = 0;
+}
+
+/* Run a full cycle and its sweep, blocking (runtime.GC). Finalizers it finds run afterwards
+ * on the finalizer thread. */
+SA_API void sa_gc_collect(void);
+/* GOGC: the heap grows to live × (1 + pct/100) before the next cycle; pct < 0 turns automatic
+ * cycles off. Returns the previous value. */
+SA_API int sa_gc_set_percent(int pct);
+/* Run fn(obj, arg) once, on the finalizer thread, after obj (the start of a GC object, or what
+ * sa_gc_alloc_typed returned) becomes unreachable; the object is freed by a later cycle.
+ * fn NULL removes the finalizer. 0, or EINVAL when obj is not such a pointer. */
+SA_API int sa_gc_set_finalizer(void *obj, void (*fn)(void *obj, void *arg), void *arg);
+
+typedef struct sa_gc_stats {
+	unsigned long long cycles;            /* cycles completed (marked and swept) */
+	unsigned long long heap_live;         /* bytes: marked by the last cycle + allocated since */
+	unsigned long long heap_marked;       /* bytes found live by the last cycle */
+	unsigned long long heap_goal, heap_trigger; /* 0: no automatic cycle */
+	unsigned long long freed_bytes;       /* bytes freed by sweeping, in total */
+	unsigned long long pauses;            /* stops of the world */
+	unsigned long long pause_total_ns, pause_max_ns;
+	unsigned long long mark_cpu_ns;       /* CPU time of the marker threads */
+	unsigned long long assists;           /* allocations that helped marking */
+	unsigned long long finalizers_queued, finalizers_run;
+	unsigned long long threads;           /* registered threads */
+	int percent;                          /* GOGC, -1 off */
+	int mark_workers;
+} sa_gc_stats_t;
+SA_API void sa_gc_stats(sa_gc_stats_t *out);
+
 #ifdef __cplusplus
 }
 #endif

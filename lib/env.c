@@ -65,6 +65,16 @@ static const struct knob knobs[] = {
 	 "scavenger madvise batches through io_uring (on) or madvise(2) (off); falls back to madvise(2)"},
 	{"SPANALLOC_MEMLIMIT", K_SIZE, &sa_config.memlimit, NULL, 0, SA_MAX_ALLOC,
 	 "soft memory limit in bytes (k/m/g suffix; 0 = none): allocation scavenges before mapping past it"},
+	{"SPANALLOC_GOGC", K_STR, &sa_gc_config.gogc, NULL, 0, 0,
+	 "GC heap growth before the next cycle, percent of the live heap (default 100), or off"},
+	{"SPANALLOC_MARK_WORKERS", K_SIZE, &sa_gc_config.mark_workers, NULL, 0, 64,
+	 "GC marker threads (0 = 25% of the CPUs, at least 1)"},
+	{"SPANALLOC_MARK_CPUS", K_STR, &sa_gc_config.mark_cpus, NULL, 0, 0,
+	 "CPUs the GC marker threads are pinned to, e.g. 2,3 or 4-7 (default: the last allowed CPUs)"},
+	{"SPANALLOC_GCTRACE", K_BOOL, &sa_gc_config.gctrace, NULL, 0, 0,
+	 "print one line per GC cycle to stderr, as GODEBUG=gctrace=1"},
+	{"SPANALLOC_GC_SIGNAL", K_SIZE, &sa_gc_config.signal, NULL, 0, 30,
+	 "the GC stops registered threads with signal SIGRTMIN + N (default 5)"},
 };
 
 static bool parse_bool(const char *v, int *out)

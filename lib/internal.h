@@ -108,6 +108,11 @@ typedef struct mspan {
 	uint32_t sweepgen;             /* GC: as Go's mspan.sweepgen */
 	uint64_t allocbits[SA_BITMAP_WORDS];
 	uint64_t gcmarkbits[SA_BITMAP_WORDS];
+	/* GC heap (lib/gc/, issue 9). Zero in every record that is not a GC span: mheap's record
+	 * reset stops before allocbits, so lib/gc clears them before a GC span goes back. */
+	uint8_t gcspan;                /* 1: a GC span; its spanclass reads SA_GC_SPANCLASS meanwhile */
+	uint8_t gcnoscan, gctyped, gclarge;
+	uint16_t gcclass;              /* index of the span's GC central list */
 } mspan_t;
 
 SA_INTERNAL void mspan_init_small(mspan_t *s, spanclass_t sc);
@@ -471,5 +476,22 @@ SA_INTERNAL size_t scav_resident(void);  /* mheap.lock held */
 SA_INTERNAL size_t uring_madvise_batch(const scav_range_t *r, size_t n, size_t *fallbacks, bool *used_uring);
 SA_INTERNAL void uring_fork_child(void);
 extern int sa_uring_inject SA_INTERNAL;  /* tests: 1 init fails, 2 submit fails, 3 every op fails */
+
+/* ------------------------------------------------------------------------------------------
+ * Garbage collector (lib/gc/, issue 9; lib/gc/gc.h has the rest)
+ * ---------------------------------------------------------------------------------------- */
+/* A GC span's spanclass field reads 1 (size class 0, noscan) while it belongs to the GC heap:
+ * sa_free then takes the large-object slow path, which rejects GC objects (free_large). The
+ * real class is in gcclass; lib/gc restores spanclass before giving the span back to mheap. */
+#define SA_GC_SPANCLASS 1
+typedef struct sa_gc_config {
+	const char *gogc;              /* SPANALLOC_GOGC: percent or "off" */
+	size_t mark_workers;           /* SPANALLOC_MARK_WORKERS: 0 = 25% of the CPUs, at least 1 */
+	const char *mark_cpus;         /* SPANALLOC_MARK_CPUS: CPU list for the markers */
+	int gctrace;                   /* SPANALLOC_GCTRACE */
+	size_t signal;                 /* SPANALLOC_GC_SIGNAL: stop signal is SIGRTMIN + this */
+} sa_gc_config_t;
+extern sa_gc_config_t sa_gc_config SA_INTERNAL;
+SA_INTERNAL void gc_report(FILE *f);   /* the GC part of sa_stats_print */
 
 #endif /* SA_INTERNAL_H */

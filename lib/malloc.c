@@ -91,6 +91,8 @@ static inline mspan_t *owner_span(const void *p)
 
 static SA_NOINLINE void free_large(mspan_t *s, void *p)
 {
+	if (unlikely(s->gcspan)) /* GC spans read spanclass SA_GC_SPANCLASS: sizeclass 0 */
+		sa_fatal("free(): %p is a garbage-collected object (sa_gc_alloc); the collector frees it", p);
 	if (p != (void *)s->base)
 		bad_free(p, "not the start of an object");
 	if (!mheap_free(s, p))

@@ -120,4 +120,5 @@ void sa_stats_print(FILE *f)
 		fprintf(f, "%5u %6zu %6zu %7zu %9s %9s %9s %9s %9s %8.1f%%\n", i, size, c->spans, c->objects_inuse,
 			a, b, d, e, g, 100.0 * (double)(c->objects_inuse * size) / (double)(c->spans * span_bytes));
 	}
+	gc_report(f);
 }

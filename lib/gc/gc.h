@@ -1,0 +1,206 @@
+/* gc.h — the collector's internal interface (DESIGN.md section 5, issue 9).
+ *
+ * Files: gcalloc.c (GC spans, per-thread caches, tiny and typed allocation), stw.c (thread
+ * registry, stopping threads by signal, fork), roots.c (global roots, finalizers), mark.c
+ * (work buffers, greyobject, scanobject, marker threads, assists), barrier.c (the hybrid write
+ * barrier's slow path), sweep.c (sweeping spans), pacer.c (the cycle, pacing, statistics).
+ *
+ * Crit regions. A registered thread is stopped by a signal at an arbitrary instruction. Code
+ * that must not be interrupted by a stop (it changes the thread's cache, allocates black, or
+ * holds a lock the collector takes while the world is stopped) runs with t->crit > 0 or with
+ * sa_gc_in_store set; the handler then returns without parking and the collector re-sends the
+ * signal a little later. Crit code never blocks on a lock that code outside crit may hold
+ * (mheap.lock, malloc's locks): it leaves crit first. So, while the world is stopped, no
+ * stopped thread holds a GC central lock, the work-buffer pool lock or the finalizer lock,
+ * and every stopped thread's cache is consistent.
+ *
+ * Locks the collector holds while the world is stopped (registry, roots, finalizers) it takes
+ * before stopping it, so a stopped thread can only be blocked on them: code may take them outside
+ * crit, and crit code must never take them. Locks it takes while the world is stopped (GC
+ * central, pool) are only ever taken inside crit (or by GC threads, which are never stopped).
+ *
+ * Lock order: cycle_lock → registry lock → roots lock → finalizer lock → GC central locks
+ * (by index) → pool lock → mheap.lock.
+ */
+#ifndef SA_GC_GC_H
+#define SA_GC_GC_H
+
+#include "internal.h"
+
+#include <signal.h>
+#include <time.h>
+
+#define GC_NCLASSES (SA_NUM_SIZE_CLASSES * 4) /* (sizeclass << 2) | typed << 1 | noscan */
+#define GC_TYPED_HDR 16                       /* typed objects: type pointer, element count */
+#define GC_TINY_SIZE 16
+#define GC_CREDIT_FLUSH ((size_t)64 << 10)    /* allocation bytes batched per thread */
+#define GC_MIN_GOAL ((size_t)4 << 20)
+#define WB_CAP 510
+
+static inline unsigned gc_class(unsigned sizeclass, bool typed, bool noscan)
+{
+	return (sizeclass << 2) | (typed ? 2u : 0u) | (noscan ? 1u : 0u);
+}
+
+typedef struct workbuf {
+	struct workbuf *next;
+	size_t n;
+	uintptr_t obj[WB_CAP];
+} workbuf_t;
+
+typedef struct gc_central {
+	pthread_mutex_t lock;
+	mspan_t *partial;              /* swept, has free slots, not cached */
+	mspan_t *full;                 /* swept, no free slot (or large), not cached */
+	mspan_t *unswept;              /* need sweeping (sweepgen == sg - 2) */
+} __attribute__((aligned(SA_CACHE_LINE))) gc_central_t;
+
+typedef struct gc_thread {
+	struct gc_thread *next, *prev;
+	pthread_t self;
+	uintptr_t stack_lo, stack_hi;  /* stack bounds; scanned from the saved sp to stack_hi */
+	volatile int crit;             /* > 0: the stop signal is deferred */
+	volatile int stop_pending;     /* a stop signal came in crit: park at crit exit */
+	_Atomic unsigned acked;        /* last stop epoch this thread parked for */
+	_Atomic unsigned handled;      /* signals handled */
+	unsigned sent;                 /* signals sent (under the registry lock) */
+	struct timespec sent_at;
+	volatile uintptr_t sp;         /* stack pointer saved by the handler */
+	mspan_t *cache[GC_NCLASSES];   /* one span per GC class, owned by this thread */
+	uintptr_t tiny;                /* tiny block (16 B noscan object) and the offset used */
+	size_t tinyoff;
+	workbuf_t *wbuf;               /* grey objects from the write barrier */
+	size_t credit;                 /* allocated bytes not yet added to heap_alloc */
+	size_t black;                  /* bytes allocated black, not yet added to marked */
+	int auto_registered;
+	int registered;
+} gc_thread_t;
+
+extern __thread gc_thread_t *gc_self __attribute__((tls_model("initial-exec"))) SA_INTERNAL;
+
+enum { GC_OFF = 0, GC_MARK = 1 };
+
+typedef struct gc_state {
+	pthread_once_t once;
+	_Atomic int inited;
+	_Atomic int phase;
+	_Atomic uint32_t sweepgen;
+	_Atomic uintptr_t heap_lo, heap_hi;  /* address range of GC spans (fast reject) */
+	pthread_mutex_t cycle_lock;          /* held while a cycle marks; fork waits on it */
+	/* registry (stw.c) */
+	pthread_mutex_t reg_lock;
+	gc_thread_t *threads;
+	size_t nthreads;
+	gc_thread_t *free_threads;
+	pthread_key_t key;
+	int sig;
+	_Atomic unsigned stw_epoch, resume_epoch, nacked;
+	/* work pool (mark.c) */
+	pthread_mutex_t pool_lock;
+	workbuf_t *full, *empty;
+	size_t nfull, nempty;
+	long nbusy;                          /* buffers taken from the pool and not given back */
+	_Atomic unsigned pool_seq;           /* futex: bumped on every change */
+	_Atomic size_t marked;               /* bytes marked this cycle */
+	int nworkers;
+	int workers_started;
+	int worker_cpu[256];
+	_Atomic uint64_t mark_cpu_ns;        /* markers' CPU time, all cycles */
+	_Atomic uint64_t assist_ns;
+	_Atomic uint64_t assists;
+	/* sweep (sweep.c) */
+	_Atomic long active_sweeps;
+	_Atomic uint64_t freed_bytes, freed_spans;
+	/* pacer (pacer.c) */
+	_Atomic size_t heap_alloc;           /* bytes allocated since the last mark termination */
+	_Atomic size_t heap_marked;          /* live bytes at the last mark termination */
+	_Atomic size_t trigger, goal;
+	_Atomic int percent;                 /* GOGC; < 0 off */
+	_Atomic unsigned req;                /* cycles requested (futex) */
+	_Atomic unsigned started, swept;     /* cycles started; cycles whose sweep finished (futex) */
+	int controller_started;
+	pthread_t controller;
+	/* finalizers (roots.c) */
+	int fin_started;
+	_Atomic unsigned fin_seq;
+	_Atomic uint64_t fin_run, fin_queued;
+	/* statistics */
+	struct timespec t0;
+	uint64_t pauses[1024];
+	_Atomic uint64_t npauses;
+	_Atomic uint64_t pause_total_ns, pause_max_ns;
+} gc_state_t;
+
+extern gc_state_t gc SA_INTERNAL;
+extern gc_central_t gc_centrals[GC_NCLASSES] SA_INTERNAL;
+
+/* futex.c helpers (in stw.c) */
+SA_INTERNAL void gc_futex_wait(_Atomic unsigned *w, unsigned val, long timeout_ns);
+SA_INTERNAL void gc_futex_wake(_Atomic unsigned *w);
+SA_INTERNAL uint64_t gc_nanotime(void);
+SA_INTERNAL uint64_t gc_thread_cputime(void);
+
+static inline void crit_enter(gc_thread_t *t)
+{
+	t->crit++;
+	atomic_signal_fence(memory_order_seq_cst);
+}
+SA_INTERNAL void gc_park_self(gc_thread_t *t);
+static inline void crit_exit(gc_thread_t *t)
+{
+	atomic_signal_fence(memory_order_seq_cst);
+	t->crit--;
+	atomic_signal_fence(memory_order_seq_cst);
+	if (unlikely(t->stop_pending) && t->crit == 0)
+		gc_park_self(t); /* a stop came while in crit: park now */
+}
+
+/* gcalloc.c */
+SA_INTERNAL void gc_init(void);
+SA_INTERNAL gc_thread_t *gc_thread_get(void);       /* registers the caller when needed */
+SA_INTERNAL void gc_cache_release(gc_thread_t *t); /* crit: return cached spans to central */
+SA_INTERNAL void gc_cache_steal(gc_thread_t *t);   /* world stopped: cached spans → unswept */
+SA_INTERNAL void gc_span_free(mspan_t *s);         /* no crit: back to mheap */
+SA_INTERNAL void gc_credit_flush(gc_thread_t *t);
+
+/* stw.c */
+SA_INTERNAL void gc_stw_init(void);
+SA_INTERNAL void gc_stop_world(void);   /* registry lock held */
+SA_INTERNAL void gc_start_world(void);
+SA_INTERNAL void gc_fork_init(void);
+
+/* mark.c */
+SA_INTERNAL void greyobject(uintptr_t p, workbuf_t **wb);
+SA_INTERNAL void gc_scan_range(uintptr_t lo, uintptr_t hi, workbuf_t **wb);
+SA_INTERNAL workbuf_t *wb_get_empty(void);
+SA_INTERNAL void wb_put_full(workbuf_t *b);
+SA_INTERNAL void wb_flush(workbuf_t **wb);      /* hand a partial buffer to the pool */
+SA_INTERNAL void wb_reserve(size_t n);
+SA_INTERNAL void gc_workers_start(void);
+SA_INTERNAL bool gc_pool_idle(void);            /* pool lock taken inside */
+SA_INTERNAL void gc_wait_mark_idle(void);
+SA_INTERNAL void gc_assist(size_t budget);
+SA_INTERNAL bool gc_is_marked(uintptr_t p);
+
+/* sweep.c */
+SA_INTERNAL size_t gc_sweep_span(mspan_t *s);   /* returns live objects */
+SA_INTERNAL void gc_sweep_all(void);            /* background sweeper */
+SA_INTERNAL void gc_finish_sweep(void);
+
+/* roots.c */
+SA_INTERNAL void gc_roots_lock(void);
+SA_INTERNAL void gc_roots_unlock(void);
+SA_INTERNAL void gc_scan_roots(workbuf_t **wb);     /* world stopped */
+SA_INTERNAL size_t gc_fin_check(workbuf_t **wb);    /* world stopped, mark done: queue dead */
+SA_INTERNAL void gc_fin_start_if_needed(void);
+SA_INTERNAL void gc_fin_fork_child(void);
+SA_INTERNAL void gc_fin_lock(void);
+SA_INTERNAL void gc_fin_unlock(void);
+
+/* pacer.c */
+SA_INTERNAL void gc_controller_start(void);
+SA_INTERNAL void gc_maybe_trigger(void);
+SA_INTERNAL void gc_pacer_update(void);
+SA_INTERNAL void gc_record_pause(uint64_t ns);
+
+#endif

@@ -1,0 +1,348 @@
+/* gcalloc.c — allocation on the GC heap (Go's mallocgc for the opt-in collector).
+ *
+ * GC objects live in spans of their own, never shared with malloc: mheap_alloc gives a span,
+ * which is marked gcspan and listed in a GC central list per GC class ((sizeclass << 2) |
+ * typed << 1 | noscan). Each registered thread owns at most one span per class and bumps
+ * through its free slots (alloc bits from freeindex, as Go's nextFreeFast without allocCache).
+ * During marking new objects are allocated black (their mark bit set before they are handed
+ * out). Objects come back zeroed: the sweeper zeroes what it frees (or poisons it under
+ * SPANALLOC_DEBUG, and allocation zeroes instead), and fresh pages are zero.
+ *
+ * Tiny allocation (noscan, < 16 B) packs several objects into one 16-byte block, as Go's
+ * tiny allocator; the block is a root while a thread caches it.
+ * Typed objects carry a 16-byte header (type pointer, element count) and are scanned
+ * precisely by the type's pointer mask. Large objects (> 32 KiB) are one-object spans.
+ */
+#include "gc.h"
+
+#include <errno.h>
+#include <string.h>
+
+gc_central_t gc_centrals[GC_NCLASSES];
+__thread gc_thread_t *gc_self __attribute__((tls_model("initial-exec")));
+SA_API __thread volatile int sa_gc_in_store __attribute__((tls_model("initial-exec")));
+SA_API volatile int sa_gc_barrier_on;
+
+static void note_range(mspan_t *s)
+{
+	uintptr_t lo = atomic_load(&gc.heap_lo), hi = atomic_load(&gc.heap_hi);
+	uintptr_t end = s->base + s->npages * SA_PAGE_SIZE;
+	while ((lo == 0 || s->base < lo) && !atomic_compare_exchange_weak(&gc.heap_lo, &lo, s->base))
+		;
+	while (end > hi && !atomic_compare_exchange_weak(&gc.heap_hi, &hi, end))
+		;
+}
+
+static void list_push(mspan_t **head, mspan_t *s)
+{
+	s->prev = NULL;
+	s->next = *head;
+	if (*head)
+		(*head)->prev = s;
+	*head = s;
+}
+
+static mspan_t *list_pop(mspan_t **head)
+{
+	mspan_t *s = *head;
+	if (s) {
+		*head = s->next;
+		if (s->next)
+			s->next->prev = NULL;
+		s->next = s->prev = NULL;
+	}
+	return s;
+}
+
+/* A fresh span from mheap, made a GC span of class gcc. Called outside crit (mheap.lock). */
+static mspan_t *span_new(unsigned gcc, size_t large_bytes)
+{
+	unsigned cls = gcc >> 2;
+	mspan_t *s;
+	if (cls == 0) {
+		size_t np = (large_bytes + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
+		s = mheap_alloc(np, 0, 1);
+	} else {
+		s = mheap_alloc(sa_class_to_allocnpages[cls], make_spanclass(cls, gcc & 1), 1);
+	}
+	if (s == NULL)
+		return NULL;
+	if (s->needzero)
+		memset((void *)s->base, 0, cls == 0 ? s->npages * SA_PAGE_SIZE : (size_t)(s->limit - s->base));
+	s->needzero = 0;
+	s->gcnoscan = gcc & 1;
+	s->gctyped = (gcc >> 1) & 1;
+	s->gclarge = cls == 0;
+	s->gcclass = (uint16_t)gcc;
+	if (cls == 0) { /* not allocated until the caller sets the bit under crit */
+		s->allocbits[0] = 0;
+		s->alloc_count = 0;
+		s->freeindex = 0;
+	}
+	note_range(s);
+	s->spanclass = SA_GC_SPANCLASS;
+	__atomic_store_n(&s->gcspan, 1, __ATOMIC_RELEASE);
+	return s;
+}
+
+void gc_span_free(mspan_t *s)
+{
+	unsigned cls = s->gcclass >> 2;
+	__atomic_store_n(&s->gcspan, 0, __ATOMIC_RELEASE);
+	s->spanclass = cls == 0 ? 0 : make_spanclass(cls, s->gcnoscan);
+	if (cls == 0) { /* mheap's large accounting expects the one object */
+		s->allocbits[0] = 1;
+		s->alloc_count = 1;
+	}
+	s->gcnoscan = s->gctyped = s->gclarge = 0;
+	s->gcclass = 0;
+	mheap_free(s, NULL);
+}
+
+/* Take slot i of cached span s: allocated black while marking. Crit held. */
+static inline void *slot_take(mspan_t *s, size_t i)
+{
+	uint64_t bit = 1ULL << (i % 64);
+	if (sa_gc_barrier_on)
+		__atomic_fetch_or(&s->gcmarkbits[i / 64], bit, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->allocbits[i / 64], s->allocbits[i / 64] | bit, __ATOMIC_RELEASE);
+	s->alloc_count++;
+	s->freeindex = (uint16_t)(i + 1);
+	return (void *)(s->base + i * s->elemsize);
+}
+
+static inline long next_free(mspan_t *s)
+{
+	size_t i = s->freeindex, n = s->nelems;
+	while (i < n) {
+		uint64_t free = ~s->allocbits[i / 64] >> (i % 64);
+		if (free == 0) {
+			i = (i / 64 + 1) * 64;
+			continue;
+		}
+		i += (size_t)__builtin_ctzll(free);
+		return i < n ? (long)i : -1;
+	}
+	return -1;
+}
+
+/* Crit held on entry and exit (left around mheap_alloc). A span of class gcc with a free
+ * slot, cached by t; NULL when the heap is exhausted. */
+static mspan_t *refill(gc_thread_t *t, unsigned gcc)
+{
+	gc_central_t *c = &gc_centrals[gcc];
+	mspan_t *old = t->cache[gcc];
+	t->cache[gcc] = NULL;
+	pthread_mutex_lock(&c->lock);
+	if (old)
+		list_push(&c->full, old);
+	mspan_t *s = list_pop(&c->partial);
+	while (s == NULL && c->unswept) { /* lazy sweeping by the allocating thread */
+		mspan_t *u = list_pop(&c->unswept);
+		atomic_fetch_add(&gc.active_sweeps, 1);
+		pthread_mutex_unlock(&c->lock);
+		gc_sweep_span(u);
+		pthread_mutex_lock(&c->lock);
+		atomic_fetch_sub(&gc.active_sweeps, 1);
+		if (u->alloc_count < u->nelems)
+			s = u;
+		else
+			list_push(&c->full, u);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (s == NULL) {
+		crit_exit(t);
+		s = span_new(gcc, 0);
+		crit_enter(t);
+		if (s == NULL)
+			return NULL;
+		s->sweepgen = atomic_load(&gc.sweepgen);
+	}
+	t->cache[gcc] = s;
+	return s;
+}
+
+static SA_NOINLINE void *alloc_large(gc_thread_t *t, size_t n, bool noscan, bool typed)
+{
+	unsigned gcc = gc_class(0, typed, noscan);
+	mspan_t *s = span_new(gcc, n);
+	if (s == NULL) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	crit_enter(t);
+	s->sweepgen = atomic_load(&gc.sweepgen);
+	void *p = slot_take(s, 0);
+	gc_central_t *c = &gc_centrals[gcc];
+	pthread_mutex_lock(&c->lock);
+	list_push(&c->full, s);
+	pthread_mutex_unlock(&c->lock);
+	crit_exit(t);
+	t->credit += s->npages * SA_PAGE_SIZE;
+	if (sa_gc_barrier_on)
+		t->black += s->npages * SA_PAGE_SIZE;
+	gc_credit_flush(t);
+	return p;
+}
+
+static inline void *alloc_small(gc_thread_t *t, unsigned gcc)
+{
+	crit_enter(t);
+	mspan_t *s = t->cache[gcc];
+	long i = s ? next_free(s) : -1;
+	if (unlikely(i < 0)) {
+		s = refill(t, gcc);
+		if (s == NULL) {
+			crit_exit(t);
+			errno = ENOMEM;
+			return NULL;
+		}
+		i = next_free(s);
+	}
+	void *p = slot_take(s, (size_t)i);
+	size_t sz = s->elemsize;
+	if (sa_gc_barrier_on)
+		t->black += sz;
+	crit_exit(t);
+	if (unlikely(sa_config.debug))
+		memset(p, 0, sz); /* the sweeper poisoned it */
+	if (unlikely((t->credit += sz) >= GC_CREDIT_FLUSH))
+		gc_credit_flush(t);
+	return p;
+}
+
+static void *gc_alloc(size_t n, bool noscan, bool typed)
+{
+	gc_thread_t *t = gc_self;
+	if (unlikely(t == NULL))
+		t = gc_thread_get();
+	if (n > SA_MAX_SMALL_SIZE) {
+		if (n > SA_MAX_ALLOC) {
+			errno = ENOMEM;
+			return NULL;
+		}
+		return alloc_large(t, n, noscan, typed);
+	}
+	return alloc_small(t, gc_class(size_to_class(n ? n : 1), typed, noscan));
+}
+
+void *sa_gc_alloc(size_t n)
+{
+	return gc_alloc(n, false, false);
+}
+
+void *sa_gc_alloc_noscan(size_t n)
+{
+	if (n >= GC_TINY_SIZE || n == 0)
+		return gc_alloc(n, true, false);
+	gc_thread_t *t = gc_self;
+	if (unlikely(t == NULL))
+		t = gc_thread_get();
+	crit_enter(t);
+	size_t off = t->tinyoff;
+	if ((n & 7) == 0)
+		off = (off + 7) & ~(size_t)7;
+	else if ((n & 3) == 0)
+		off = (off + 3) & ~(size_t)3;
+	else if ((n & 1) == 0)
+		off = (off + 1) & ~(size_t)1;
+	if (t->tiny && off + n <= GC_TINY_SIZE) {
+		void *p = (void *)(t->tiny + off);
+		t->tinyoff = off + n;
+		crit_exit(t);
+		return p;
+	}
+	crit_exit(t);
+	void *b = gc_alloc(GC_TINY_SIZE, true, false);
+	if (b == NULL)
+		return NULL;
+	crit_enter(t);
+	if (t->tiny == 0 || n < t->tinyoff) { /* keep whichever block has more room */
+		t->tiny = (uintptr_t)b;
+		t->tinyoff = n;
+	}
+	crit_exit(t);
+	return b;
+}
+
+void *sa_gc_alloc_typed(const sa_gc_type_t *type, size_t count)
+{
+	size_t n;
+	if (type == NULL || type->size == 0 || (type->size & 7) != 0) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (__builtin_mul_overflow(type->size, count ? count : 1, &n) || n > SA_MAX_ALLOC) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	uintptr_t *h = gc_alloc(n + GC_TYPED_HDR, false, true);
+	if (h == NULL)
+		return NULL;
+	/* the header is written before any pointer can be stored in the object; a marker that
+	 * finds a zero type pointer skips the object, which is still empty then */
+	__atomic_store_n(&h[1], (uintptr_t)(count ? count : 1), __ATOMIC_RELAXED);
+	__atomic_store_n(&h[0], (uintptr_t)type, __ATOMIC_RELEASE);
+	return h + GC_TYPED_HDR / sizeof(uintptr_t);
+}
+
+/* Add the thread's allocation credit to heap_alloc; trigger a cycle or assist. */
+void gc_credit_flush(gc_thread_t *t)
+{
+	size_t c = t->credit;
+	t->credit = 0;
+	size_t live = atomic_fetch_add(&gc.heap_alloc, c) + c + atomic_load(&gc.heap_marked);
+	size_t goal = atomic_load(&gc.goal);
+	if (atomic_load_explicit(&gc.phase, memory_order_relaxed) == GC_MARK) {
+		if (live > goal)
+			gc_assist(c * 2); /* the mutator outran the markers: scan twice what it allocated */
+	} else if (live >= atomic_load(&gc.trigger)) {
+		gc_maybe_trigger();
+	}
+	/* Backstop (Go parks an assist that finds no work until the cycle ends): past 1.5 × goal
+	 * the allocating thread waits for the requested cycle to finish. Never in crit. */
+	if (goal != SIZE_MAX && live > goal + goal / 2) {
+		gc_maybe_trigger();
+		unsigned want = atomic_load(&gc.req), sw;
+		while ((int)((sw = atomic_load(&gc.swept)) - want) < 0)
+			gc_futex_wait(&gc.swept, sw, 1000000);
+	}
+}
+
+/* Crit held (or the thread is being unregistered): give cached spans back to central. */
+void gc_cache_release(gc_thread_t *t)
+{
+	for (unsigned i = 0; i < GC_NCLASSES; i++) {
+		mspan_t *s = t->cache[i];
+		if (s == NULL)
+			continue;
+		t->cache[i] = NULL;
+		gc_central_t *c = &gc_centrals[i];
+		pthread_mutex_lock(&c->lock);
+		if (s->sweepgen != atomic_load(&gc.sweepgen))
+			list_push(&c->unswept, s);
+		else
+			list_push(s->alloc_count < s->nelems ? &c->partial : &c->full, s);
+		pthread_mutex_unlock(&c->lock);
+	}
+	t->tiny = 0;
+	t->tinyoff = 0;
+}
+
+/* World stopped, mark done: every cached span goes to its unswept list (the caller holds
+ * no central lock; no stopped thread does either). */
+void gc_cache_steal(gc_thread_t *t)
+{
+	for (unsigned i = 0; i < GC_NCLASSES; i++) {
+		mspan_t *s = t->cache[i];
+		if (s == NULL)
+			continue;
+		t->cache[i] = NULL;
+		gc_central_t *c = &gc_centrals[i];
+		pthread_mutex_lock(&c->lock);
+		list_push(&c->unswept, s);
+		pthread_mutex_unlock(&c->lock);
+	}
+	t->tiny = 0;
+	t->tinyoff = 0;
+}

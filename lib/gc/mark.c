@@ -1,0 +1,355 @@
+/* mark.c — tri-colour marking: work buffers, greyobject, scanobject, marker threads, assists.
+ *
+ * Colours as Go's: white = mark bit clear; grey = mark bit set and the object in some work
+ * buffer; black = marked and scanned. greyobject sets a mark bit with an atomic OR and, for an
+ * object that may hold pointers, puts it in the caller's work buffer; full buffers go to a
+ * shared pool (a lock-protected stack of 4 KiB buffers, as Go's work.full), from which every
+ * marker and assisting thread takes work — that pool is how idle markers steal work.
+ *
+ * Any word that points into an allocated GC object keeps it alive: the page map gives the span,
+ * the span's divmagic the object index (interior pointers included); a word pointing at a free
+ * slot, past the span's last object or outside the GC heap is ignored.
+ *
+ * Termination: nbusy counts buffers taken from the pool and not given back. The pool is idle
+ * when it holds no full buffer and nbusy is 0; the controller then stops the world and flushes
+ * the barrier buffers to confirm (pacer.c).
+ *
+ * Marker threads (SPANALLOC_MARK_WORKERS, default 25% of the CPUs, at least 1) are pinned to
+ * CPUs (SPANALLOC_MARK_CPUS, default the last ones of the process's affinity mask) and sleep
+ * on a futex between cycles.
+ */
+#include "gc.h"
+
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+static workbuf_t *wb_alloc_locked(void)
+{
+	workbuf_t *b = gc.empty;
+	if (b) {
+		gc.empty = b->next;
+		gc.nempty--;
+	} else {
+		/* os_map: no user-space lock, so this is safe while the world is stopped */
+		const size_t batch = 64;
+		workbuf_t *m = os_map(batch * sizeof *m);
+		if (m == NULL)
+			sa_fatal("gc: out of memory for mark work buffers");
+		for (size_t i = 1; i < batch; i++) {
+			m[i].next = gc.empty;
+			gc.empty = &m[i];
+			gc.nempty++;
+		}
+		b = &m[0];
+	}
+	b->next = NULL;
+	b->n = 0;
+	return b;
+}
+
+workbuf_t *wb_get_empty(void)
+{
+	pthread_mutex_lock(&gc.pool_lock);
+	workbuf_t *b = wb_alloc_locked();
+	pthread_mutex_unlock(&gc.pool_lock);
+	return b;
+}
+
+void wb_reserve(size_t n)
+{
+	pthread_mutex_lock(&gc.pool_lock);
+	while (gc.nempty < n) {
+		workbuf_t *b = wb_alloc_locked();
+		b->next = gc.empty;
+		gc.empty = b;
+		gc.nempty++;
+	}
+	pthread_mutex_unlock(&gc.pool_lock);
+}
+
+void wb_put_full(workbuf_t *b)
+{
+	pthread_mutex_lock(&gc.pool_lock);
+	b->next = gc.full;
+	gc.full = b;
+	gc.nfull++;
+	atomic_fetch_add(&gc.pool_seq, 1);
+	pthread_mutex_unlock(&gc.pool_lock);
+	gc_futex_wake(&gc.pool_seq);
+}
+
+/* Hand a buffer to the pool when it holds work, else recycle it; *wb becomes NULL. */
+void wb_flush(workbuf_t **wb)
+{
+	workbuf_t *b = *wb;
+	*wb = NULL;
+	if (b == NULL)
+		return;
+	if (b->n) {
+		wb_put_full(b);
+		return;
+	}
+	pthread_mutex_lock(&gc.pool_lock);
+	b->next = gc.empty;
+	gc.empty = b;
+	gc.nempty++;
+	pthread_mutex_unlock(&gc.pool_lock);
+}
+
+static workbuf_t *take_full(void)
+{
+	pthread_mutex_lock(&gc.pool_lock);
+	workbuf_t *b = gc.full;
+	if (b) {
+		gc.full = b->next;
+		gc.nfull--;
+		gc.nbusy++;
+	}
+	pthread_mutex_unlock(&gc.pool_lock);
+	return b;
+}
+
+/* Give back a drained (empty) buffer taken by take_full. */
+static void give_back(workbuf_t *b)
+{
+	pthread_mutex_lock(&gc.pool_lock);
+	b->next = gc.empty;
+	gc.empty = b;
+	gc.nempty++;
+	gc.nbusy--;
+	atomic_fetch_add(&gc.pool_seq, 1);
+	pthread_mutex_unlock(&gc.pool_lock);
+	gc_futex_wake(&gc.pool_seq);
+}
+
+bool gc_pool_idle(void)
+{
+	pthread_mutex_lock(&gc.pool_lock);
+	bool idle = gc.nfull == 0 && gc.nbusy == 0;
+	pthread_mutex_unlock(&gc.pool_lock);
+	return idle;
+}
+
+void gc_wait_mark_idle(void)
+{
+	for (;;) {
+		unsigned seq = atomic_load(&gc.pool_seq);
+		if (gc_pool_idle())
+			return;
+		gc_futex_wait(&gc.pool_seq, seq, 1000000);
+	}
+}
+
+static inline void push(uintptr_t p, workbuf_t **wb)
+{
+	workbuf_t *b = *wb;
+	if (unlikely(b == NULL))
+		b = *wb = wb_get_empty();
+	else if (unlikely(b->n == WB_CAP)) {
+		wb_put_full(b);
+		b = *wb = wb_get_empty();
+	}
+	b->obj[b->n++] = p;
+}
+
+/* The span and object index of p when p points into an allocated GC object. */
+static inline mspan_t *find_object(uintptr_t p, size_t *idx)
+{
+	if (p < atomic_load_explicit(&gc.heap_lo, memory_order_relaxed) ||
+	    p >= atomic_load_explicit(&gc.heap_hi, memory_order_relaxed))
+		return NULL;
+	mspan_t *s = spanof((void *)p);
+	if (s == NULL || !__atomic_load_n(&s->gcspan, __ATOMIC_ACQUIRE) || p >= s->limit)
+		return NULL;
+	size_t i = mspan_objindex(s, p);
+	if (!(__atomic_load_n(&s->allocbits[i / 64], __ATOMIC_ACQUIRE) & (1ULL << (i % 64))))
+		return NULL; /* a free slot, or an object being allocated (black already) */
+	*idx = i;
+	return s;
+}
+
+bool gc_is_marked(uintptr_t p)
+{
+	size_t i;
+	mspan_t *s = find_object(p, &i);
+	return s && (__atomic_load_n(&s->gcmarkbits[i / 64], __ATOMIC_RELAXED) & (1ULL << (i % 64)));
+}
+
+void greyobject(uintptr_t p, workbuf_t **wb)
+{
+	size_t i;
+	mspan_t *s = find_object(p, &i);
+	if (s == NULL)
+		return;
+	uint64_t bit = 1ULL << (i % 64);
+	if (__atomic_load_n(&s->gcmarkbits[i / 64], __ATOMIC_RELAXED) & bit)
+		return;
+	if (__atomic_fetch_or(&s->gcmarkbits[i / 64], bit, __ATOMIC_RELAXED) & bit)
+		return;
+	atomic_fetch_add_explicit(&gc.marked, s->elemsize, memory_order_relaxed);
+	if (!s->gcnoscan)
+		push(s->base + i * s->elemsize, wb);
+}
+
+void gc_scan_range(uintptr_t lo, uintptr_t hi, workbuf_t **wb)
+{
+	lo = (lo + 7) & ~(uintptr_t)7;
+	uintptr_t hlo = atomic_load(&gc.heap_lo), hhi = atomic_load(&gc.heap_hi);
+	for (uintptr_t a = lo; a + 8 <= hi; a += 8) {
+		uintptr_t v = __atomic_load_n((uintptr_t *)a, __ATOMIC_RELAXED);
+		if (v >= hlo && v < hhi)
+			greyobject(v, wb);
+	}
+}
+
+/* Scan one grey object; returns the bytes scanned. */
+static size_t scanobject(uintptr_t obj, workbuf_t **wb)
+{
+	mspan_t *s = spanof((void *)obj);
+	size_t size = s->elemsize;
+	if (!s->gctyped) {
+		gc_scan_range(obj, obj + size, wb);
+		return size;
+	}
+	const uintptr_t *h = (const uintptr_t *)obj;
+	const sa_gc_type_t *t = (const sa_gc_type_t *)__atomic_load_n(&h[0], __ATOMIC_ACQUIRE);
+	if (t == NULL)
+		return GC_TYPED_HDR;
+	size_t count = __atomic_load_n(&h[1], __ATOMIC_RELAXED);
+	size_t words = t->size / 8;
+	const uintptr_t *e = h + GC_TYPED_HDR / 8;
+	for (size_t k = 0; k < count; k++, e += words)
+		for (size_t w = 0; w < words; w++)
+			if (t->ptrmask[w / 64] >> (w % 64) & 1) {
+				uintptr_t v = __atomic_load_n(&e[w], __ATOMIC_RELAXED);
+				if (v)
+					greyobject(v, wb);
+			}
+	return GC_TYPED_HDR + count * t->size;
+}
+
+/* gcDrain: take buffers from the pool and scan until it is empty or budget bytes are
+ * scanned (0: no budget). Returns the bytes scanned. */
+static size_t drain(size_t budget)
+{
+	size_t done = 0;
+	workbuf_t *b;
+	while ((budget == 0 || done < budget) && (b = take_full()) != NULL) {
+		while (b->n > 0) {
+			uintptr_t p = b->obj[--b->n];
+			done += scanobject(p, &b);
+			if (b->n == 0)
+				break;
+		}
+		give_back(b); /* scanning may have put a full one in the pool and taken this one */
+	}
+	return done;
+}
+
+/* An allocating thread helps marking. In crit: it takes the pool lock, which the collector
+ * takes while the world is stopped; the work is bounded by budget. */
+void gc_assist(size_t budget)
+{
+	gc_thread_t *t = gc_self;
+	uint64_t t0 = gc_nanotime();
+	crit_enter(t);
+	size_t done = drain(budget);
+	crit_exit(t);
+	if (done) {
+		atomic_fetch_add(&gc.assists, 1);
+		atomic_fetch_add(&gc.assist_ns, gc_nanotime() - t0);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	int cpu = (int)(intptr_t)arg;
+	if (cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+		pthread_setaffinity_np(pthread_self(), sizeof set, &set); /* best effort */
+	}
+	for (;;) {
+		unsigned seq = atomic_load(&gc.pool_seq);
+		pthread_mutex_lock(&gc.pool_lock);
+		bool work = gc.nfull > 0;
+		pthread_mutex_unlock(&gc.pool_lock);
+		if (!work) {
+			gc_futex_wait(&gc.pool_seq, seq, 0);
+			continue;
+		}
+		uint64_t c0 = gc_thread_cputime();
+		drain(0);
+		atomic_fetch_add(&gc.mark_cpu_ns, gc_thread_cputime() - c0);
+	}
+	return NULL;
+}
+
+static int parse_cpus(const char *s, int *out, int max)
+{
+	int n = 0;
+	while (s && *s && n < max) {
+		char *end;
+		long a = strtol(s, &end, 10);
+		if (end == s || a < 0 || a >= CPU_SETSIZE)
+			return -1;
+		long b = a;
+		if (*end == '-') {
+			s = end + 1;
+			b = strtol(s, &end, 10);
+			if (end == s || b < a || b >= CPU_SETSIZE)
+				return -1;
+		}
+		for (long c = a; c <= b && n < max; c++)
+			out[n++] = (int)c;
+		s = *end == ',' ? end + 1 : end;
+		if (*end && *end != ',')
+			return -1;
+	}
+	return n;
+}
+
+/* Called by the controller before the first mark. */
+void gc_workers_start(void)
+{
+	if (gc.workers_started)
+		return;
+	cpu_set_t set;
+	int allowed[256], na = 0;
+	if (sched_getaffinity(0, sizeof set, &set) == 0)
+		for (int c = 0; c < CPU_SETSIZE && na < 256; c++)
+			if (CPU_ISSET(c, &set))
+				allowed[na++] = c;
+	int n = (int)sa_gc_config.mark_workers;
+	if (n <= 0)
+		n = na / 4 > 0 ? na / 4 : 1;
+	if (n > 64)
+		n = 64;
+	int cpus[256], nc = 0;
+	if (sa_gc_config.mark_cpus) {
+		nc = parse_cpus(sa_gc_config.mark_cpus, cpus, 256);
+		if (nc <= 0) {
+			sa_message("warning: ignoring malformed SPANALLOC_MARK_CPUS=\"%s\" (CPU list such as 2,3 or 4-7)",
+				   sa_gc_config.mark_cpus);
+			nc = 0;
+		}
+	}
+	if (nc == 0) /* the last n allowed CPUs */
+		for (int i = 0; i < n && i < na; i++)
+			cpus[nc++] = allowed[na - 1 - i];
+	for (int i = 0; i < n; i++) {
+		int cpu = nc ? cpus[i % nc] : -1;
+		gc.worker_cpu[i] = cpu;
+		pthread_t th;
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&th, &attr, worker_main, (void *)(intptr_t)cpu) != 0)
+			sa_fatal("gc: cannot start a marker thread");
+		pthread_attr_destroy(&attr);
+	}
+	gc.nworkers = n;
+	gc.workers_started = 1;
+}

@@ -1,0 +1,168 @@
+/* gcbench — binary-trees (the Benchmarks Game program, one thread) on four heaps, for the
+ * collector's numbers (issue 9). Not run by make check; perf/gcbench.sh runs every mode.
+ *
+ *   perf/gcbench MODE DEPTH      MODE: sagc (sa_gc_alloc + sa_gc_store), boehm (GC_malloc from
+ *                                libgc.so.1, loaded with dlopen), malloc (glibc malloc+free),
+ *                                samalloc (sa_malloc+sa_free)
+ *
+ * Prints one line: mode, depth, wall seconds, peak RSS (MB), GC cycles, max and median stop.
+ * Stops: spanalloc's stop-the-world pauses (both stops of every cycle); Boehm's collections
+ * (its collector stops the world for the whole collection: GC_EVENT_START to GC_EVENT_END).
+ */
+#include "gc/gc.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+typedef struct node {
+	struct node *left, *right;
+} node_t;
+
+enum { M_SAGC, M_BOEHM, M_MALLOC, M_SAMALLOC };
+static int mode;
+
+static void *(*gcb_malloc)(size_t);
+static void (*gcb_init)(void);
+static void (*gcb_set_event)(void (*)(int));
+static size_t (*gcb_get_gc_no)(void);
+static uint64_t boehm_start, boehm_pauses[65536];
+static size_t nboehm;
+
+static void boehm_event(int ev)
+{
+	if (ev == 0) /* GC_EVENT_START */
+		boehm_start = gc_nanotime();
+	else if (ev == 5 && nboehm < 65536) /* GC_EVENT_END */
+		boehm_pauses[nboehm++] = gc_nanotime() - boehm_start;
+}
+
+static node_t *make(int d)
+{
+	node_t *n;
+	switch (mode) {
+	case M_SAGC:
+		n = sa_gc_alloc(sizeof *n);
+		if (d > 0) {
+			sa_gc_store(&n->left, make(d - 1));
+			sa_gc_store(&n->right, make(d - 1));
+		}
+		return n;
+	case M_BOEHM:
+		n = gcb_malloc(sizeof *n);
+		break;
+	case M_MALLOC:
+		n = malloc(sizeof *n);
+		break;
+	default:
+		n = sa_malloc(sizeof *n);
+		break;
+	}
+	if (d > 0) {
+		n->left = make(d - 1);
+		n->right = make(d - 1);
+	} else {
+		n->left = n->right = NULL;
+	}
+	return n;
+}
+
+static long check(const node_t *n)
+{
+	return 1 + (n->left ? check(n->left) + check(n->right) : 0);
+}
+
+static void drop(node_t *n)
+{
+	if (mode == M_MALLOC || mode == M_SAMALLOC) {
+		if (n->left) {
+			drop(n->left);
+			drop(n->right);
+		}
+		if (mode == M_MALLOC)
+			free(n);
+		else
+			sa_free(n);
+	}
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: %s sagc|boehm|malloc|samalloc DEPTH\n", argv[0]);
+		return 2;
+	}
+	const char *m = argv[1];
+	mode = !strcmp(m, "sagc") ? M_SAGC : !strcmp(m, "boehm") ? M_BOEHM : !strcmp(m, "malloc") ? M_MALLOC : M_SAMALLOC;
+	int n = atoi(argv[2]);
+	if (mode == M_BOEHM) {
+		void *h = dlopen("libgc.so.1", RTLD_NOW);
+		if (h == NULL) {
+			fprintf(stderr, "gcbench: libgc.so.1 not found (apt-get install libgc-dev)\n");
+			return 77;
+		}
+		gcb_malloc = (void *(*)(size_t))dlsym(h, "GC_malloc");
+		gcb_init = (void (*)(void))dlsym(h, "GC_init");
+		gcb_set_event = (void (*)(void (*)(int)))dlsym(h, "GC_set_on_collection_event");
+		gcb_get_gc_no = (size_t(*)(void))dlsym(h, "GC_get_gc_no");
+		gcb_init();
+		if (gcb_set_event)
+			gcb_set_event(boehm_event);
+	}
+	uint64_t t0 = gc_nanotime();
+	int max_depth = n < 6 ? 6 : n;
+	node_t *stretch = make(max_depth + 1);
+	printf("stretch tree of depth %d\t check: %ld\n", max_depth + 1, check(stretch));
+	drop(stretch);
+	stretch = NULL;
+	node_t *long_lived = make(max_depth);
+	for (int d = 4; d <= max_depth; d += 2) {
+		long iters = 1L << (max_depth - d + 4), sum = 0;
+		for (long i = 0; i < iters; i++) {
+			node_t *t = make(d);
+			sum += check(t);
+			drop(t);
+		}
+		printf("%ld\t trees of depth %d\t check: %ld\n", iters, d, sum);
+	}
+	printf("long lived tree of depth %d\t check: %ld\n", max_depth, check(long_lived));
+	drop(long_lived);
+	double secs = (double)(gc_nanotime() - t0) / 1e9;
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	uint64_t *p = NULL;
+	size_t np = 0;
+	unsigned long long cycles = 0;
+	if (mode == M_SAGC) {
+		sa_gc_stats_t st;
+		sa_gc_stats(&st);
+		cycles = st.cycles;
+		np = st.pauses < 1024 ? st.pauses : 1024;
+		p = gc.pauses;
+	} else if (mode == M_BOEHM) {
+		cycles = gcb_get_gc_no ? gcb_get_gc_no() : nboehm;
+		np = nboehm;
+		p = boehm_pauses;
+	}
+	double maxs = 0, med = 0;
+	if (np) {
+		qsort(p, np, sizeof *p, cmp_u64);
+		maxs = (double)p[np - 1] / 1e6;
+		med = (double)p[np / 2] / 1e6;
+	}
+	if (mode == M_SAGC) {
+		sa_gc_stats_t st;
+		sa_gc_stats(&st);
+		maxs = (double)st.pause_max_ns / 1e6;
+	}
+	fprintf(stderr, "RESULT %-8s depth %d: %.2f s, peak RSS %ld MB, %llu cycles, max stop %.3f ms, median stop %.3f ms\n", m,
+		n, secs, ru.ru_maxrss / 1024, cycles, maxs, med);
+	return 0;
+}

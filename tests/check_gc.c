@@ -1,0 +1,642 @@
+/* check_gc — the garbage collector (lib/gc/, issue 9).
+ *
+ * Each test runs in its own process (Check's fork mode), so each starts with a fresh heap and an
+ * idle collector. Outcomes do not depend on timing: loops are bounded by counts (with a time cap
+ * only as a safety net, never asserted on), and "was freed" is observed through finalizers.
+ * Objects that must become garbage are allocated in noinline helpers, and the stack below is
+ * cleared, so no stale copy of their address stays in a scanned frame (the stacks are scanned
+ * conservatively); the few such checks allow a small slack and say so.
+ */
+#include "sa_check.h"
+#include "gc/gc.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#define NOINLINE __attribute__((noinline))
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Overwrite the stack below the caller so popped frames hold no stale pointers. */
+static NOINLINE void clear_stack(void)
+{
+	volatile char buf[64 << 10];
+	for (size_t i = 0; i < sizeof buf; i += 64)
+		buf[i] = 0;
+	memset((char *)buf, 0, sizeof buf);
+	__asm__ volatile("" ::: "memory");
+}
+
+static void collect(int n)
+{
+	for (int i = 0; i < n; i++)
+		sa_gc_collect();
+}
+
+/* ---- finalizer bookkeeping ---- */
+#define NFIN 256
+static _Atomic int fin_count[NFIN];
+static _Atomic int fin_total;
+
+static void fin_fn(void *obj, void *arg)
+{
+	(void)obj;
+	intptr_t i = (intptr_t)arg;
+	atomic_fetch_add(&fin_count[i], 1);
+	atomic_fetch_add(&fin_total, 1);
+}
+
+/* wait (bounded) until the finalizer thread has run everything queued */
+static void fin_settle(void)
+{
+	sa_gc_stats_t st;
+	double t0 = now_s();
+	do {
+		sa_gc_stats(&st);
+		if (st.finalizers_run == st.finalizers_queued)
+			return;
+		usleep(1000);
+	} while (now_s() - t0 < 20);
+}
+
+START_TEST(test_basic)
+{
+	char *p = sa_gc_alloc(100);
+	ck_assert_ptr_nonnull(p);
+	for (int i = 0; i < 100; i++)
+		ck_assert_int_eq(p[i], 0);
+	memset(p, 7, 100);
+	mspan_t *s = spanof(p);
+	ck_assert_ptr_nonnull(s);
+	ck_assert_int_eq(s->gcspan, 1);
+	ck_assert_int_eq(s->spanclass, SA_GC_SPANCLASS);
+	char *big = sa_gc_alloc(100000);
+	ck_assert_ptr_nonnull(big);
+	big[99999] = 1;
+	char *ns = sa_gc_alloc_noscan(3000);
+	ck_assert_ptr_nonnull(ns);
+	ck_assert(spanof(ns)->gcnoscan);
+	collect(2);
+	for (int i = 0; i < 100; i++)
+		ck_assert_int_eq(p[i], 7);
+	ck_assert_int_eq(big[99999], 1);
+	sa_gc_stats_t st;
+	sa_gc_stats(&st);
+	ck_assert_uint_ge(st.cycles, 2);
+	ck_assert_uint_eq(st.threads, 1);
+	ck_assert_int_eq(st.percent, 100);
+	ck_assert_int_ge(st.mark_workers, 1);
+}
+END_TEST
+
+/* Every object is zeroed, even in a reused slot. */
+START_TEST(test_zeroed_reuse)
+{
+	for (int round = 0; round < 4; round++) {
+		int bad = 0;
+		for (int i = 0; i < 20000; i++) {
+			unsigned char *p = sa_gc_alloc(48);
+			ck_assert_ptr_nonnull(p);
+			for (int k = 0; k < 48; k++)
+				bad += p[k] != 0;
+			memset(p, 0xab, 48);
+		}
+		ck_assert_int_eq(bad, 0);
+		sa_gc_collect();
+	}
+	sa_gc_stats_t st;
+	sa_gc_stats(&st);
+	ck_assert_uint_gt(st.freed_bytes, 0);
+}
+END_TEST
+
+/* ---- survival: stack, interior pointer, root; unregistered root; finalizers once ---- */
+static void *root_slot[4];
+
+static NOINLINE void make_fin_objects(void **arr, int n, int base)
+{
+	for (int i = 0; i < n; i++) {
+		void *o = sa_gc_alloc(64);
+		ck_assert_int_eq(sa_gc_set_finalizer(o, fin_fn, (void *)(intptr_t)(base + i)), 0);
+		sa_gc_store(&arr[i], o);
+	}
+}
+
+static NOINLINE void drop_all(void **arr, int n)
+{
+	for (int i = 0; i < n; i++)
+		sa_gc_store(&arr[i], NULL);
+}
+
+START_TEST(test_survival)
+{
+	/* held only from this thread's stack */
+	volatile uintptr_t *on_stack = sa_gc_alloc(32);
+	on_stack[0] = 0x1234;
+	/* held only by an interior pointer */
+	char *whole = sa_gc_alloc(256);
+	memset(whole, 0x5a, 256);
+	char *volatile interior = whole + 200;
+	whole = NULL;
+	/* held only from a registered root (malloc memory) */
+	void **root = malloc(4 * sizeof(void *));
+	memset(root, 0, 4 * sizeof(void *));
+	ck_assert_int_eq(sa_gc_root_add(root, 4 * sizeof(void *)), 0);
+	make_fin_objects(root, 4, 0);
+	/* and garbage with finalizers, from a GC array held in a global root */
+	ck_assert_int_eq(sa_gc_root_add(root_slot, sizeof root_slot), 0);
+	void **arr = sa_gc_alloc(100 * sizeof(void *));
+	sa_gc_store(&root_slot[0], arr);
+	make_fin_objects(arr, 100, 100);
+	arr = NULL;
+	clear_stack();
+	collect(3);
+	fin_settle();
+	ck_assert_int_eq(atomic_load(&fin_total), 0); /* everything is still reachable */
+	ck_assert_uint_eq(on_stack[0], 0x1234);
+	int bad = 0;
+	for (int i = -200; i < 56; i++)
+		bad += interior[i] != 0x5a;
+	ck_assert_int_eq(bad, 0);
+	for (int i = 0; i < 4; i++)
+		ck_assert_ptr_nonnull(root[i]);
+
+	/* drop the GC array: its 100 objects become garbage; finalizers run once each */
+	drop_all(root_slot, 1);
+	clear_stack();
+	collect(3);
+	fin_settle();
+	int ran = 0;
+	for (int i = 100; i < 200; i++) {
+		ck_assert_int_le(atomic_load(&fin_count[i]), 1);
+		ran += atomic_load(&fin_count[i]);
+	}
+	/* conservative stack scanning may keep an odd one alive: allow 5 of 100 */
+	ck_assert_int_ge(ran, 95);
+	/* unregistered root: its objects go */
+	ck_assert_int_eq(sa_gc_root_remove(root), 0);
+	ck_assert_int_eq(sa_gc_root_remove(root), ENOENT);
+	clear_stack();
+	collect(3);
+	fin_settle();
+	int r2 = 0;
+	for (int i = 0; i < 4; i++) {
+		ck_assert_int_le(atomic_load(&fin_count[i]), 1);
+		r2 += atomic_load(&fin_count[i]);
+	}
+	ck_assert_int_ge(r2, 3);
+	/* more cycles: no finalizer runs twice; the objects are freed */
+	collect(3);
+	fin_settle();
+	for (int i = 0; i < 200; i++)
+		ck_assert_int_le(atomic_load(&fin_count[i]), 1);
+	ck_assert_uint_eq(on_stack[0], 0x1234);
+	ck_assert_int_eq(interior[0], 0x5a);
+	free(root);
+}
+END_TEST
+
+
+/* ---- typed and tiny allocation ---- */
+typedef struct tnode {
+	struct tnode *ptr;      /* word 0: pointer */
+	uintptr_t hidden;       /* word 1: not a pointer, even when it looks like one */
+	uintptr_t id;
+} tnode_t;
+static const unsigned long long tnode_mask[1] = {1};
+static const sa_gc_type_t tnode_type = {sizeof(tnode_t), tnode_mask};
+static tnode_t *typed_root[1];
+
+static NOINLINE void make_typed(void)
+{
+	tnode_t *a = sa_gc_alloc_typed(&tnode_type, 1);
+	tnode_t *kept = sa_gc_alloc(32);
+	void *hid = sa_gc_alloc(32);
+	ck_assert_int_eq(sa_gc_set_finalizer(kept, fin_fn, (void *)(intptr_t)0), 0);
+	ck_assert_int_eq(sa_gc_set_finalizer(hid, fin_fn, (void *)(intptr_t)1), 0);
+	sa_gc_store(&a->ptr, kept);
+	a->hidden = (uintptr_t)hid; /* precise scanning ignores this word */
+	a->id = 77;
+	sa_gc_store(&typed_root[0], a);
+}
+
+START_TEST(test_typed_tiny)
+{
+	ck_assert_ptr_null(sa_gc_alloc_typed(NULL, 1));
+	static const sa_gc_type_t odd = {12, tnode_mask};
+	ck_assert_ptr_null(sa_gc_alloc_typed(&odd, 1));
+	ck_assert_int_eq(sa_gc_root_add(typed_root, sizeof typed_root), 0);
+	make_typed();
+	clear_stack();
+	collect(3);
+	fin_settle();
+	ck_assert_int_eq(atomic_load(&fin_count[0]), 0); /* held through the pointer word */
+	ck_assert_int_eq(atomic_load(&fin_count[1]), 1); /* only the non-pointer word "held" it */
+	ck_assert_uint_eq(typed_root[0]->id, 77);
+	/* arrays of typed elements */
+	tnode_t *arr = sa_gc_alloc_typed(&tnode_type, 1000); /* large: > 32 KiB */
+	ck_assert_ptr_nonnull(arr);
+	for (int i = 0; i < 1000; i++) {
+		tnode_t *x = sa_gc_alloc_typed(&tnode_type, 1);
+		x->id = (uintptr_t)i;
+		sa_gc_store(&arr[i].ptr, x);
+	}
+	collect(2);
+	int bad = 0;
+	for (int i = 0; i < 1000; i++)
+		bad += arr[i].ptr->id != (uintptr_t)i;
+	ck_assert_int_eq(bad, 0);
+	/* tiny: several objects share a 16-byte block and survive together */
+	char *t[64];
+	for (int i = 0; i < 64; i++) {
+		t[i] = sa_gc_alloc_noscan((size_t)(i % 7) + 1);
+		memset(t[i], i, (size_t)(i % 7) + 1);
+	}
+	ck_assert(spanof(t[0]) == spanof(t[1]));
+	ck_assert_int_lt(labs((long)(t[1] - t[0])), 16);
+	collect(2);
+	bad = 0;
+	for (int i = 0; i < 64; i++)
+		for (int k = 0; k < i % 7 + 1; k++)
+			bad += t[i][k] != (char)i;
+	ck_assert_int_eq(bad, 0);
+}
+END_TEST
+
+/* ---- reclamation: a steady-state workload keeps the heap bounded over many cycles ---- */
+static void *steady_root[1];
+
+START_TEST(test_bounded)
+{
+	ck_assert_int_eq(sa_gc_root_add(steady_root, sizeof steady_root), 0);
+	/* live set: a 4096-slot table of 64-byte objects; each round replaces them all */
+	void **table = sa_gc_alloc(4096 * sizeof(void *));
+	sa_gc_store(&steady_root[0], table);
+	table = NULL;
+	size_t max_pages = 0;
+	uint64_t rng = 1;
+	int rounds = 0;
+	sa_gc_stats_t st;
+	double t0 = now_s();
+	for (;;) {
+		void **tb = steady_root[0];
+		for (int i = 0; i < 4096; i++) {
+			void *o = sa_gc_alloc(16 + rng_below(&rng, 200));
+			sa_gc_store(&tb[i], o);
+		}
+		void *big = sa_gc_alloc(40000 + rng_below(&rng, 100000)); /* large garbage */
+		(void)big;
+		rounds++;
+		sa_gc_stats(&st);
+		size_t ns, pages;
+		heap_counts(&ns, &pages);
+		if (st.cycles >= 20 && pages > max_pages)
+			max_pages = pages;
+		if ((st.cycles >= 300 && rounds >= 2000) || now_s() - t0 > 15)
+			break;
+	}
+	sa_gc_stats(&st);
+	fprintf(stderr, "test_bounded: %d rounds, %llu cycles, max heap %zu KiB after warm-up, freed %llu MB\n",
+		rounds, st.cycles, max_pages * 8, st.freed_bytes >> 20);
+	ck_assert_uint_ge(st.cycles, 20);
+	/* the live set is ~1 MB; allow goal (4 MB minimum) + slack for spans and sweeping lag */
+	ck_assert_uint_lt(max_pages * SA_PAGE_SIZE, (size_t)32 << 20);
+	ck_assert_uint_gt(st.freed_bytes, (unsigned long long)rounds * 4096 * 16);
+}
+END_TEST
+
+/* ---- sa_free of a GC object aborts with a clear message ---- */
+static void free_gc_small(void *arg)
+{
+	(void)arg;
+	void *p = sa_gc_alloc(64);
+	sa_free(p);
+}
+static void free_gc_large(void *arg)
+{
+	(void)arg;
+	void *p = sa_gc_alloc(100000);
+	sa_free(p);
+}
+
+START_TEST(test_free_rejected)
+{
+	child_result_t r;
+	run_child(free_gc_small, NULL, NULL, &r);
+	ck_assert(child_aborted(&r));
+	ck_assert_ptr_nonnull(strstr(r.err, "garbage-collected object"));
+	run_child(free_gc_large, NULL, NULL, &r);
+	ck_assert(child_aborted(&r));
+	ck_assert_ptr_nonnull(strstr(r.err, "garbage-collected object"));
+}
+END_TEST
+
+/* ---- correctness under mutation: threads rewire a shared graph while cycles run ----
+ * NSLOT root slots hold nodes; thread j owns the slots j, j + T, ... and is the only writer of
+ * its nodes' edges. A node's fields are immutable after creation except edges; each edge keeps
+ * beside it the id of its target, and every node carries a checksum of (id, payload). Threads
+ * replace nodes (the old ones become garbage unless an edge still holds them), rewire edges to
+ * random nodes of any owner, and verify their own nodes and each edge's target: a target freed
+ * too early is zeroed or poisoned (checksum fails) or reused by another node (id differs). */
+#define NSLOT 2048
+#define NEDGE 4
+#define NTHREADS 3
+typedef struct gnode {
+	uint64_t id, sum;
+	struct gnode *edge[NEDGE];
+	uint64_t edge_id[NEDGE];
+	uint64_t payload[3];
+} gnode_t;
+static gnode_t **slots; /* a GC array, held by a root */
+static _Atomic uint64_t next_id = 1;
+static _Atomic int stop_mut;
+static _Atomic long mut_errors, mut_ops;
+
+static uint64_t node_sum(const gnode_t *n)
+{
+	return (n->id * 0x9E3779B97F4A7C15ULL) ^ n->payload[0] ^ (n->payload[1] << 7) ^ (n->payload[2] << 13) ^ 0xabcdefULL;
+}
+
+static gnode_t *node_new(uint64_t *rng)
+{
+	gnode_t *n = sa_gc_alloc(sizeof *n);
+	n->id = atomic_fetch_add(&next_id, 1);
+	n->payload[0] = rng_next(rng);
+	n->payload[1] = rng_next(rng);
+	n->payload[2] = rng_next(rng);
+	n->sum = node_sum(n);
+	return n;
+}
+
+static bool node_ok(const gnode_t *n)
+{
+	return n != NULL && n->id != 0 && n->sum == node_sum(n);
+}
+
+static void *mutator(void *arg)
+{
+	int j = (int)(intptr_t)arg;
+	sa_gc_thread_register();
+	uint64_t rng = 0x1234567ULL * (uint64_t)(j + 1);
+	long ops = 0;
+	while (!atomic_load(&stop_mut)) {
+		size_t i = (size_t)j + NTHREADS * rng_below(&rng, NSLOT / NTHREADS);
+		gnode_t *n = slots[i];
+		switch (rng_below(&rng, 4)) {
+		case 0: { /* replace the node; the new one takes its edges, the old one drops them
+			   * (so garbage does not keep a growing history alive) */
+			gnode_t *m = node_new(&rng);
+			for (int k = 0; k < NEDGE; k++) {
+				m->edge_id[k] = n->edge_id[k];
+				sa_gc_store(&m->edge[k], n->edge[k]);
+			}
+			sa_gc_store(&slots[i], m);
+			for (int k = 0; k < NEDGE; k++) {
+				sa_gc_store(&n->edge[k], NULL);
+				n->edge_id[k] = 0;
+			}
+			break;
+		}
+		default: { /* rewire an edge to a random node (of any owner) */
+			int k = (int)rng_below(&rng, NEDGE);
+			gnode_t *t = slots[rng_below(&rng, NSLOT)];
+			if (!node_ok(t))
+				atomic_fetch_add(&mut_errors, 1);
+			n->edge_id[k] = t->id;
+			sa_gc_store(&n->edge[k], t);
+			break;
+		}
+		}
+		/* verify a node of ours and its edges */
+		gnode_t *v = slots[(size_t)j + NTHREADS * rng_below(&rng, NSLOT / NTHREADS)];
+		if (!node_ok(v))
+			atomic_fetch_add(&mut_errors, 1);
+		for (int k = 0; k < NEDGE; k++)
+			if (v->edge[k] && (!node_ok(v->edge[k]) || v->edge[k]->id != v->edge_id[k]))
+				atomic_fetch_add(&mut_errors, 1);
+		ops++;
+	}
+	atomic_fetch_add(&mut_ops, ops);
+	sa_gc_thread_unregister();
+	return NULL;
+}
+
+static void graph_run(int min_cycles, double cap_s)
+{
+	static void *graph_root[1];
+	ck_assert_int_eq(sa_gc_root_add(graph_root, sizeof graph_root), 0);
+	uint64_t rng = 99;
+	gnode_t **sl = sa_gc_alloc(NSLOT * sizeof *sl);
+	sa_gc_store(&graph_root[0], sl);
+	slots = sl;
+	for (size_t i = 0; i < NSLOT; i++)
+		sa_gc_store(&sl[i], node_new(&rng));
+	for (size_t i = 0; i < NSLOT; i++)
+		for (int k = 0; k < NEDGE; k++) {
+			gnode_t *t = sl[rng_below(&rng, NSLOT)];
+			sl[i]->edge_id[k] = t->id;
+			sa_gc_store(&sl[i]->edge[k], t);
+		}
+	pthread_t th[NTHREADS];
+	for (int j = 0; j < NTHREADS; j++)
+		ck_assert_int_eq(pthread_create(&th[j], NULL, mutator, (void *)(intptr_t)j), 0);
+	double t0 = now_s();
+	int n = 0;
+	while (n < min_cycles && now_s() - t0 < cap_s) {
+		sa_gc_collect(); /* back to back, on top of the paced cycles */
+		n++;
+	}
+	atomic_store(&stop_mut, 1);
+	for (int j = 0; j < NTHREADS; j++)
+		pthread_join(th[j], NULL);
+	sa_gc_collect();
+	/* full verification of the final graph */
+	long bad = 0;
+	for (size_t i = 0; i < NSLOT; i++) {
+		gnode_t *v = slots[i];
+		bad += !node_ok(v);
+		for (int k = 0; k < NEDGE; k++)
+			bad += v->edge[k] && (!node_ok(v->edge[k]) || v->edge[k]->id != v->edge_id[k]);
+	}
+	sa_gc_stats_t st;
+	sa_gc_stats(&st);
+	fprintf(stderr, "graph: %d collects, %llu cycles, %ld ops, %ld errors during, %ld after; max stop %.3f ms, %llu assists\n",
+		n, st.cycles, atomic_load(&mut_ops), atomic_load(&mut_errors), bad, (double)st.pause_max_ns / 1e6,
+		st.assists);
+	ck_assert_int_eq(atomic_load(&mut_errors), 0);
+	ck_assert_int_eq(bad, 0);
+	ck_assert_int_ge(n, 1);
+	ck_assert_uint_gt(st.freed_bytes, 0);
+}
+
+START_TEST(test_graph_mutation)
+{
+	graph_run(600, 18);
+}
+END_TEST
+
+static void graph_debug_child(void *arg)
+{
+	(void)arg;
+	graph_run(150, 8);
+}
+
+/* SPANALLOC_DEBUG: swept objects are poisoned, so a premature free shows as a bad checksum */
+START_TEST(test_graph_mutation_debug)
+{
+	child_result_t r;
+	static const char *const env[] = {"SPANALLOC_DEBUG", "1", NULL};
+	run_child(graph_debug_child, NULL, env, &r);
+	if (!child_exited_ok(&r))
+		fprintf(stderr, "%s\n", r.err);
+	ck_assert(child_exited_ok(&r));
+}
+END_TEST
+
+/* ---- threads register and unregister while cycles run ---- */
+static _Atomic int churn_errors;
+
+static NOINLINE void *churn_thread(void *arg)
+{
+	int explicit_reg = (int)(intptr_t)arg & 1;
+	if (explicit_reg)
+		ck_assert_int_eq(sa_gc_thread_register(), 0);
+	/* a list held only from this stack */
+	uintptr_t *volatile head = NULL;
+	for (int i = 0; i < 200; i++) {
+		uintptr_t *o = sa_gc_alloc(32);
+		o[1] = (uintptr_t)i * 3 + 1;
+		sa_gc_store(&o[0], (void *)head);
+		head = o;
+		if (i % 50 == 0)
+			sched_yield();
+	}
+	int n = 199;
+	for (uintptr_t *o = head; o; o = (uintptr_t *)o[0], n--)
+		if (o[1] != (uintptr_t)n * 3 + 1)
+			atomic_fetch_add(&churn_errors, 1);
+	if (n != -1)
+		atomic_fetch_add(&churn_errors, 1);
+	if (explicit_reg)
+		sa_gc_thread_unregister(); /* else the exit unregisters it */
+	return NULL;
+}
+
+static void *collector_loop(void *arg)
+{
+	_Atomic int *stop = arg;
+	while (!atomic_load(stop))
+		sa_gc_collect();
+	return NULL;
+}
+
+START_TEST(test_thread_churn)
+{
+	ck_assert_ptr_nonnull(sa_gc_alloc(8)); /* registers the main thread */
+	static _Atomic int stop;
+	pthread_t col;
+	ck_assert_int_eq(pthread_create(&col, NULL, collector_loop, (void *)&stop), 0);
+	for (int round = 0; round < 60; round++) {
+		pthread_t th[4];
+		for (int i = 0; i < 4; i++)
+			ck_assert_int_eq(pthread_create(&th[i], NULL, churn_thread, (void *)(intptr_t)(round + i)), 0);
+		for (int i = 0; i < 4; i++)
+			pthread_join(th[i], NULL);
+	}
+	atomic_store(&stop, 1);
+	pthread_join(col, NULL);
+	ck_assert_int_eq(atomic_load(&churn_errors), 0);
+	sa_gc_stats_t st;
+	sa_gc_stats(&st);
+	ck_assert_uint_ge(st.cycles, 1);
+	ck_assert_uint_le(st.threads, 2); /* main (+ the collector loop thread, registered by collect? no) */
+}
+END_TEST
+
+/* ---- fork while a cycle is running: the child has a working, idle collector ---- */
+static void *alloc_loop(void *arg)
+{
+	_Atomic int *stop = arg;
+	uint64_t rng = 5;
+	void *volatile keep = NULL;
+	while (!atomic_load(stop)) {
+		uintptr_t *o = sa_gc_alloc(16 + rng_below(&rng, 500));
+		sa_gc_store(&o[0], keep);
+		keep = rng_below(&rng, 100) == 0 ? NULL : o;
+	}
+	return NULL;
+}
+
+START_TEST(test_fork_during_cycle)
+{
+	static _Atomic int stop;
+	pthread_t col, al;
+	ck_assert_ptr_nonnull(sa_gc_alloc(8));
+	ck_assert_int_eq(pthread_create(&col, NULL, collector_loop, (void *)&stop), 0);
+	ck_assert_int_eq(pthread_create(&al, NULL, alloc_loop, (void *)&stop), 0);
+	int forks = 0, in_mark = 0;
+	for (int i = 0; i < 40; i++) {
+		if (atomic_load(&gc.phase) == GC_MARK)
+			in_mark++;
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			alarm(20); /* a hang fails the test instead of blocking it */
+			uintptr_t *volatile head = NULL;
+			for (int k = 0; k < 20000; k++) {
+				uintptr_t *o = sa_gc_alloc(48);
+				o[1] = (uintptr_t)k;
+				sa_gc_store(&o[0], (void *)head);
+				head = o;
+			}
+			sa_gc_collect();
+			sa_gc_collect();
+			int n = 19999;
+			for (uintptr_t *o = head; o; o = (uintptr_t *)o[0], n--)
+				if (o[1] != (uintptr_t)n)
+					_exit(3);
+			if (n != -1)
+				_exit(4);
+			sa_gc_stats_t st;
+			sa_gc_stats(&st);
+			if (st.threads != 1 && st.threads != 2)
+				_exit(5);
+			_exit(0);
+		}
+		int status;
+		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+		ck_assert(WIFEXITED(status));
+		ck_assert_int_eq(WEXITSTATUS(status), 0);
+		forks++;
+	}
+	atomic_store(&stop, 1);
+	pthread_join(col, NULL);
+	pthread_join(al, NULL);
+	fprintf(stderr, "fork: %d forks, %d while marking\n", forks, in_mark);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("gc");
+	TCase *tc = tcase_create("gc");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_basic);
+	tcase_add_test(tc, test_zeroed_reuse);
+	tcase_add_test(tc, test_survival);
+	tcase_add_test(tc, test_typed_tiny);
+	tcase_add_test(tc, test_bounded);
+	tcase_add_test(tc, test_free_rejected);
+	tcase_add_test(tc, test_graph_mutation);
+	tcase_add_test(tc, test_graph_mutation_debug);
+	tcase_add_test(tc, test_thread_churn);
+	tcase_add_test(tc, test_fork_during_cycle);
+	suite_add_tcase(s, tc);
+	return run_suite(s);
+}
