@@ -82,7 +82,7 @@ SA_INTERNAL unsigned class_nelems(unsigned sizeclass);
 /* ------------------------------------------------------------------------------------------
  * Spans
  * ---------------------------------------------------------------------------------------- */
-enum mspan_state { MSPAN_DEAD = 0, MSPAN_IN_USE = 1 };
+enum mspan_state { MSPAN_DEAD = 0, MSPAN_IN_USE = 1, MSPAN_CACHED = 2 /* a free large span kept whole (mheap.c) */ };
 enum mspan_list { LIST_NONE = 0, LIST_PARTIAL, LIST_FULL };
 
 #define SA_BITMAP_WORDS (SA_MAX_OBJS_PER_SPAN / 64)
@@ -226,6 +226,7 @@ typedef struct mheap {
 	size_t reserved, committed, pages_inuse;
 	size_t committed_by[4];        /* per enum backing */
 	size_t large_inuse, nlarge;
+	size_t large_cached_bytes;     /* free large spans kept whole for reuse (mheap.c) */
 	int hugetlb_failed;            /* remembered fallback: skip MAP_HUGETLB (retried with backoff) */
 	unsigned hugetlb_skip;         /* chunk commits left before MAP_HUGETLB is tried again */
 	unsigned hugetlb_backoff;      /* current skip length: 8, doubling to 1024 */
@@ -246,6 +247,7 @@ extern mheap_t sa_mheap;
 SA_INTERNAL mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages);
 SA_INTERNAL mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int node);
 SA_INTERNAL bool mheap_free(mspan_t *s, const void *p);
+SA_INTERNAL void mheap_release_cached_locked(bool only_idle);
 
 /* persistent.c: metadata memory that is never freed (Go's persistentalloc). */
 SA_INTERNAL void *persistent_alloc(size_t n);

@@ -163,7 +163,7 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 	scav_poll(); /* no lock held: the scavenger thread may start */
 }
 
-/* Give every spare (empty) span back to mheap. */
+/* Give every spare (empty) span, and every cached large span, back to mheap. */
 void mcentral_release_spares(void)
 {
 	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++) {
@@ -176,5 +176,8 @@ void mcentral_release_spares(void)
 		}
 		pthread_mutex_unlock(&c->lock);
 	}
+	pthread_mutex_lock(&sa_mheap.lock);
+	mheap_release_cached_locked(false); /* and the cached large spans */
+	pthread_mutex_unlock(&sa_mheap.lock);
 	scav_poll();
 }

@@ -264,6 +264,62 @@ static bool grow(size_t npages, int node)
 	return a != NULL && arenas_insert(a, n);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Large-span cache. A program that allocates and frees the same large size in a loop would
+ * otherwise pay for setting and clearing the page bits, their summaries and every page-map
+ * entry on each round (~3,500 instructions for 256 KiB). A freed large span of at most
+ * LARGE_CACHE_MAX_PAGES stays whole instead — page map still pointing at it, state
+ * MSPAN_CACHED, pages still counted in pages_inuse — and an allocation of exactly its size on
+ * its node takes it back. The cache holds LARGE_CACHE_SPANS spans, oldest evicted first; the
+ * scavenger empties it when a whole interval passed without it being used, and sa_release()
+ * empties it at once. A second free of a cached span sees MSPAN_CACHED: a double free.
+ * ---------------------------------------------------------------------------------------- */
+#define LARGE_CACHE_SPANS 16
+#define LARGE_CACHE_MAX_PAGES 128 /* 1 MiB */
+
+static mspan_t *large_cache[LARGE_CACHE_SPANS]; /* oldest first */
+static unsigned large_cached;
+static unsigned long large_cache_uses;
+
+static mspan_t *large_cache_take(size_t npages, int node)
+{
+	for (unsigned i = large_cached; i-- > 0;) {
+		mspan_t *s = large_cache[i];
+		if (s->npages != npages || s->node != node)
+			continue;
+		memmove(&large_cache[i], &large_cache[i + 1], (large_cached - i - 1) * sizeof *large_cache);
+		large_cached--;
+		large_cache_uses++;
+		return s;
+	}
+	return NULL;
+}
+
+/* Really free a span's pages (mheap.lock held). */
+static void free_pages_locked(mspan_t *s)
+{
+	pagemap_set_span(s->base, s->npages, NULL);
+	set_run(s->base, s->npages, false);
+	sa_mheap.pages_inuse -= s->npages;
+	sa_mheap.nspans_inuse--;
+	span_record_free(s);
+	scav_note_free();
+}
+
+/* Empty the cache; with only_idle, only when it was not used since the previous such call
+ * (the scavenger's wake). mheap.lock held. */
+void mheap_release_cached_locked(bool only_idle)
+{
+	static unsigned long seen;
+	if (only_idle && large_cache_uses != seen) {
+		seen = large_cache_uses;
+		return;
+	}
+	while (large_cached > 0)
+		free_pages_locked(large_cache[--large_cached]);
+	sa_mheap.large_cached_bytes = 0;
+}
+
 mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages)
 {
 	return mheap_alloc_node(npages, sc, align_pages, heap_node());
@@ -281,6 +337,18 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 	size_t want = npages + align_pages - 1;
 	int saved_errno = errno; /* a fallback that failed (hugetlb, a taken hint) is no error */
 	pthread_mutex_lock(&sa_mheap.lock);
+	if (sc == 0 && align_pages == 1 && large_cached) {
+		mspan_t *s = large_cache_take(npages, node);
+		if (s) {
+			sa_mheap.large_cached_bytes -= npages * SA_PAGE_SIZE;
+			sa_mheap.large_inuse += npages * SA_PAGE_SIZE;
+			sa_mheap.nlarge++;
+			s->state = MSPAN_IN_USE;
+			s->needzero = 1;
+			pthread_mutex_unlock(&sa_mheap.lock);
+			return s;
+		}
+	}
 	if (sa_config.memlimit)
 		scav_memlimit_locked(want * SA_PAGE_SIZE); /* may drop and retake the lock */
 	uintptr_t base = find_run(want, node);
@@ -330,16 +398,26 @@ bool mheap_free(mspan_t *s, const void *p)
 		pthread_mutex_unlock(&sa_mheap.lock);
 		return false;
 	}
-	pagemap_set_span(s->base, s->npages, NULL);
-	set_run(s->base, s->npages, false);
-	sa_mheap.pages_inuse -= s->npages;
-	sa_mheap.nspans_inuse--;
 	if (s->spanclass == 0) {
 		sa_mheap.large_inuse -= s->npages * SA_PAGE_SIZE;
 		sa_mheap.nlarge--;
 	}
-	span_record_free(s);
-	scav_note_free();
+	if (p && s->spanclass == 0 && s->npages <= LARGE_CACHE_MAX_PAGES) {
+		if (large_cached == LARGE_CACHE_SPANS) { /* evict the oldest */
+			sa_mheap.large_cached_bytes -= large_cache[0]->npages * SA_PAGE_SIZE;
+			free_pages_locked(large_cache[0]);
+			memmove(&large_cache[0], &large_cache[1], (LARGE_CACHE_SPANS - 1) * sizeof *large_cache);
+			large_cached--;
+		}
+		s->state = MSPAN_CACHED;
+		large_cache[large_cached++] = s;
+		large_cache_uses++;
+		sa_mheap.large_cached_bytes += s->npages * SA_PAGE_SIZE;
+		pthread_mutex_unlock(&sa_mheap.lock);
+		scav_poll(); /* the scavenger empties an idle cache: it must be running */
+		return true;
+	}
+	free_pages_locked(s);
 	pthread_mutex_unlock(&sa_mheap.lock);
 	if (p) /* a large object from free_large, which holds no lock: the scavenger may start */
 		scav_poll();

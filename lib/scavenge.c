@@ -305,6 +305,7 @@ static void *scav_main(void *arg)
 		size_t done = 0;
 		pthread_mutex_lock(&sa_mheap.lock);
 		decay_peak_locked();
+		mheap_release_cached_locked(true); /* large spans nobody reused for an interval */
 		/* the peak is still above what is in use: the goal keeps falling, so do not park */
 		bool decaying = inuse_peak > sa_mheap.pages_inuse * SA_PAGE_SIZE + SA_CHUNK_SIZE;
 		size_t ex = excess_locked();

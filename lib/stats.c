@@ -79,7 +79,8 @@ void sa_stats_print(FILE *f)
 		sa_config.uring ? "on" : "off", sa_config.memlimit);
 	fprintf(f, "  small in use      %14zu bytes (objects handed out, by class size)\n", small_inuse);
 	fprintf(f, "  small spans       %14zu bytes\n", small_spans);
-	fprintf(f, "  large in use      %14zu bytes in %zu objects\n", h.large_inuse, h.nlarge);
+	fprintf(f, "  large in use      %14zu bytes in %zu objects (+%zu bytes of freed spans kept for reuse)\n",
+		h.large_inuse, h.nlarge, h.large_cached_bytes);
 	fprintf(f, "  huge pages        %s; hugetlb %zu bytes, thp-advised %zu bytes, 4k %zu bytes\n",
 		sa_config.hugepages == HUGE_OFF ? "off"
 		: sa_config.hugepages == HUGE_THP ? "thp"
