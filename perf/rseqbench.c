@@ -6,10 +6,12 @@
  *   rseqbench time-bulk N RUNS                         ns per malloc+free in the bulk pattern, median
  *   rseqbench threads T N RUNS                         T threads, N pairs of 64 B each: Mpairs/s, median
  *   rseqbench prodcons N RUNS                          one thread allocates 64 B, another frees: Mobj/s
+ *   rseqbench path                                     spanalloc's heap report (preloaded), e.g. its mcache line
  * The probes (cg_*) are what perf/rseqbench.sh hands to callgrind's --toggle-collect; the
  * "-empty" variants run the same loop without the allocator calls, so the loop's own instructions
  * are subtracted. Nothing here calls malloc outside the measured operations (arrays are static).
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -138,11 +140,19 @@ static void *consumer(void *arg)
 
 int main(int argc, char **argv)
 {
-	if (argc < 3) {
+	if (argc < 2) {
 		fprintf(stderr, "usage: see the comment at the top of perf/rseqbench.c\n");
 		return 2;
 	}
 	const char *w = argv[1];
+	if (!strcmp(w, "path")) {
+		void (*print)(FILE *) = (void (*)(FILE *))dlsym(RTLD_DEFAULT, "sa_stats_print");
+		free(malloc(16));
+		if (print == NULL)
+			return 1;
+		print(stdout);
+		return 0;
+	}
 	/* warm up: lazy binding, thread cache or slab creation */
 	for (int i = 0; i < 1000; i++) {
 		void *p = malloc(argc > 2 ? (size_t)strtoull(argv[2], NULL, 0) % 40000 + 1 : 16);

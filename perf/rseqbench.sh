@@ -8,7 +8,7 @@
 #              that is the path these counts are for (its stats line says so; checked below).
 #   native     ns per pair (median of RUNS runs) for both patterns; pairs/s with 1, 2, 4 threads;
 #              a producer/consumer pair (one thread allocates, the other frees).
-# usage: perf/rseqbench.sh [OUT_DIR]   (env: CG_N, N, RUNS)
+# usage: perf/rseqbench.sh [OUT_DIR]   (env: CG_N, N, RUNS, ROUNDS; NO_CG=1 skips callgrind)
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
@@ -50,10 +50,11 @@ ir() { # NAME LIB PROBE ARGS... : Ir inside the probe function
 	awk '/^(summary|totals):/ { print $2; exit }' "$out/cg.tmp"
 }
 
-if command -v valgrind >/dev/null 2>&1; then
+if [ -z "${NO_CG:-}" ] && command -v valgrind >/dev/null 2>&1; then
 	# which path does spanalloc take under valgrind?
-	SPANALLOC_STATS=1 LD_PRELOAD=$sa valgrind -q "$bin" time-pair 16 1000 1 2>&1 >/dev/null | grep '  mcache' |
+	LD_PRELOAD=$sa valgrind -q "$bin" path 2>/dev/null | grep '  mcache' |
 		sed 's/^ */spanalloc under valgrind: /' | tee "$out/valgrind-path.txt"
+	LD_PRELOAD=$sa "$bin" path 2>/dev/null | grep '  mcache' | sed 's/^ */spanalloc natively:     /' | tee -a "$out/valgrind-path.txt"
 	echo "allocator,16,64,256,4096,bulk32" >"$out/callgrind.csv"
 	printf '%-10s %8s %8s %8s %8s %8s   (callgrind: instructions per malloc+free pair)\n' allocator 16B 64B 256B 4096B bulk32
 	for s in 16 64 256 4096; do eval "e_$s=\$(ir glibc '' cg-pair-empty $s $CG_N)"; done
@@ -75,16 +76,35 @@ if command -v valgrind >/dev/null 2>&1; then
 	rm -f "$out/cg.tmp" "$out/cg.err"
 fi
 
+# Native numbers: ROUNDS rounds, each running every allocator once (interleaved, so a busy moment
+# of the machine hits all of them alike); each cell is the median over the rounds of the
+# program's own median of RUNS runs.
+ROUNDS=${ROUNDS:-5}
+raw=$out/native-raw.csv
+: >"$raw"
+r=1
+while [ $r -le $ROUNDS ]; do
+	for spec in "$@"; do
+		name=${spec%%=*}; lib=${spec#*=}
+		for s in 16 64 256 4096; do echo "$name,pair$s,$(run "$name" "$lib" "$bin" time-pair $s $N $RUNS)" >>"$raw"; done
+		echo "$name,bulk32,$(run "$name" "$lib" "$bin" time-bulk $N $RUNS)" >>"$raw"
+		for t in 1 2 4; do echo "$name,thr$t,$(run "$name" "$lib" "$bin" threads $t $((N * 2 / t)) 3)" >>"$raw"; done
+		echo "$name,prodcons,$(run "$name" "$lib" "$bin" prodcons $((N / 10)) 3)" >>"$raw"
+	done
+	r=$((r + 1))
+done
 echo "allocator,pair16,pair64,pair256,pair4096,bulk32,thr1,thr2,thr4,prodcons" >"$out/native.csv"
-printf '%-10s %8s %8s %8s %8s %8s | %7s %7s %7s %8s\n' allocator p16ns p64ns p256ns p4096ns bulkns 1thrM/s 2thrM/s 4thrM/s prodcons
+printf '%-10s %8s %8s %8s %8s %8s | %7s %7s %7s %8s\n' allocator p16ns p64ns p256ns p4096ns bulkns 1thrM/s 2thrM/s 4thrM/s prodM/s
 for spec in "$@"; do
-	name=${spec%%=*}; lib=${spec#*=}
+	name=${spec%%=*}
 	line=$name
-	for s in 16 64 256 4096; do line="$line,$(run "$name" "$lib" "$bin" time-pair $s $N $RUNS)"; done
-	line="$line,$(run "$name" "$lib" "$bin" time-bulk $N $RUNS)"
-	for t in 1 2 4; do line="$line,$(run "$name" "$lib" "$bin" threads $t $((N * 2 / t)) 5)"; done
-	line="$line,$(run "$name" "$lib" "$bin" prodcons $N 5)"
+	for k in pair16 pair64 pair256 pair4096 bulk32 thr1 thr2 thr4 prodcons; do
+		m=$(awk -F, -v n="$name" -v k="$k" '$1 == n && $2 == k { print $3 }' "$raw" | sort -g |
+			awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+		line="$line,$m"
+	done
 	echo "$line" >>"$out/native.csv"
 	echo "$line" | awk -F, '{ printf "%-10s %8s %8s %8s %8s %8s | %7s %7s %7s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }'
 done
+uptime | sed 's/^/load during the run: /'
 echo "results in $out" >&2
