@@ -322,16 +322,17 @@ extern uint8_t sa_percpu SA_INTERNAL;      /* per-CPU caches in use (set once at
 extern char *sa_slabs SA_INTERNAL;
 extern uint32_t sa_ncpu SA_INTERNAL;       /* from /sys/devices/system/cpu/possible */
 extern long sa_rseq_off SA_INTERNAL;       /* thread pointer offset of the thread's struct rseq */
+extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abort handlers (racy) */
 
 /* The rseq critical sections. Each emits its struct rseq_cs into section __rseq_cs and its abort
  * handler, preceded by the signature RSEQ_SIG (0x53053053), into __rseq_failure; the handler
- * re-arms rseq_cs and restarts. struct rseq: cpu_id at offset 4, rseq_cs at offset 8. A cpu_id
+ * counts the restart (a plain racy add: statistics), re-arms rseq_cs and restarts. struct rseq: cpu_id at offset 4, rseq_cs at offset 8. A cpu_id
  * outside [0, sa_ncpu) (not registered yet, or registration failed) takes the slow path. */
 #define SA_RSEQ_PROLOGUE(target)                                                                    \
 	".pushsection __rseq_cs, \"aw\"\n\t.balign 32\n"                                           \
 	"3:\t.long 0, 0\n\t.quad 1f, 2f - 1f, 4f\n\t.popsection\n"                                 \
 	".pushsection __rseq_failure, \"ax\"\n\t.long 0x53053053\n"                                 \
-	"4:\tjmp 0f\n\t.popsection\n"                                                               \
+	"4:\taddq $1, sa_rseq_aborts(%%rip)\n\tjmp 0f\n\t.popsection\n"                                                               \
 	"0:\tleaq 3b(%%rip), %[t]\n\t"                                                               \
 	"movq %[t], %%fs:8(%[off])\n"                                                               \
 	"1:\tmovl %%fs:4(%[off]), %k[t]\n\t"                                                         \

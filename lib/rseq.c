@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 long sa_rseq_off;
+unsigned long sa_rseq_aborts;
 
 /* glibc's exports (ld.so, GLIBC_2.35); weak, so a libc without them leaves them NULL. */
 extern const ptrdiff_t __rseq_offset __attribute__((weak));

@@ -97,8 +97,9 @@ void sa_stats_print(FILE *f)
 		fprintf(f, "%s node %d %zu", n ? "," : ":", n, h.committed_node[n]);
 	fprintf(f, "%s\n", sa_heap_nodes > 1 ? " bytes committed" : "");
 	if (sa_percpu)
-		fprintf(f, "  mcache            per-CPU through rseq (%s registration), %u CPUs, %zu bytes cached (SPANALLOC_CPU_CACHE_BYTES=%zu)\n",
-			mcache_mode(), (unsigned)sa_ncpu, mcache_percpu_bytes(), sa_config.cpu_cache_bytes);
+		fprintf(f, "  mcache            per-CPU through rseq (%s registration), %u CPUs, %zu bytes cached (SPANALLOC_CPU_CACHE_BYTES=%zu), %lu restarts\n",
+			mcache_mode(), (unsigned)sa_ncpu, mcache_percpu_bytes(), sa_config.cpu_cache_bytes,
+			__atomic_load_n(&sa_rseq_aborts, __ATOMIC_RELAXED));
 	else
 		fprintf(f, "  mcache            per-thread: %s (SPANALLOC_MCACHE_CLASS_BYTES=%zu)\n", mcache_mode(),
 			sa_config.mcache_class_bytes);

@@ -210,8 +210,10 @@ START_TEST(test_migration)
 	for (long i = 0; i < MIG_WORKERS; i++)
 		ck_assert_int_eq(pthread_create(&th[i], NULL, mig_worker, (void *)i), 0);
 	double end = now_s() + 2.0;
-	unsigned long flips = 0;
+	unsigned long flips = 0, loops = 0;
 	while (now_s() < end) {
+		if (++loops % 16 == 0)
+			sa_release(); /* drain every CPU (membarrier fences) while the workers run there */
 		for (int w = 0; w < MIG_WORKERS; w++) {
 			pid_t t = worker_tid[w];
 			if (t == 0 || ncpu < 2)
@@ -283,6 +285,24 @@ static void *over_worker(void *arg)
 	return NULL;
 }
 
+static void *tight_worker(void *arg)
+{
+	(void)arg;
+	for (long n = 0; n < 3000000; n++) {
+		uint64_t *p = sa_malloc(24);
+		if (p == NULL) {
+			errors++;
+			continue;
+		}
+		p[0] = (uint64_t)n;
+		p[2] = ~(uint64_t)n;
+		if (p[0] != (uint64_t)n || p[2] != ~(uint64_t)n)
+			errors++;
+		sa_free(p);
+	}
+	return NULL;
+}
+
 START_TEST(test_oversubscribed_with_signals)
 {
 	sa_ensure_init();
@@ -298,9 +318,17 @@ START_TEST(test_oversubscribed_with_signals)
 		ck_assert_int_eq(pthread_create(&th[i], NULL, over_worker, (void *)i), 0);
 	for (int i = 0; i < OVER_THREADS; i++)
 		pthread_join(th[i], NULL);
+	/* then tight malloc/free loops, which spend most of their time inside sequences */
+	for (long i = 0; i < 4; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, tight_worker, (void *)i), 0);
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
 	struct itimerval off = {{0, 0}, {0, 0}};
 	setitimer(ITIMER_REAL, &off, NULL);
 	ck_assert_int_eq(errors, 0);
+	if (sa_percpu) /* sequences really were interrupted and restarted */
+		ck_assert_uint_gt(sa_rseq_aborts, 0);
+	fprintf(stderr, "rseq restarts: %lu\n", sa_rseq_aborts);
 	sa_release();
 	ck_assert_uint_eq(total_cached(), 0);
 	size_t ns1, pg1;

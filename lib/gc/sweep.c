@@ -57,11 +57,15 @@ void gc_sweep_all(void)
 		gc_central_t *c = &gc_centrals[i];
 		for (;;) {
 			pthread_mutex_lock(&c->lock);
-			mspan_t *s = gc_pop_unswept(c);
+			mspan_t *s = c->unswept;
 			if (s == NULL) {
 				pthread_mutex_unlock(&c->lock);
 				break;
 			}
+			c->unswept = s->next;
+			if (s->next)
+				s->next->prev = NULL;
+			s->next = s->prev = NULL;
 			atomic_fetch_add(&gc.active_sweeps, 1);
 			pthread_mutex_unlock(&c->lock);
 			size_t live = gc_sweep_span(s);
