@@ -4,6 +4,9 @@
  *   perf/gcbench MODE DEPTH      MODE: sagc (sa_gc_alloc + sa_gc_store), boehm (GC_malloc from
  *                                libgc.so.1, loaded with dlopen), malloc (glibc malloc+free),
  *                                samalloc (sa_malloc+sa_free)
+ *   perf/gcbench MODE replace N M   the issue's live-heap test: N live 64-byte objects (pointer-free,
+ *                                held from one array), then M random replacements; reports ns per
+ *                                replacement and the worst single replacement as well
  *
  * Prints one line: mode, depth, wall seconds, peak RSS (MB), GC cycles, max and median stop.
  * Stops: spanalloc's stop-the-world pauses (both stops of every cycle); Boehm's collections
@@ -24,6 +27,7 @@ enum { M_SAGC, M_BOEHM, M_MALLOC, M_SAMALLOC };
 static int mode;
 
 static void *(*gcb_malloc)(size_t);
+static void *(*gcb_malloc_atomic)(size_t);
 static void (*gcb_init)(void);
 static void (*gcb_set_event)(void (*)(int));
 static size_t (*gcb_get_gc_no)(void);
@@ -93,6 +97,83 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static uint64_t rng_state = 88172645463325252ULL;
+static uint64_t xrand(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+static void *obj64(void)
+{
+	switch (mode) {
+	case M_SAGC: return sa_gc_alloc_noscan(64);
+	case M_BOEHM: return gcb_malloc_atomic(64);
+	case M_MALLOC: return malloc(64);
+	default: return sa_malloc(64);
+	}
+}
+
+static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
+{
+	void **a;
+	if (mode == M_SAGC)
+		a = sa_gc_alloc(n * sizeof *a);
+	else if (mode == M_BOEHM)
+		a = gcb_malloc(n * sizeof *a);
+	else
+		a = calloc(n, sizeof *a);
+	for (size_t i = 0; i < n; i++) {
+		void *o = obj64();
+		memset(o, (int)i, 64);
+		if (mode == M_SAGC)
+			sa_gc_store(&a[i], o);
+		else
+			a[i] = o;
+	}
+	uint64_t t1 = gc_nanotime(), worst = 0;
+	for (size_t r = 0; r < reps; r++) {
+		uint64_t s0 = gc_nanotime();
+		size_t i = xrand() % n;
+		void *o = obj64();
+		memset(o, (int)r, 64);
+		if (mode == M_SAGC) {
+			sa_gc_store(&a[i], o);
+		} else {
+			if (mode == M_MALLOC)
+				free(a[i]);
+			else if (mode == M_SAMALLOC)
+				sa_free(a[i]);
+			a[i] = o;
+		}
+		uint64_t d = gc_nanotime() - s0;
+		if (d > worst)
+			worst = d;
+	}
+	uint64_t t2 = gc_nanotime();
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	double maxs = 0;
+	unsigned long long cycles = 0;
+	if (mode == M_SAGC) {
+		sa_gc_stats_t st;
+		sa_gc_stats(&st);
+		maxs = (double)st.pause_max_ns / 1e6;
+		cycles = st.cycles;
+	} else if (mode == M_BOEHM) {
+		for (size_t i = 0; i < nboehm; i++)
+			if ((double)boehm_pauses[i] / 1e6 > maxs)
+				maxs = (double)boehm_pauses[i] / 1e6;
+		cycles = gcb_get_gc_no ? gcb_get_gc_no() : nboehm;
+	}
+	fprintf(stderr, "RESULT %-8s replace %zu x 64 B, %zu replacements: build %.2f s, %.0f ns/replacement, worst op %.3f ms, "
+		"peak RSS %ld MB, %llu cycles, max stop %.3f ms\n", m, n, reps, (double)(t1 - t0) / 1e9,
+		(double)(t2 - t1) / (double)(reps ? reps : 1), (double)worst / 1e6, ru.ru_maxrss / 1024, cycles, maxs);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -110,6 +191,7 @@ int main(int argc, char **argv)
 		}
 		gcb_malloc = (void *(*)(size_t))dlsym(h, "GC_malloc");
 		gcb_init = (void (*)(void))dlsym(h, "GC_init");
+		gcb_malloc_atomic = (void *(*)(size_t))dlsym(h, "GC_malloc_atomic");
 		gcb_set_event = (void (*)(void (*)(int)))dlsym(h, "GC_set_on_collection_event");
 		gcb_get_gc_no = (size_t(*)(void))dlsym(h, "GC_get_gc_no");
 		gcb_init();
@@ -117,6 +199,8 @@ int main(int argc, char **argv)
 			gcb_set_event(boehm_event);
 	}
 	uint64_t t0 = gc_nanotime();
+	if (!strcmp(argv[2], "replace") && argc >= 5)
+		return replace_bench(m, strtoul(argv[3], NULL, 10), strtoul(argv[4], NULL, 10), t0);
 	int max_depth = n < 6 ? 6 : n;
 	node_t *stretch = make(max_depth + 1);
 	printf("stretch tree of depth %d\t check: %ld\n", max_depth + 1, check(stretch));

@@ -54,6 +54,12 @@ static mspan_t *list_pop(mspan_t **head)
 	return s;
 }
 
+mspan_t *gc_pop_unswept(gc_central_t *c)
+{
+	mspan_t *s = list_pop(&c->unswept);
+	return s ? s : list_pop(&c->unswept2);
+}
+
 /* A fresh span from mheap, made a GC span of class gcc. Called outside crit (mheap.lock). */
 static mspan_t *span_new(unsigned gcc, size_t large_bytes)
 {
@@ -75,6 +81,7 @@ static mspan_t *span_new(unsigned gcc, size_t large_bytes)
 	s->gclarge = cls == 0;
 	s->gcclass = (uint16_t)gcc;
 	if (cls == 0) { /* not allocated until the caller sets the bit under crit */
+		memset(s->gcmarkbits, 0, sizeof s->gcmarkbits);
 		s->allocbits[0] = 0;
 		s->alloc_count = 0;
 		s->freeindex = 0;
@@ -137,8 +144,8 @@ static mspan_t *refill(gc_thread_t *t, unsigned gcc)
 	if (old)
 		list_push(&c->full, old);
 	mspan_t *s = list_pop(&c->partial);
-	while (s == NULL && c->unswept) { /* lazy sweeping by the allocating thread */
-		mspan_t *u = list_pop(&c->unswept);
+	mspan_t *u;
+	while (s == NULL && (u = gc_pop_unswept(c)) != NULL) { /* lazy sweeping by the allocating thread */
 		atomic_fetch_add(&gc.active_sweeps, 1);
 		pthread_mutex_unlock(&c->lock);
 		gc_sweep_span(u);

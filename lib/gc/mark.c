@@ -192,7 +192,8 @@ void greyobject(uintptr_t p, workbuf_t **wb)
 		push(s->base + i * s->elemsize, wb);
 }
 
-void gc_scan_range(uintptr_t lo, uintptr_t hi, workbuf_t **wb)
+/* Conservative scan: reads whole stacks and objects, redzones included (ASan builds). */
+__attribute__((no_sanitize_address)) void gc_scan_range(uintptr_t lo, uintptr_t hi, workbuf_t **wb)
 {
 	lo = (lo + 7) & ~(uintptr_t)7;
 	uintptr_t hlo = atomic_load(&gc.heap_lo), hhi = atomic_load(&gc.heap_hi);

@@ -228,28 +228,36 @@ static void run_cycle(void)
 		mark_end = q0;
 		sa_gc_barrier_on = 0;
 		atomic_store(&gc.phase, GC_OFF);
+		atomic_fetch_add(&gc.sweepgen, 2);
+		/* every span becomes unswept: O(1) per class (the unswept lists are empty: the
+		 * previous sweep finished before mark start) */
+		for (unsigned i = 0; i < GC_NCLASSES; i++) {
+			gc_central_t *c = &gc_centrals[i];
+			pthread_mutex_lock(&c->lock);
+			if (c->unswept == NULL && c->unswept2 == NULL) {
+				c->unswept = c->partial;
+				c->unswept2 = c->full;
+				c->partial = c->full = NULL;
+			} else {
+				for (int l = 0; l < 2; l++) {
+					mspan_t **head = l ? &c->full : &c->partial;
+					while (*head) {
+						mspan_t *s = *head;
+						*head = s->next;
+						s->prev = NULL;
+						s->next = c->unswept;
+						if (c->unswept)
+							c->unswept->prev = s;
+						c->unswept = s;
+					}
+				}
+			}
+			pthread_mutex_unlock(&c->lock);
+		}
 		for (gc_thread_t *t = gc.threads; t; t = t->next) {
 			atomic_fetch_add(&gc.marked, t->black);
 			t->black = 0;
 			gc_cache_steal(t);
-		}
-		atomic_fetch_add(&gc.sweepgen, 2);
-		for (unsigned i = 0; i < GC_NCLASSES; i++) {
-			gc_central_t *c = &gc_centrals[i];
-			pthread_mutex_lock(&c->lock);
-			for (int l = 0; l < 2; l++) {
-				mspan_t **head = l ? &c->full : &c->partial;
-				while (*head) {
-					mspan_t *s = *head;
-					*head = s->next;
-					s->prev = NULL;
-					s->next = c->unswept;
-					if (c->unswept)
-						c->unswept->prev = s;
-					c->unswept = s;
-				}
-			}
-			pthread_mutex_unlock(&c->lock);
 		}
 		after = atomic_load(&gc.heap_marked) + atomic_load(&gc.heap_alloc);
 		atomic_store(&gc.heap_marked, atomic_load(&gc.marked));

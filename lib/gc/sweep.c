@@ -57,15 +57,11 @@ void gc_sweep_all(void)
 		gc_central_t *c = &gc_centrals[i];
 		for (;;) {
 			pthread_mutex_lock(&c->lock);
-			mspan_t *s = c->unswept;
+			mspan_t *s = gc_pop_unswept(c);
 			if (s == NULL) {
 				pthread_mutex_unlock(&c->lock);
 				break;
 			}
-			c->unswept = s->next;
-			if (s->next)
-				s->next->prev = NULL;
-			s->next = s->prev = NULL;
 			atomic_fetch_add(&gc.active_sweeps, 1);
 			pthread_mutex_unlock(&c->lock);
 			size_t live = gc_sweep_span(s);
