@@ -6,6 +6,10 @@
 #   thread  SPANALLOC_RSEQ=off: the per-thread fallback
 #   small   SPANALLOC_CPU_CACHE_BYTES=8k: per-CPU capacity moves between classes all the time
 # A mode that this kernel cannot run (no rseq) is reported and skipped by the suite's mode test.
+# The caches are under test, not the arena backing: keep off the shared hugetlb pool, which
+# tests/huge.sh resizes and measures while make check runs suites in parallel.
+SPANALLOC_HUGEPAGES=thp
+export SPANALLOC_HUGEPAGES
 fail=0
 run() { # NAME ENV... -- PROGRAM
 	name=$1; shift
