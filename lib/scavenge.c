@@ -303,11 +303,17 @@ static void *scav_main(void *arg)
 		const uint64_t budget = interval / 100 * cpu_pct;
 		uint64_t t0 = now_ns();
 		size_t done = 0;
+		/* CPUs nobody has run a slow path on for a second give their cached objects back
+		 * (DESIGN.md invariant 5); this takes mcentral locks, so before mheap.lock */
+		mcache_drain_idle();
+		bool cpu_cached = mcache_percpu_bytes() > 0;
 		pthread_mutex_lock(&sa_mheap.lock);
 		decay_peak_locked();
 		mheap_release_cached_locked(true); /* large spans nobody reused for an interval */
-		/* the peak is still above what is in use: the goal keeps falling, so do not park */
-		bool decaying = inuse_peak > sa_mheap.pages_inuse * SA_PAGE_SIZE + SA_CHUNK_SIZE;
+		/* Do not park while something will still need this thread: the peak is above what is
+		 * in use (the goal keeps falling), large spans or CPU caches wait to be returned. */
+		bool pending = inuse_peak > sa_mheap.pages_inuse * SA_PAGE_SIZE + SA_CHUNK_SIZE ||
+			       sa_mheap.large_cached_bytes > 0 || cpu_cached;
 		size_t ex = excess_locked();
 		while (ex > 0) {
 			size_t got = scav_locked(ex < ((size_t)16 << 20) ? ex : (size_t)16 << 20, 0);
@@ -322,7 +328,7 @@ static void *scav_main(void *arg)
 			arena_collapse_some(4);
 		uint64_t spent = now_ns() - t0;
 		if (done == 0) {
-			if (!decaying && ++idle >= 4) { /* park until a free makes work */
+			if (!pending && ++idle >= 4) { /* park until a free makes work */
 				pthread_mutex_lock(&park_mu);
 				atomic_store(&parked, 1);
 				while (atomic_load(&parked))
