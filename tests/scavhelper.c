@@ -40,6 +40,17 @@ int main(void)
 	pthread_mutex_lock(&sa_mheap.lock);
 	size_t rel = sa_mheap.released;
 	pthread_mutex_unlock(&sa_mheap.lock);
-	printf("released %zu\nscavenger %d\n", rel, scav_thread_tid());
+	/* the heap's address range, for telling our madvise calls from glibc's (thread stacks);
+	 * arenas start at Go's hint 0xc000000000 unless it is taken (ASan's shadow takes it) */
+	uintptr_t lo = UINTPTR_MAX, hi = 0;
+	pthread_mutex_lock(&sa_mheap.lock);
+	for (size_t i = 0; i < sa_mheap.narenas; i++) {
+		uintptr_t b = sa_mheap.arenas[i]->base;
+		lo = b < lo ? b : lo;
+		hi = b + SA_ARENA_SIZE > hi ? b + SA_ARENA_SIZE : hi;
+	}
+	pthread_mutex_unlock(&sa_mheap.lock);
+	printf("released %zu\nscavenger %d\nheap %lu %lu\n", rel, scav_thread_tid(), (unsigned long)lo,
+	       (unsigned long)hi);
 	return rel > 0 && scav_thread_tid() ? 0 : 1;
 }
