@@ -46,7 +46,6 @@
 #include "../numa/numa.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -175,11 +174,7 @@ static int thp_usable(void)
 	static int mode = -1;
 	if (mode < 0) {
 		char buf[128];
-		int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
-		ssize_t r = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
-		if (fd >= 0)
-			close(fd);
-		buf[r > 0 ? r : 0] = '\0';
+		os_read_file("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf);
 		mode = strstr(buf, "[always]") || strstr(buf, "[madvise]") ? 1 : 0;
 	}
 	return mode;

@@ -14,7 +14,6 @@
 #include "internal.h"
 #include "../numa/numa.h"
 
-#include <fcntl.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -80,15 +79,9 @@ static void fork_child(void)
 /* Free pages in the 2 MiB hugetlb pool, or 0. */
 static long hugetlb_free_pages(void)
 {
-	int fd = open("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
 	char buf[32];
-	ssize_t r = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (r <= 0)
+	if (os_read_file("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", buf, sizeof buf) <= 0)
 		return 0;
-	buf[r] = '\0';
 	return strtol(buf, NULL, 10);
 }
 

@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 #include <pthread.h>
 
 #include "spanalloc.h"
@@ -252,6 +253,7 @@ SA_INTERNAL void mheap_release_cached_locked(bool only_idle);
 /* persistent.c: metadata memory that is never freed (Go's persistentalloc). */
 SA_INTERNAL void *persistent_alloc(size_t n);
 SA_INTERNAL void *os_map(size_t n);
+SA_INTERNAL ssize_t os_read_file(const char *path, char *buf, size_t n);
 
 /* ------------------------------------------------------------------------------------------
  * mcentral

@@ -8,7 +8,9 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define PERSISTENT_BLOCK ((size_t)256 << 10)
 
@@ -40,4 +42,17 @@ void *persistent_alloc(size_t n)
 	persistent_next += n;
 	pthread_mutex_unlock(&persistent_lock);
 	return p;
+}
+
+/* Read a small (sysfs/procfs) file into buf, NUL-terminated, without allocating: these reads
+ * happen inside malloc's initialisation. Returns the length, or -1. */
+ssize_t os_read_file(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t r = read(fd, buf, n - 1);
+	close(fd);
+	buf[r > 0 ? r : 0] = '\0';
+	return r;
 }

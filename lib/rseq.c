@@ -20,7 +20,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <linux/membarrier.h>
 #include <string.h>
 #include <sys/rseq.h>
@@ -118,15 +117,9 @@ bool rseq_fence_cpu(int cpu)
  * reports indexes a slab. 0 when the file cannot be read. */
 uint32_t rseq_possible_cpus(void)
 {
-	int fd = open("/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
 	char buf[256];
-	ssize_t r = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (r <= 0)
+	if (os_read_file("/sys/devices/system/cpu/possible", buf, sizeof buf) <= 0)
 		return 0;
-	buf[r] = '\0';
 	uint32_t max = 0, cur = 0;
 	bool any = false, in = false;
 	for (char *p = buf; *p; p++) {
