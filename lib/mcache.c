@@ -62,6 +62,7 @@ typedef struct cpustate {
 	uint32_t slowops;              /* slow paths run on this CPU (racy count, for idleness) */
 	uint32_t seen_ops;             /* slowops at seen_ms */
 	uint64_t seen_ms;
+	uint32_t full_tries;           /* grow() calls refused at budget since the last steal */
 } __attribute__((aligned(SA_CACHE_LINE))) cpustate_t;
 
 static int rseq_mode;
@@ -180,6 +181,12 @@ static unsigned grow(unsigned cpu, unsigned cls, unsigned want)
 {
 	cpustate_t *cs = &cpus[cpu];
 	size_t size = sa_class_to_size[cls], budget = sa_config.cpu_cache_bytes;
+	/* At budget, stealing walks every class under the lock; on a CPU whose classes are all
+	 * busy it finds nothing, and larson-like churn paid it on every slow path (half the
+	 * time). Try the steal on one refused grow in 16 only; the racy read is a hint. */
+	if (__atomic_load_n(&cs->cap_bytes, __ATOMIC_RELAXED) + want * size > budget &&
+	    (__atomic_add_fetch(&cs->full_tries, 1, __ATOMIC_RELAXED) & 15) != 0)
+		return 0;
 	pthread_mutex_lock(&cs->lock);
 	cpuhdr_t *h = hdr(cpu, cls);
 	unsigned end = ld16(&h->end), limit = class_begin[cls] + class_cap[cls];

@@ -250,13 +250,18 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-/* The in-use bytes the goal is computed from: the current bytes in spans, or a recent peak
- * decaying by a quarter per interval, whichever is larger. A program that frees its heap and
- * builds it again within a few hundred milliseconds (a batch loop, a request burst) keeps its
- * pages instead of paying a madvise and a page fault per page each round; a heap that really
- * shrank is returned after ~8 intervals. Go gets the same hysteresis from basing its goal on
- * the last GC's heap goal. Updated by the scavenger thread under mheap.lock. */
+/* The in-use bytes the goal is computed from: the current bytes in spans, or their recent peak,
+ * whichever is larger. The peak is held while the heap keeps coming back near it (within 1/8)
+ * and, once it has not for PEAK_HOLD_NS, halves every wake. A program that frees its heap and
+ * builds it again every few hundred milliseconds (a batch loop, request bursts) keeps its pages
+ * instead of paying a madvise and a page fault per page each round — perf/bench's bulk
+ * workload spent half its time in the kernel's clear_page without this; a heap that really
+ * shrank is returned about PEAK_HOLD_NS + 4 intervals later. Go gets the same hysteresis from
+ * basing its goal on the last GC's heap goal; jemalloc and tcmalloc release over seconds.
+ * Updated by the scavenger thread under mheap.lock. */
+#define PEAK_HOLD_NS 500000000u
 static size_t inuse_peak;
+static uint64_t peak_seen_ns;
 
 static size_t inuse_recent_locked(void)
 {
@@ -264,12 +269,18 @@ static size_t inuse_recent_locked(void)
 	return inuse > inuse_peak ? inuse : inuse_peak;
 }
 
-static void decay_peak_locked(void)
+static void decay_peak_locked(uint64_t now)
 {
 	size_t inuse = sa_mheap.pages_inuse * SA_PAGE_SIZE;
-	inuse_peak -= inuse_peak / 4;
-	if (inuse > inuse_peak)
-		inuse_peak = inuse;
+	if (inuse >= inuse_peak - inuse_peak / 8) {
+		peak_seen_ns = now;
+		if (inuse > inuse_peak)
+			inuse_peak = inuse;
+	} else if (now - peak_seen_ns >= PEAK_HOLD_NS) {
+		inuse_peak -= inuse_peak / 2;
+		if (inuse > inuse_peak)
+			inuse_peak = inuse;
+	}
 }
 
 /* Bytes above the retained goal (mheap.lock held). */
@@ -308,7 +319,7 @@ static void *scav_main(void *arg)
 		mcache_drain_idle();
 		bool cpu_cached = mcache_percpu_bytes() > 0;
 		pthread_mutex_lock(&sa_mheap.lock);
-		decay_peak_locked();
+		decay_peak_locked(t0);
 		mheap_release_cached_locked(true); /* large spans nobody reused for an interval */
 		/* Do not park while something will still need this thread: the peak is above what is
 		 * in use (the goal keeps falling), large spans or CPU caches wait to be returned. */

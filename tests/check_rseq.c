@@ -2,10 +2,10 @@
  * aborts, cross-thread frees, drains, the capacity bound, fork, and the fallback.
  *
  * tests/rseq-modes.sh runs this suite (and check_api, check_stress) in each mode:
- *   SA_EXPECT_MODE=glibc   default environment: glibc's rseq registration
- *   SA_EXPECT_MODE=own     GLIBC_TUNABLES=glibc.pthread.rseq=0: spanalloc registers its own
- *   SA_EXPECT_MODE=thread  SPANALLOC_RSEQ=off: the per-thread fallback
- *   SA_EXPECT_MODE=small   SPANALLOC_CPU_CACHE_BYTES=8k: capacity moves between classes constantly
+ *   SA_EXPECT_MODE=glibc   SPANALLOC_RSEQ=on: glibc's rseq registration
+ *   SA_EXPECT_MODE=own     SPANALLOC_RSEQ=on GLIBC_TUNABLES=glibc.pthread.rseq=0: our own
+ *   SA_EXPECT_MODE=thread  SPANALLOC_RSEQ=off (the default): the per-thread caches
+ *   SA_EXPECT_MODE=small   SPANALLOC_RSEQ=on SPANALLOC_CPU_CACHE_BYTES=8k: capacity moves constantly
  * Without SA_EXPECT_MODE it accepts whichever mode it finds. Every object's contents are written
  * at allocation and checked before it is freed.
  */

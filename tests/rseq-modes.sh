@@ -1,10 +1,10 @@
 #!/bin/sh
 # Run the per-CPU cache suite in every mode of issue 4, and the API and stress suites in the two
-# modes the default `make check` run does not cover.
-#   glibc   default: glibc's rseq registration (__rseq_size > 0)
-#   own     GLIBC_TUNABLES=glibc.pthread.rseq=0: spanalloc registers a struct rseq per thread
-#   thread  SPANALLOC_RSEQ=off: the per-thread fallback
-#   small   SPANALLOC_CPU_CACHE_BYTES=8k: per-CPU capacity moves between classes all the time
+# per-CPU modes the default `make check` run (per-thread caches, the default) does not cover.
+#   glibc   SPANALLOC_RSEQ=on: glibc's rseq registration (__rseq_size > 0)
+#   own     SPANALLOC_RSEQ=on GLIBC_TUNABLES=glibc.pthread.rseq=0: spanalloc registers its own
+#   thread  SPANALLOC_RSEQ=off (the default): the per-thread caches
+#   small   SPANALLOC_RSEQ=on SPANALLOC_CPU_CACHE_BYTES=8k: capacity moves between classes
 # A mode that this kernel cannot run (no rseq) is reported and skipped by the suite's mode test.
 # The caches are under test, not the arena backing: keep off the shared hugetlb pool, which
 # tests/huge.sh resizes and measures while make check runs suites in parallel.
@@ -26,12 +26,12 @@ if [ -r /proc/self/status ] && ! grep -q . /sys/devices/system/cpu/possible 2>/d
 	echo "no /sys/devices/system/cpu/possible: per-CPU modes cannot be expected"
 	exit 77
 fi
-run glibc  SA_EXPECT_MODE=glibc ./tests/check_rseq
-run own    SA_EXPECT_MODE=own GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_rseq
+run glibc  SA_EXPECT_MODE=glibc SPANALLOC_RSEQ=on ./tests/check_rseq
+run own    SA_EXPECT_MODE=own SPANALLOC_RSEQ=on GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_rseq
 run thread SA_EXPECT_MODE=thread SPANALLOC_RSEQ=off ./tests/check_rseq
-run small  SA_EXPECT_MODE=small SPANALLOC_CPU_CACHE_BYTES=8k ./tests/check_rseq
-run own    GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_api
-run thread SPANALLOC_RSEQ=off ./tests/check_api
-run own    GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_stress
-run thread SPANALLOC_RSEQ=off ./tests/check_stress
+run small  SA_EXPECT_MODE=small SPANALLOC_RSEQ=on SPANALLOC_CPU_CACHE_BYTES=8k ./tests/check_rseq
+run glibc  SPANALLOC_RSEQ=on ./tests/check_api
+run own    SPANALLOC_RSEQ=on GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_api
+run glibc  SPANALLOC_RSEQ=on ./tests/check_stress
+run own    SPANALLOC_RSEQ=on GLIBC_TUNABLES=glibc.pthread.rseq=0 ./tests/check_stress
 exit $fail
