@@ -26,8 +26,9 @@
  *   free                   never changes errno (glibc >= 2.33 guarantees it)
  * malloc_trim, mallopt, mallinfo, mallinfo2, malloc_stats and malloc_info are answered from
  * spanalloc's own state: mallopt accepts and ignores every parameter (returns 1, as glibc does
- * for the parameters it knows), malloc_trim returns cached objects and empty spans to the page
- * heap and returns 0 (no memory is given back to the kernel inline: DESIGN.md invariant 6).
+ * for the parameters it knows), malloc_trim is sa_release(): cached objects and empty spans go
+ * back to the page heap and every free page to the kernel (an explicit call, which invariant 6
+ * allows); it returns 1 when memory was returned to the kernel, as glibc's does.
  * The __libc_* aliases glibc exports are exported too, so a program that calls them directly
  * gets spanalloc memory that free() accepts.
  *
@@ -173,8 +174,15 @@ SA_EXPORT size_t malloc_usable_size(void *p)
 SA_EXPORT int malloc_trim(size_t pad)
 {
 	(void)pad;
+	sa_ensure_init();
+	pthread_mutex_lock(&sa_mheap.lock);
+	size_t before = sa_mheap.released;
+	pthread_mutex_unlock(&sa_mheap.lock);
 	sa_release();
-	return 0; /* nothing was returned to the kernel: that is the scavenger's job */
+	pthread_mutex_lock(&sa_mheap.lock);
+	size_t after = sa_mheap.released;
+	pthread_mutex_unlock(&sa_mheap.lock);
+	return after > before;
 }
 
 SA_EXPORT int mallopt(int param, int value)

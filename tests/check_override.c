@@ -356,7 +356,8 @@ START_TEST(t_stubs)
 		free(small[i]);
 	struct mallinfo2 m2 = mallinfo2();
 	ck_assert_uint_lt(m2.uordblks, m.uordblks - (10 << 20));
-	ck_assert_int_eq(malloc_trim(0), 0);
+	int trimmed = malloc_trim(0); /* 1 when pages went back to the kernel (the scavenger may have been first) */
+	ck_assert(trimmed == 0 || trimmed == 1);
 	struct mallinfo2 m3 = mallinfo2();
 	/* the calling thread's cache went back (other threads, as a scavenger, may cache some) */
 	ck_assert_msg(m3.fsmblks < m2.fsmblks, "cached %zu before malloc_trim, %zu after", m2.fsmblks, m3.fsmblks);
