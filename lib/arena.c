@@ -58,9 +58,6 @@
 #endif
 #define MAP_HUGE_2MB (21 << MAP_HUGE_SHIFT)
 
-static const char *const backing_names[] = {"none", "hugetlb", "thp", "4k"};
-
-const char *backing_name(int b) { return backing_names[b]; }
 
 /* Reserve size bytes of PROT_NONE address space aligned to SA_ARENA_SIZE, at hint if free. */
 static void *reserve_aligned(size_t size, uintptr_t hint)

@@ -192,7 +192,6 @@ SA_INTERNAL void pagemap_set_span(uintptr_t base, size_t npages, mspan_t *s);
 /* arena.c */
 SA_INTERNAL heaparena_t *arena_reserve(size_t narenas, uintptr_t hint, int node);
 SA_INTERNAL bool arena_commit(uintptr_t base, size_t npages);
-SA_INTERNAL const char *backing_name(int b);
 /* Scavenger thread, no lock held: MADV_COLLAPSE up to max THP chunks that are wholly in use
  * and not yet collapsed. Returns how many were asked. */
 SA_INTERNAL size_t arena_collapse_some(size_t max);
@@ -443,7 +442,6 @@ SA_INTERNAL _Noreturn void sa_fatal(const char *fmt, ...) __attribute__((format(
 
 /* malloc.c internals used by tests and the override layer */
 SA_INTERNAL void *sa_malloc_large(size_t n, size_t align, bool zero);
-SA_INTERNAL void sa_free_span_object(mspan_t *s, void *p);
 
 /* statistics snapshot, for sa_stats_print and tests */
 typedef struct sa_class_stats {

@@ -120,11 +120,6 @@ static inline __attribute__((always_inline)) void free_object(mspan_t *s, void *
 		mcache_overflow(cls);
 }
 
-void sa_free_span_object(mspan_t *s, void *p)
-{
-	free_object(s, p);
-}
-
 /* Out of line and not _Noreturn, so sa_free tail-calls it and needs no stack frame. */
 static SA_NOINLINE void free_unknown(void *p)
 {

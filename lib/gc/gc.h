@@ -200,9 +200,7 @@ SA_INTERNAL void gc_fin_lock(void);
 SA_INTERNAL void gc_fin_unlock(void);
 
 /* pacer.c */
-SA_INTERNAL void gc_controller_start(void);
 SA_INTERNAL void gc_maybe_trigger(void);
-SA_INTERNAL void gc_pacer_update(void);
 SA_INTERNAL void gc_record_pause(uint64_t ns);
 
 #endif

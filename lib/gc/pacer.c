@@ -59,8 +59,6 @@ static void pacer_set(void)
 	atomic_store(&gc.trigger, trigger);
 }
 
-void gc_pacer_update(void) { pacer_set(); }
-
 static void *controller_main(void *arg);
 
 static void controller_ensure(void)
@@ -77,8 +75,6 @@ static void controller_ensure(void)
 		sa_fatal("gc: cannot start the collector thread");
 	pthread_attr_destroy(&attr);
 }
-
-void gc_controller_start(void) { controller_ensure(); }
 
 static void init_once(void)
 {
