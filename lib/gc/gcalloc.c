@@ -316,8 +316,10 @@ void gc_credit_flush(gc_thread_t *t)
 	}
 }
 
-/* Crit held (or the thread is being unregistered): give cached spans back to central. */
-void gc_cache_release(gc_thread_t *t)
+/* Give thread t's cached spans back to their central lists: to unswept when all_unswept (the
+ * world is stopped after mark, so every span is about to need sweeping) or when the span
+ * predates the current sweepgen, else to partial or full. The caller holds no central lock. */
+static void cache_return(gc_thread_t *t, bool all_unswept)
 {
 	for (unsigned i = 0; i < GC_NCLASSES; i++) {
 		mspan_t *s = t->cache[i];
@@ -326,7 +328,7 @@ void gc_cache_release(gc_thread_t *t)
 		t->cache[i] = NULL;
 		gc_central_t *c = &gc_centrals[i];
 		pthread_mutex_lock(&c->lock);
-		if (s->sweepgen != atomic_load(&gc.sweepgen))
+		if (all_unswept || s->sweepgen != atomic_load(&gc.sweepgen))
 			list_push(&c->unswept, s);
 		else
 			list_push(s->alloc_count < s->nelems ? &c->partial : &c->full, s);
@@ -336,20 +338,9 @@ void gc_cache_release(gc_thread_t *t)
 	t->tinyoff = 0;
 }
 
+/* Crit held (or the thread is being unregistered): give cached spans back to central. */
+void gc_cache_release(gc_thread_t *t) { cache_return(t, false); }
+
 /* World stopped, mark done: every cached span goes to its unswept list (the caller holds
  * no central lock; no stopped thread does either). */
-void gc_cache_steal(gc_thread_t *t)
-{
-	for (unsigned i = 0; i < GC_NCLASSES; i++) {
-		mspan_t *s = t->cache[i];
-		if (s == NULL)
-			continue;
-		t->cache[i] = NULL;
-		gc_central_t *c = &gc_centrals[i];
-		pthread_mutex_lock(&c->lock);
-		list_push(&c->unswept, s);
-		pthread_mutex_unlock(&c->lock);
-	}
-	t->tiny = 0;
-	t->tinyoff = 0;
-}
+void gc_cache_steal(gc_thread_t *t) { cache_return(t, true); }
