@@ -174,6 +174,25 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 	return 0;
 }
 
+/* Mark and sweep speed on a quiet heap: one tree of 2^(depth+1)-1 nodes, then collections
+ * back to back with the mutator idle. Reports marker CPU per live object. */
+static int markrate_bench(int depth, int reps)
+{
+	node_t *t = make(depth);
+	sa_gc_collect();
+	sa_gc_stats_t st0, st1;
+	sa_gc_stats(&st0);
+	uint64_t t0 = gc_nanotime();
+	for (int i = 0; i < reps; i++)
+		sa_gc_collect();
+	uint64_t t1 = gc_nanotime();
+	sa_gc_stats(&st1);
+	double objs = (double)((2UL << depth) - 1) * reps;
+	fprintf(stderr, "RESULT markrate depth %d: %ld nodes, %d cycles, %.1f ns mark cpu per object, %.1f ns wall per object\n",
+		depth, check(t), reps, (double)(st1.mark_cpu_ns - st0.mark_cpu_ns) / objs, (double)(t1 - t0) / objs);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -199,6 +218,8 @@ int main(int argc, char **argv)
 			gcb_set_event(boehm_event);
 	}
 	uint64_t t0 = gc_nanotime();
+	if (!strcmp(argv[2], "markrate") && argc >= 5 && mode == M_SAGC)
+		return markrate_bench(atoi(argv[3]), atoi(argv[4]));
 	if (!strcmp(argv[2], "replace") && argc >= 5)
 		return replace_bench(m, strtoul(argv[3], NULL, 10), strtoul(argv[4], NULL, 10), t0);
 	int max_depth = n < 6 ? 6 : n;

@@ -35,7 +35,7 @@
 #define GC_TINY_SIZE 16
 #define GC_CREDIT_FLUSH ((size_t)64 << 10)    /* allocation bytes batched per thread */
 #define GC_MIN_GOAL ((size_t)4 << 20)
-#define WB_CAP 510
+#define WB_CAP 509 /* a workbuf is 4 KiB */
 
 static inline unsigned gc_class(unsigned sizeclass, bool typed, bool noscan)
 {
@@ -45,6 +45,7 @@ static inline unsigned gc_class(unsigned sizeclass, bool typed, bool noscan)
 typedef struct workbuf {
 	struct workbuf *next;
 	size_t n;
+	size_t marked;                 /* bytes greyed through this buffer, not yet in gc.marked */
 	uintptr_t obj[WB_CAP];
 } workbuf_t;
 

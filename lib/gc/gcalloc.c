@@ -106,12 +106,19 @@ void gc_span_free(mspan_t *s)
 	mheap_free(s, NULL);
 }
 
-/* Take slot i of cached span s: allocated black while marking. Crit held. */
+/* Take slot i of cached span s: allocated black while marking. Crit held.
+ *
+ * Black allocation costs one atomic OR per mark-bit word, not per object: the first slot taken
+ * from a word while marking sets the mark bits of every free slot from it to the word's end,
+ * so the slots the thread takes next from that word are black already. A mark bit on a slot
+ * that stays free means nothing: find_object ignores free slots (alloc bit clear) and the
+ * sweeper keeps only marked AND allocated objects. The thread owns the span, so the alloc bits
+ * it reads here do not change under it. */
 static inline void *slot_take(mspan_t *s, size_t i)
 {
 	uint64_t bit = 1ULL << (i % 64);
-	if (sa_gc_barrier_on)
-		__atomic_fetch_or(&s->gcmarkbits[i / 64], bit, __ATOMIC_RELAXED);
+	if (sa_gc_barrier_on && !(__atomic_load_n(&s->gcmarkbits[i / 64], __ATOMIC_RELAXED) & bit))
+		__atomic_fetch_or(&s->gcmarkbits[i / 64], ~s->allocbits[i / 64] & -bit, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->allocbits[i / 64], s->allocbits[i / 64] | bit, __ATOMIC_RELEASE);
 	s->alloc_count++;
 	s->freeindex = (uint16_t)(i + 1);

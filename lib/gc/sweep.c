@@ -18,36 +18,76 @@
 
 #include <string.h>
 
-size_t gc_sweep_span(mspan_t *s)
+/* Zero (or poison) objects [from, to) of s: one memset per run of dead objects. */
+static void clear_run(const mspan_t *s, size_t from, size_t to)
+{
+	if (to > from)
+		memset((void *)(s->base + from * s->elemsize), sa_config.debug ? 0xdb : 0, (to - from) * s->elemsize);
+}
+
+/* Sweep s: the new alloc bits are the objects both marked and allocated (black allocation marks
+ * whole words, free slots included: gcalloc.c slot_take). Dead objects are zeroed, run by run —
+ * unless nothing survives and dirty is allowed: the caller then gives the span back to mheap,
+ * which zeroes pages on reuse anyway (needzero). Returns the live objects. */
+static size_t sweep(mspan_t *s, bool dirty_if_empty)
 {
 	uint32_t sg = atomic_load(&gc.sweepgen);
 	size_t nel = s->nelems, live = 0, freed = 0;
 	size_t words = (nel + 63) / 64;
+	for (size_t w = 0; w < words; w++)
+		live += (size_t)__builtin_popcountll(s->gcmarkbits[w] & s->allocbits[w]);
+	bool clear = !s->gclarge && (live > 0 || !dirty_if_empty || sa_config.debug);
+	size_t run = SIZE_MAX; /* first object of the pending dead run */
 	for (size_t w = 0; w < words; w++) {
-		uint64_t m = s->gcmarkbits[w];
 		uint64_t a = s->allocbits[w];
+		uint64_t m = s->gcmarkbits[w] & a;
 		uint64_t dead = a & ~m;
-		if (dead && !s->gclarge) {
-			while (dead) {
-				size_t i = w * 64 + (size_t)__builtin_ctzll(dead);
-				dead &= dead - 1;
-				void *p = (void *)(s->base + i * s->elemsize);
-				memset(p, sa_config.debug ? 0xdb : 0, s->elemsize);
-				freed++;
+		freed += (size_t)__builtin_popcountll(dead);
+		if (clear) {
+			/* walk the word: runs of dead objects extend the pending run, anything else
+			 * (live or free, already zero) ends it */
+			uint64_t x = dead;
+			size_t pos = 0;
+			while (pos < 64) {
+				if (x & 1) {
+					size_t k = x == ~0ULL ? 64 : (size_t)__builtin_ctzll(~x);
+					if (run == SIZE_MAX)
+						run = w * 64 + pos;
+					pos += k;
+					x = k == 64 ? 0 : x >> k;
+				} else {
+					if (run != SIZE_MAX) {
+						clear_run(s, run, w * 64 + pos);
+						run = SIZE_MAX;
+					}
+					if (x == 0)
+						break;
+					size_t k = (size_t)__builtin_ctzll(x);
+					pos += k;
+					x >>= k;
+				}
 			}
-		} else if (dead) {
-			freed++;
+			if (pos < 64 && run != SIZE_MAX) {
+				clear_run(s, run, w * 64 + pos);
+				run = SIZE_MAX;
+			}
 		}
 		__atomic_store_n(&s->allocbits[w], m, __ATOMIC_RELEASE);
 		s->gcmarkbits[w] = 0;
-		live += (size_t)__builtin_popcountll(m);
 	}
+	if (run != SIZE_MAX)
+		clear_run(s, run, nel < words * 64 ? nel : words * 64);
 	s->alloc_count = (uint16_t)live;
 	s->freeindex = 0;
 	s->sweepgen = sg;
 	if (freed)
 		atomic_fetch_add_explicit(&gc.freed_bytes, freed * s->elemsize, memory_order_relaxed);
 	return live;
+}
+
+size_t gc_sweep_span(mspan_t *s)
+{
+	return sweep(s, false);
 }
 
 /* Sweep every unswept span (the background sweeper); empty spans go back to mheap. */
@@ -64,7 +104,7 @@ void gc_sweep_all(void)
 			}
 			atomic_fetch_add(&gc.active_sweeps, 1);
 			pthread_mutex_unlock(&c->lock);
-			size_t live = gc_sweep_span(s);
+			size_t live = sweep(s, true);
 			if (live == 0) {
 				if (sa_config.debug && s->gclarge)
 					memset((void *)s->base, 0xdb, s->npages * SA_PAGE_SIZE);
