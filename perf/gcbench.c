@@ -97,6 +97,38 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Cycles, max and median stop of the collector in use (zeros for malloc). spanalloc keeps its
+ * last 1024 stops (both stops of every cycle) and the exact maximum; Boehm's are collected by
+ * the event callback. */
+static void stop_stats(unsigned long long *cycles, double *maxs, double *med)
+{
+	uint64_t *p = NULL;
+	size_t np = 0;
+	*cycles = 0;
+	*maxs = *med = 0;
+	if (mode == M_SAGC) {
+		sa_gc_stats_t st;
+		sa_gc_stats(&st);
+		*cycles = st.cycles;
+		np = st.pauses < 1024 ? st.pauses : 1024;
+		p = gc.pauses;
+	} else if (mode == M_BOEHM) {
+		*cycles = gcb_get_gc_no ? gcb_get_gc_no() : nboehm;
+		np = nboehm;
+		p = boehm_pauses;
+	}
+	if (np) {
+		qsort(p, np, sizeof *p, cmp_u64);
+		*maxs = (double)p[np - 1] / 1e6;
+		*med = (double)p[np / 2] / 1e6;
+	}
+	if (mode == M_SAGC) {
+		sa_gc_stats_t st;
+		sa_gc_stats(&st);
+		*maxs = (double)st.pause_max_ns / 1e6;
+	}
+}
+
 static uint64_t rng_state = 88172645463325252ULL;
 static uint64_t xrand(void)
 {
@@ -155,22 +187,16 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 	uint64_t t2 = gc_nanotime();
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
-	double maxs = 0;
-	unsigned long long cycles = 0;
-	if (mode == M_SAGC) {
-		sa_gc_stats_t st;
-		sa_gc_stats(&st);
-		maxs = (double)st.pause_max_ns / 1e6;
-		cycles = st.cycles;
-	} else if (mode == M_BOEHM) {
-		for (size_t i = 0; i < nboehm; i++)
-			if ((double)boehm_pauses[i] / 1e6 > maxs)
-				maxs = (double)boehm_pauses[i] / 1e6;
-		cycles = gcb_get_gc_no ? gcb_get_gc_no() : nboehm;
-	}
+	unsigned long long cycles;
+	double maxs, med;
+	stop_stats(&cycles, &maxs, &med);
+	double nsrep = (double)(t2 - t1) / (double)(reps ? reps : 1);
 	fprintf(stderr, "RESULT %-8s replace %zu x 64 B, %zu replacements: build %.2f s, %.0f ns/replacement, worst op %.3f ms, "
-		"peak RSS %ld MB, %llu cycles, max stop %.3f ms\n", m, n, reps, (double)(t1 - t0) / 1e9,
-		(double)(t2 - t1) / (double)(reps ? reps : 1), (double)worst / 1e6, ru.ru_maxrss / 1024, cycles, maxs);
+		"peak RSS %ld MB, %llu cycles, max stop %.3f ms, median stop %.3f ms\n", m, n, reps, (double)(t1 - t0) / 1e9,
+		nsrep, (double)worst / 1e6, ru.ru_maxrss / 1024, cycles, maxs, med);
+	/* DATA: impl workload seconds rss_MB cycles max_stop_ms median_stop_ms worst_op_ms ns_per_op */
+	fprintf(stderr, "DATA %s liveheap %.2f %ld %llu %.3f %.3f %.3f %.0f\n", m,
+		(double)(t2 - t0) / 1e9, ru.ru_maxrss / 1024, cycles, maxs, med, (double)worst / 1e6, nsrep);
 	return 0;
 }
 
@@ -242,32 +268,11 @@ int main(int argc, char **argv)
 	double secs = (double)(gc_nanotime() - t0) / 1e9;
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
-	uint64_t *p = NULL;
-	size_t np = 0;
-	unsigned long long cycles = 0;
-	if (mode == M_SAGC) {
-		sa_gc_stats_t st;
-		sa_gc_stats(&st);
-		cycles = st.cycles;
-		np = st.pauses < 1024 ? st.pauses : 1024;
-		p = gc.pauses;
-	} else if (mode == M_BOEHM) {
-		cycles = gcb_get_gc_no ? gcb_get_gc_no() : nboehm;
-		np = nboehm;
-		p = boehm_pauses;
-	}
-	double maxs = 0, med = 0;
-	if (np) {
-		qsort(p, np, sizeof *p, cmp_u64);
-		maxs = (double)p[np - 1] / 1e6;
-		med = (double)p[np / 2] / 1e6;
-	}
-	if (mode == M_SAGC) {
-		sa_gc_stats_t st;
-		sa_gc_stats(&st);
-		maxs = (double)st.pause_max_ns / 1e6;
-	}
+	unsigned long long cycles;
+	double maxs, med;
+	stop_stats(&cycles, &maxs, &med);
 	fprintf(stderr, "RESULT %-8s depth %d: %.2f s, peak RSS %ld MB, %llu cycles, max stop %.3f ms, median stop %.3f ms\n", m,
 		n, secs, ru.ru_maxrss / 1024, cycles, maxs, med);
+	fprintf(stderr, "DATA %s binarytrees%d %.2f %ld %llu %.3f %.3f - -\n", m, n, secs, ru.ru_maxrss / 1024, cycles, maxs, med);
 	return 0;
 }

@@ -1,24 +1,100 @@
 #!/bin/sh
-# gcbench.sh — binary-trees on spanalloc's GC, Boehm GC (libgc.so.1), glibc malloc+free and
-# sa_malloc+sa_free, in one run (issue 9). Usage: perf/gcbench.sh [DEPTH] [RUNS]
-# Build first: make perf/gcbench. Boehm needs libgc-dev (or libgc1): apt-get install -y libgc-dev.
-# Prints the RESULT line of every run: wall time, peak RSS, cycles, max and median stop.
-# REPLACE="16000000 10000000" also runs the live-heap replacement test (N objects, M replacements).
-set -e
+# gcbench.sh — issue 9's comparison, in one run: spanalloc's collector (sagc), Boehm GC
+# (libgc.so.1, libgc-dev), glibc malloc+free and Go 1.19's collector (perf/gcbench.go, built
+# here with `go build`; skipped with a note when go is missing) on two workloads:
+#   binarytrees DEPTH   the Benchmarks Game program, one thread (perf/gcbench.c / gcbench.go)
+#   liveheap            N live 64-byte objects (≈ 1 GB for N = 16M) and M random replacements
+# RUNS rounds, each running every implementation once per workload (interleaved, so a load
+# change on this shared machine hits all of them alike); the table shows per-column medians.
+#
+# Usage: perf/gcbench.sh [DEPTH] [RUNS]     (from the build directory, in-tree builds)
+# Environment: REPLACE="N M" (default "16777216 10000000"; REPLACE=off skips the live heap),
+#              IMPLS (default "sagc boehm malloc go"), KEEP=file to keep the raw DATA lines.
+# Build first: make perf/gcbench.
+# Columns: wall seconds (whole program), peak RSS (getrusage), GC cycles, max and median stop
+# (spanalloc: each stop-the-world pause, both of every cycle; Boehm: each collection, which
+# stops the world throughout; Go: both STW phases of every cycle from GODEBUG=gctrace=1), and
+# for the live heap the worst single replacement and ns per replacement.
+set -eu
 cd "$(dirname "$0")/.."
 DEPTH=${1:-20}
-RUNS=${2:-1}
+RUNS=${2:-3}
+REPLACE=${REPLACE:-16777216 10000000}
+IMPLS=${IMPLS:-sagc boehm malloc go}
 [ -x perf/gcbench ] || make perf/gcbench >/dev/null
-echo "# $(date -u '+%F %T') depth $DEPTH, $RUNS run(s) each, $(nproc) CPUs, load: $(cut -d' ' -f1-3 /proc/loadavg)"
-for r in $(seq "$RUNS"); do
-	for m in sagc boehm malloc samalloc; do
-		perf/gcbench "$m" "$DEPTH" 2>&1 >/dev/null | grep RESULT || echo "RESULT $m: failed"
-	done
-done
-if [ -n "$REPLACE" ]; then
-	for m in sagc boehm malloc; do
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/gcbench.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT INT TERM
+
+gobin=
+case " $IMPLS " in *" go "*)
+	if command -v go >/dev/null 2>&1; then
+		export GOCACHE="${GOCACHE:-$tmp/gocache}" GO111MODULE=off
+		if go build -o perf/gcbench-go "$(dirname "$0")/gcbench.go" 2>"$tmp/gobuild.log" ||
+		   go build -o perf/gcbench-go perf/gcbench.go 2>"$tmp/gobuild.log"; then
+			gobin=perf/gcbench-go
+			echo "# Go: $(go version)"
+		else
+			echo "# Go: build failed, skipped:"; sed 's/^/#   /' "$tmp/gobuild.log"
+		fi
+	else
+		echo "# Go: not installed (apt-get install golang-go), skipped"
+	fi
+esac
+libgc=$(ldconfig -p 2>/dev/null | awk '/libgc\.so\.1 /{print $NF; exit}')
+[ -n "$libgc" ] && echo "# Boehm GC: $(readlink -f "$libgc")" || echo "# Boehm GC: libgc.so.1 not found (apt-get install libgc-dev), skipped"
+echo "# $(date -u '+%F %T') UTC, $(nproc) CPUs, load before: $(cut -d' ' -f1-3 /proc/loadavg); binarytrees depth $DEPTH, liveheap ${REPLACE}, $RUNS run(s)"
+
+one() { # impl args...: run one, keep its DATA line, show its RESULT line
+	impl=$1; shift
+	if [ "$impl" = go ]; then
+		[ -n "$gobin" ] || return 0
+		"$gobin" "$@" 2>"$tmp/err" >/dev/null || true
+	else
+		perf/gcbench "$impl" "$@" 2>"$tmp/err" >/dev/null || true
+	fi
+	if grep -q '^DATA ' "$tmp/err"; then
+		grep '^DATA ' "$tmp/err" >>"$tmp/data"
+		grep '^RESULT ' "$tmp/err" | sed 's/^/  /'
+	else
+		echo "  RESULT $impl $*: failed: $(tail -1 "$tmp/err")"
+	fi
+}
+
+r=1
+while [ "$r" -le "$RUNS" ]; do
+	echo "# run $r ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))"
+	for m in $IMPLS; do one "$m" "$DEPTH"; done
+	if [ "$REPLACE" != off ]; then
 		# shellcheck disable=SC2086
-		perf/gcbench "$m" replace $REPLACE 2>&1 >/dev/null | grep RESULT || echo "RESULT $m: failed"
-	done
-fi
+		for m in $IMPLS; do one "$m" replace $REPLACE; done
+	fi
+	r=$((r + 1))
+done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -n "${KEEP:-}" ] && cp "$tmp/data" "$KEEP"
+
+# medians per (workload, implementation) of every column
+echo
+awk '
+	function med(key, col,    n, i, j, t, a) {
+		n = cnt[key]
+		for (i = 1; i <= n; i++) a[i] = v[key, i, col]
+		if (a[1] == "-") return "-"
+		for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+		return n % 2 ? a[(n + 1) / 2] : sprintf("%.4g", (a[n / 2] + a[n / 2 + 1]) / 2)
+	}
+	$1 == "DATA" {
+		key = $3 " " $2
+		if (!(key in cnt)) order[++k] = key
+		cnt[key]++
+		for (c = 4; c <= 10; c++) v[key, cnt[key], c] = $c
+	}
+	END {
+		printf "%-15s %-7s %5s %9s %12s %7s %13s %13s %12s %9s\n", "workload", "impl", "runs", "time s", "peak RSS MB",
+			"cycles", "max stop ms", "med stop ms", "worst op ms", "ns/op"
+		for (i = 1; i <= k; i++) {
+			split(order[i], w, " ")
+			printf "%-15s %-7s %5d %9s %12s %7s %13s %13s %12s %9s\n", w[1], w[2], cnt[order[i]], med(order[i], 4),
+				med(order[i], 5), med(order[i], 6), med(order[i], 7), med(order[i], 8), med(order[i], 9), med(order[i], 10)
+		}
+	}' "$tmp/data"
