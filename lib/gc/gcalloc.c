@@ -3,7 +3,8 @@
  * GC objects live in spans of their own, never shared with malloc: mheap_alloc gives a span,
  * which is marked gcspan and listed in a GC central list per GC class ((sizeclass << 2) |
  * typed << 1 | noscan). Each registered thread owns at most one span per class and bumps
- * through its free slots (alloc bits from freeindex, as Go's nextFreeFast without allocCache).
+ * through its free slots (alloc bits from freeindex, as Go's nextFreeFast without allocCache);
+ * objects below freeindex count as allocated whatever their alloc bit says.
  * During marking new objects are allocated black (their mark bit set before they are handed
  * out). Objects come back zeroed: the sweeper zeroes what it frees (or poisons it under
  * SPANALLOC_DEBUG, and allocation zeroes instead), and fresh pages are zero.
@@ -108,6 +109,10 @@ void gc_span_free(mspan_t *s)
 
 /* Take slot i of cached span s: allocated black while marking. Crit held.
  *
+ * An object is allocated when its alloc bit is set (it survived the last sweep) or its index is
+ * below freeindex (taken since), as Go's: taking a slot writes freeindex only, not the alloc
+ * bits, which the markers read (find_object) and the sweeper folds freeindex into.
+ *
  * Black allocation costs one atomic OR per mark-bit word, not per object: the first slot taken
  * from a word while marking sets the mark bits of every free slot from it to the word's end,
  * so the slots the thread takes next from that word are black already. A mark bit on a slot
@@ -119,9 +124,8 @@ static inline void *slot_take(mspan_t *s, size_t i)
 	uint64_t bit = 1ULL << (i % 64);
 	if (sa_gc_barrier_on && !(__atomic_load_n(&s->gcmarkbits[i / 64], __ATOMIC_RELAXED) & bit))
 		__atomic_fetch_or(&s->gcmarkbits[i / 64], ~s->allocbits[i / 64] & -bit, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->allocbits[i / 64], s->allocbits[i / 64] | bit, __ATOMIC_RELEASE);
 	s->alloc_count++;
-	s->freeindex = (uint16_t)(i + 1);
+	__atomic_store_n(&s->freeindex, (uint16_t)(i + 1), __ATOMIC_RELEASE);
 	return (void *)(s->base + i * s->elemsize);
 }
 

@@ -178,7 +178,8 @@ static inline mspan_t *find_object(uintptr_t p, size_t *idx)
 	if (s == NULL || !__atomic_load_n(&s->gcspan, __ATOMIC_ACQUIRE) || p >= s->limit)
 		return NULL;
 	size_t i = mspan_objindex(s, p);
-	if (!(__atomic_load_n(&s->allocbits[i / 64], __ATOMIC_ACQUIRE) & (1ULL << (i % 64))))
+	if (i >= __atomic_load_n(&s->freeindex, __ATOMIC_ACQUIRE) &&
+	    !(__atomic_load_n(&s->allocbits[i / 64], __ATOMIC_ACQUIRE) & (1ULL << (i % 64))))
 		return NULL; /* a free slot, or an object being allocated (black already) */
 	*idx = i;
 	return s;

@@ -2,10 +2,12 @@
  *
  * Mark termination advances sweepgen by 2 and moves every GC span — cached by threads or not —
  * onto its class's unswept list: sweepgen == sg - 2 means "needs sweeping", sg "swept", as
- * Go's. Sweeping a span makes its mark bits the new alloc bits (Go swaps gcmarkBits into
- * allocBits), clears the mark bits, and zeroes each freed slot (under SPANALLOC_DEBUG it
- * poisons them with 0xdb instead, and allocation zeroes), so allocation hands out zeroed memory
- * without touching it. A span with no marked object is empty.
+ * Go's. Sweeping a span makes its marked and allocated objects the new alloc bits (Go swaps
+ * gcmarkBits into allocBits), clears the mark bits and freeindex, and zeroes the freed slots —
+ * one memset per run of dead objects (under SPANALLOC_DEBUG it poisons them with 0xdb instead,
+ * and allocation zeroes), so allocation hands out zeroed memory without touching it. A span
+ * with no marked object is empty; when the background sweeper gives it back to mheap it is not
+ * zeroed here, as mheap zeroes reused pages (needzero).
  *
  * Who sweeps: the controller thread after each mark termination (the background sweeper),
  * which gives empty spans back to mheap, where the scavenger finds their pages; and allocating
@@ -25,7 +27,18 @@ static void clear_run(const mspan_t *s, size_t from, size_t to)
 		memset((void *)(s->base + from * s->elemsize), sa_config.debug ? 0xdb : 0, (to - from) * s->elemsize);
 }
 
-/* Sweep s: the new alloc bits are the objects both marked and allocated (black allocation marks
+/* Objects of word w below freeindex fi: allocated since the last sweep (gcalloc.c). */
+static inline uint64_t taken_below(size_t fi, size_t w)
+{
+	if (fi >= (w + 1) * 64)
+		return ~0ULL;
+	if (fi <= w * 64)
+		return 0;
+	return (1ULL << (fi - w * 64)) - 1;
+}
+
+/* Sweep s: the new alloc bits are the objects both marked and allocated (alloc bit or below
+ * freeindex; black allocation marks
  * whole words, free slots included: gcalloc.c slot_take). Dead objects are zeroed, run by run —
  * unless nothing survives and dirty is allowed: the caller then gives the span back to mheap,
  * which zeroes pages on reuse anyway (needzero). Returns the live objects. */
@@ -34,12 +47,13 @@ static size_t sweep(mspan_t *s, bool dirty_if_empty)
 	uint32_t sg = atomic_load(&gc.sweepgen);
 	size_t nel = s->nelems, live = 0, freed = 0;
 	size_t words = (nel + 63) / 64;
+	size_t fi = s->freeindex;
 	for (size_t w = 0; w < words; w++)
-		live += (size_t)__builtin_popcountll(s->gcmarkbits[w] & s->allocbits[w]);
+		live += (size_t)__builtin_popcountll(s->gcmarkbits[w] & (s->allocbits[w] | taken_below(fi, w)));
 	bool clear = !s->gclarge && (live > 0 || !dirty_if_empty || sa_config.debug);
 	size_t run = SIZE_MAX; /* first object of the pending dead run */
 	for (size_t w = 0; w < words; w++) {
-		uint64_t a = s->allocbits[w];
+		uint64_t a = s->allocbits[w] | taken_below(fi, w);
 		uint64_t m = s->gcmarkbits[w] & a;
 		uint64_t dead = a & ~m;
 		freed += (size_t)__builtin_popcountll(dead);
