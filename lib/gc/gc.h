@@ -131,6 +131,11 @@ typedef struct gc_state {
 	uint64_t pauses[1024];
 	_Atomic uint64_t npauses;
 	_Atomic uint64_t pause_total_ns, pause_max_ns;
+	/* pacer feedback (pacer.c; scan_work is added to by mark.c) */
+	_Atomic size_t scan_work;            /* bytes scanned this cycle, by markers and assists */
+	_Atomic size_t scan_expected;        /* scan work expected this cycle: the last cycle's */
+	_Atomic size_t alloc_at_mark;        /* heap_alloc when the mark started */
+	_Atomic size_t last_mark_alloc;      /* bytes allocated while the last cycle marked */
 } gc_state_t;
 
 extern gc_state_t gc SA_INTERNAL;
@@ -202,6 +207,9 @@ SA_INTERNAL void gc_fin_unlock(void);
 
 /* pacer.c */
 SA_INTERNAL void gc_maybe_trigger(void);
+SA_INTERNAL void gc_pacer_mark_start(void);     /* world stopped, barrier on */
+SA_INTERNAL void gc_pacer_mark_done(void);      /* world stopped, before heap_alloc resets */
+SA_INTERNAL size_t gc_assist_debt(size_t allocated, size_t live, size_t goal);
 SA_INTERNAL void gc_record_pause(uint64_t ns);
 
 #endif

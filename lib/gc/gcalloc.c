@@ -312,8 +312,9 @@ void gc_credit_flush(gc_thread_t *t)
 	size_t live = atomic_fetch_add(&gc.heap_alloc, c) + c + atomic_load(&gc.heap_marked);
 	size_t goal = atomic_load(&gc.goal);
 	if (atomic_load_explicit(&gc.phase, memory_order_relaxed) == GC_MARK) {
-		if (live > goal)
-			gc_assist(c * 2); /* the mutator outran the markers: scan twice what it allocated */
+		size_t debt = gc_assist_debt(c, live - c, goal);
+		if (debt)
+			gc_assist(debt);
 	} else if (live >= atomic_load(&gc.trigger)) {
 		gc_maybe_trigger();
 	}

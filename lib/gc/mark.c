@@ -258,11 +258,26 @@ static size_t scanobject(uintptr_t obj, workbuf_t **wb)
 
 #define DRAIN_PREFETCH 16
 
+/* Go's gcw.balance: when the pool has no full buffer, hand half of this one's objects to it,
+ * so assisting threads and idle markers find work while this drainer is busy (or descheduled:
+ * a small grey set, as a tree walk keeps, otherwise sits in one private buffer). */
+static void balance(workbuf_t *b)
+{
+	workbuf_t *o = wb_get_empty();
+	size_t half = b->n / 2;
+	memcpy(o->obj, b->obj, half * sizeof b->obj[0]); /* the oldest half: the bottom of the stack */
+	memmove(b->obj, b->obj + half, (b->n - half) * sizeof b->obj[0]);
+	b->n -= half;
+	o->n = half;
+	wb_put_full(o);
+}
+
 /* gcDrain: take buffers from the pool and scan until it is empty or budget bytes are
  * scanned (0: no budget). Returns the bytes scanned. */
 static size_t drain(size_t budget)
 {
-	size_t done = 0;
+	size_t done = 0, before = 0;
+	unsigned nscan = 0;
 	workbuf_t *b;
 	while ((budget == 0 || done < budget) && (b = take_full()) != NULL) {
 		/* Objects pass through a small FIFO between the buffer and scanobject, prefetched
@@ -282,22 +297,36 @@ static size_t drain(size_t budget)
 			head = (head + 1) % DRAIN_PREFETCH;
 			cnt--;
 			done += scanobject(p, &b);
+			if (unlikely((++nscan & 63) == 0) && b->n >= 32 &&
+			    __atomic_load_n(&gc.nfull, __ATOMIC_RELAXED) == 0)
+				balance(b);
 		}
 		give_back(b); /* scanning may have put a full one in the pool and taken this one */
+		atomic_fetch_add_explicit(&gc.scan_work, done - before, memory_order_relaxed);
+		before = done;
 	}
 	return done;
 }
 
-/* An allocating thread helps marking. In crit: it takes the pool lock, which the collector
- * takes while the world is stopped; the work is bounded by budget. */
+/* An allocating thread helps marking: scan budget bytes (SIZE_MAX: until the pool has no
+ * work). In crit, as it takes the pool lock, which the collector takes while the world is
+ * stopped; crit is left between chunks of ASSIST_CHUNK bytes so a stop is not held off long. */
+#define ASSIST_CHUNK ((size_t)256 << 10)
 void gc_assist(size_t budget)
 {
 	gc_thread_t *t = gc_self;
 	uint64_t t0 = gc_nanotime();
-	crit_enter(t);
-	size_t done = drain(budget);
-	crit_exit(t);
-	if (done) {
+	size_t total = 0;
+	while (total < budget && atomic_load_explicit(&gc.phase, memory_order_relaxed) == GC_MARK) {
+		size_t want = budget - total < ASSIST_CHUNK ? budget - total : ASSIST_CHUNK;
+		crit_enter(t);
+		size_t done = drain(want);
+		crit_exit(t);
+		if (done == 0)
+			break;
+		total += done;
+	}
+	if (total) {
 		atomic_fetch_add(&gc.assists, 1);
 		atomic_fetch_add(&gc.assist_ns, gc_nanotime() - t0);
 	}

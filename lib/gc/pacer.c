@@ -7,8 +7,8 @@
  *   2. mark start (stop 1): stop the registered threads, turn the barrier on (from then on
  *      objects are allocated black), shade their stacks and saved registers, their tiny blocks,
  *      the global roots and the finalizer roots; restart the world;
- *   3. concurrent mark: the marker threads drain the work pool, allocating threads assist when
- *      the heap passes its goal;
+ *   3. concurrent mark: the marker threads drain the work pool, allocating threads assist in
+ *      proportion to what they allocate (gc_assist_debt);
  *   4. mark termination (stop 2, repeated while it finds work): stop the world, hand every
  *      thread's barrier buffer to the pool; if the pool is not idle, restart and go back to 3;
  *      else queue the finalizers of unmarked objects (and go back to 3 to mark from them); else
@@ -17,9 +17,14 @@
  *   5. concurrent sweep: the controller sweeps in the background while threads sweep lazily.
  * Stacks are scanned once, in stop 1 (the hybrid barrier needs no rescan).
  *
- * Pacing: goal = max(4 MB, marked × (1 + GOGC/100)); the next cycle is triggered when
- * marked + allocated-since reaches 70% of the way from marked to goal, so marking usually ends
- * before the goal; when it does not, allocating threads assist. SPANALLOC_MEMLIMIT caps the goal
+ * Pacing: goal = max(4 MB, marked × (1 + GOGC/100)), marked being the bytes marked at mark
+ * termination (objects allocated black during the mark included, as Go's heapMarked). The next
+ * cycle is triggered when marked + allocated-since leaves a runway before the goal of 1.25 × what
+ * the last mark allocated (clamped to 60–95% of the way from marked to goal; 70% before the
+ * first cycle), so marking usually ends before the goal. Allocating threads assist as Go's: each
+ * owes scan work for what it allocates while marking, the work still expected (the last
+ * cycle's scan work) spread over the heap left before the goal, so the goal holds however
+ * slowly the markers run (gc_assist_debt). SPANALLOC_MEMLIMIT caps the goal
  * at 95% of the limit (counting the GC heap only). GOGC off (or sa_gc_set_percent(-1)) stops
  * automatic cycles; sa_gc_collect still runs one.
  */
@@ -54,9 +59,49 @@ static void pacer_set(void)
 		if (goal > lim)
 			goal = lim > marked + (marked >> 4) ? lim : marked + (marked >> 4);
 	}
-	size_t trigger = goal == SIZE_MAX ? SIZE_MAX : marked + (goal - marked) / 10 * 7;
+	size_t trigger = SIZE_MAX;
+	if (goal != SIZE_MAX) {
+		/* Trigger so that the mark, allocating as much as the last one did (plus a quarter),
+		 * ends at the goal; between 60% and 95% of the runway (70% before any cycle). */
+		size_t runway = goal > marked ? goal - marked : 0;
+		size_t need = atomic_load(&gc.last_mark_alloc);
+		size_t lo = runway / 10 * 6, hi = runway / 20 * 19;
+		size_t at = atomic_load(&gc.swept) == 0 && need == 0 ? runway / 10 * 7
+			    : runway > need + need / 4 ? runway - need - need / 4 : 0;
+		trigger = marked + (at < lo ? lo : at > hi ? hi : at);
+	}
 	atomic_store(&gc.goal, goal);
 	atomic_store(&gc.trigger, trigger);
+}
+
+void gc_pacer_mark_start(void)
+{
+	size_t last = atomic_exchange(&gc.scan_work, 0);
+	atomic_store(&gc.scan_expected, last > ((size_t)1 << 20) ? last : (size_t)1 << 20);
+	atomic_store(&gc.alloc_at_mark, atomic_load(&gc.heap_alloc));
+}
+
+void gc_pacer_mark_done(void)
+{
+	size_t a = atomic_load(&gc.heap_alloc), a0 = atomic_load(&gc.alloc_at_mark);
+	atomic_store(&gc.last_mark_alloc, a > a0 ? a - a0 : 0);
+}
+
+/* Scan work an allocating thread owes for allocating bytes while the heap is at live (Go's
+ * assistWorkPerByte): the work still expected this cycle spread over the heap left before the
+ * goal, so marking ends by the goal however slow the markers are. Past the expected work, an
+ * eighth of it still counts as remaining (the estimate was low); at or past the goal the debt is
+ * unbounded: assist until the pool has no work. */
+size_t gc_assist_debt(size_t allocated, size_t live, size_t goal)
+{
+	if (goal == SIZE_MAX)
+		return 0;
+	size_t expected = atomic_load(&gc.scan_expected), done = atomic_load(&gc.scan_work);
+	size_t work = expected > done + expected / 8 ? expected - done : expected / 8;
+	if (live + allocated >= goal)
+		return SIZE_MAX;
+	double d = (double)allocated * (double)work / (double)(goal - live);
+	return d >= (double)SIZE_MAX ? SIZE_MAX : (size_t)d;
 }
 
 static void *controller_main(void *arg);
@@ -115,6 +160,12 @@ void gc_maybe_trigger(void)
 		return;
 	unsigned s = atomic_load(&gc.started);
 	unsigned r = s;
+	/* Not while a cycle runs (started, its sweep not finished): its sweep termination runs with
+	 * the phase off and the old trigger, and a request made then would start the next cycle
+	 * right after this one, with almost nothing allocated in between. (A forked child may
+	 * inherit started ahead of swept with no controller: its controller settles that first.) */
+	if (atomic_load(&gc.swept) != s && __atomic_load_n(&gc.controller_started, __ATOMIC_ACQUIRE))
+		return;
 	if (atomic_compare_exchange_strong(&gc.req, &r, s + 1)) {
 		controller_ensure();
 		gc_futex_wake(&gc.req);
@@ -179,6 +230,7 @@ static void run_cycle(void)
 	gc_stop_world();
 	sa_gc_barrier_on = 1;
 	atomic_store(&gc.phase, GC_MARK);
+	gc_pacer_mark_start();
 	workbuf_t *wb = NULL;
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		scan_thread(t, &wb);
@@ -256,6 +308,7 @@ static void run_cycle(void)
 			gc_cache_steal(t);
 		}
 		after = atomic_load(&gc.heap_marked) + atomic_load(&gc.heap_alloc);
+		gc_pacer_mark_done();
 		atomic_store(&gc.heap_marked, atomic_load(&gc.marked));
 		atomic_store(&gc.heap_alloc, 0);
 		pacer_set();
