@@ -4,6 +4,9 @@
  *   perf/gcbench MODE DEPTH      MODE: sagc (sa_gc_alloc + sa_gc_store), boehm (GC_malloc from
  *                                libgc.so.1, loaded with dlopen), malloc (glibc malloc+free),
  *                                samalloc (sa_malloc+sa_free)
+ *   perf/gcbench sagc markrate DEPTH R   marker CPU per object: a tree, R collections
+ *   perf/gcbench sagc markarray N R [seq] the same for N 64-byte objects held from one array
+ *                                        (shuffled, as replacements leave it; seq: in order)
  *   perf/gcbench MODE replace N M   the issue's live-heap test: N live 64-byte objects (pointer-free,
  *                                held from one array), then M random replacements; reports ns per
  *                                replacement and the worst single replacement as well
@@ -219,6 +222,33 @@ static int markrate_bench(int depth, int reps)
 	return 0;
 }
 
+/* Marking a big pointer array: N pointer-free 64-byte objects held from one array in random
+ * order (the live heap's layout after replacements), then collections back to back. Reports marker CPU per object. */
+static int markarray_bench(size_t n, int reps, bool shuffle)
+{
+	void **a = sa_gc_alloc(n * sizeof *a);
+	for (size_t i = 0; i < n; i++)
+		sa_gc_store(&a[i], sa_gc_alloc_noscan(64));
+	for (size_t i = n - 1; shuffle && i > 0; i--) { /* shuffled, as random replacements leave it */
+		size_t j = xrand() % (i + 1);
+		void *t = a[i];
+		sa_gc_store(&a[i], a[j]);
+		sa_gc_store(&a[j], t);
+	}
+	sa_gc_collect();
+	sa_gc_stats_t st0, st1;
+	sa_gc_stats(&st0);
+	uint64_t t0 = gc_nanotime();
+	for (int i = 0; i < reps; i++)
+		sa_gc_collect();
+	uint64_t t1 = gc_nanotime();
+	sa_gc_stats(&st1);
+	double objs = (double)n * reps;
+	fprintf(stderr, "RESULT markarray %zu objects: %d cycles, %.1f ns mark cpu per object, %.1f ns wall per object\n", n,
+		reps, (double)(st1.mark_cpu_ns - st0.mark_cpu_ns) / objs, (double)(t1 - t0) / objs);
+	return a[0] == NULL;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -244,6 +274,8 @@ int main(int argc, char **argv)
 			gcb_set_event(boehm_event);
 	}
 	uint64_t t0 = gc_nanotime();
+	if (!strcmp(argv[2], "markarray") && argc >= 5 && mode == M_SAGC)
+		return markarray_bench(strtoul(argv[3], NULL, 10), atoi(argv[4]), argc < 6 || strcmp(argv[5], "seq"));
 	if (!strcmp(argv[2], "markrate") && argc >= 5 && mode == M_SAGC)
 		return markrate_bench(atoi(argv[3]), atoi(argv[4]));
 	if (!strcmp(argv[2], "replace") && argc >= 5)
