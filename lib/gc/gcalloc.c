@@ -144,6 +144,8 @@ static inline long next_free(mspan_t *s)
 	return -1;
 }
 
+#define SWEEP_BUDGET 100
+
 /* Crit held on entry and exit (left around mheap_alloc). A span of class gcc with a free
  * slot, cached by t; NULL when the heap is exhausted. */
 static mspan_t *refill(gc_thread_t *t, unsigned gcc)
@@ -156,7 +158,12 @@ static mspan_t *refill(gc_thread_t *t, unsigned gcc)
 		list_push(&c->full, old);
 	mspan_t *s = list_pop(&c->partial);
 	mspan_t *u;
-	while (s == NULL && (u = gc_pop_unswept(c)) != NULL) { /* lazy sweeping by the allocating thread */
+	/* Lazy sweeping by the allocating thread, at most SWEEP_BUDGET spans (Go's cacheSpan
+	 * spanBudget): in a heap whose spans are all full it would otherwise sweep the whole class
+	 * for one allocation; past the budget a fresh span is cheaper, and the background sweeper
+	 * does the rest. */
+	unsigned budget = SWEEP_BUDGET;
+	while (s == NULL && budget-- > 0 && (u = gc_pop_unswept(c)) != NULL) {
 		atomic_fetch_add(&gc.active_sweeps, 1);
 		pthread_mutex_unlock(&c->lock);
 		gc_sweep_span(u);
