@@ -84,7 +84,8 @@ typedef struct hchan sa_chan_t;
  * NULL with errno ENOMEM when elemsize*cap overflows or memory is short. */
 SA_API sa_chan_t *sa_chan_make(size_t elemsize, size_t cap);
 /* Free c (NULL is ignored, returns 0). Buffered elements are discarded. Returns EBUSY and
- * frees nothing while threads are blocked on c; the caller must ensure no thread uses c after. */
+ * frees nothing while threads are blocked on c; the caller must ensure no thread uses c after.
+ * EINVAL (nothing freed) for a channel from sa_gc_chan_make. */
 SA_API int sa_chan_free(sa_chan_t *c);
 /* Send *elem, blocking until a receiver takes it or the buffer has room: OK, EPIPE, EINVAL. */
 SA_API int sa_chan_send(sa_chan_t *c, const void *elem);
@@ -102,6 +103,17 @@ SA_API int sa_chan_close(sa_chan_t *c);
 /* Elements buffered now / buffer capacity (0 for NULL, as len and cap of a nil channel). */
 SA_API size_t sa_chan_len(const sa_chan_t *c);
 SA_API size_t sa_chan_cap(const sa_chan_t *c);
+
+/* A channel on the garbage-collected heap (see "Garbage collector" below): the hchan and its
+ * ring are ONE GC object, freed by the collector once unreachable. scan != 0 when elements may
+ * hold GC pointers: the object is then scanned conservatively (buffered values keep their
+ * objects alive) and every element copy goes through the write barrier; scan == 0 allocates it
+ * noscan. Threads that use a GC channel are registered with the collector at their first
+ * operation on one (a value in flight stays in the blocked sender's memory, and a parked
+ * thread's stack is what keeps the channel alive). A GC channel reachable only from malloc
+ * memory is not kept alive. sa_chan_free on a GC channel returns EINVAL and does nothing.
+ * NULL with errno ENOMEM when memory is short. */
+SA_API sa_chan_t *sa_gc_chan_make(size_t elemsize, size_t cap, int scan);
 
 /* sa_select: Go's select statement over ncases cases.
  * Each case names a channel, a direction and an element pointer (the value to send, or where

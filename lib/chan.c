@@ -1,11 +1,11 @@
 /* chan.c — channels for threads: makechan, chansend, chanrecv, closechan (Go's chan.go).
  *
- * Design. An hchan is one sa_malloc block: the header, then the ring buffer of dataqsiz
- * elements. One lock per channel guards everything in it. A send, with the lock held, tries in
- * order:
+ * Design. An hchan is one block: the header, then the buffer of dataqsiz slots. Unbuffered
+ * channels, and buffered ones whenever a thread waits or the channel is closed, run Go's
+ * algorithm under the channel lock. A send, with the lock held, tries in order:
  *   1. a receiver parked on recvq: claim it, copy our element straight into its destination
  *      (the direct hand-off: the element never touches the buffer), wake it;
- *   2. a free buffer slot: copy into buf[sendx];
+ *   2. a free buffer slot;
  *   3. otherwise park: put a sudog pointing at our element on sendq, unlock, sleep.
  * A receive mirrors it: a parked sender (if the buffer is full, take the oldest buffered element
  * and move the sender's element into the slot just freed, so FIFO order holds; if unbuffered,
@@ -13,41 +13,64 @@
  * park on recvq. Close marks the channel and claims and wakes every parked sudog: receivers get
  * CLOSED with a zeroed destination, senders EPIPE.
  *
- * Why these invariants hold: elements enter the buffer only when recvq has no live receiver
- * (step 1 runs first), and a receiver parks only when the buffer is empty, so the buffer and a
- * live recvq are never both non-empty; symmetrically for sendq and a non-full buffer. Wait
- * queues are FIFO, so parked threads are served in arrival order.
+ * The lock-free fast path (buffered channels). The buffer is a bounded MPMC ring (chan.h): a
+ * send CASes the tail word sendw forward and fills the slot, a receive CASes the head word
+ * recvw and empties it, with no lock, as long as neither word carries a flag. Flags move every
+ * operation onto the locked path exactly when the locked algorithm has something to do that the
+ * ring cannot: CHAN_F_WAIT while any sudog is queued (hand-off, FIFO among waiters, moving a
+ * parked sender's element in), CHAN_F_CLOSED once closed (sends fail; receives still drain the
+ * ring lock-free, and find "closed" on the locked path once it is empty).
+ *
+ * Why no wake-up is lost. A thread parks only after, under the lock, it (a) set CHAN_F_WAIT in
+ * both words with atomic RMWs and then (b) found, with the exact ring operations, the ring full
+ * (sender) or empty (receiver). A fast operation whose CAS came before (a) in that word's
+ * modification order has already moved the position, so (b) sees it — and waits for its slot's
+ * stamp if it is still in flight; one whose CAS would come after (a) fails, because the word
+ * changed and carries the flag, and goes to the lock. Slow operations hold the lock. So, while
+ * a sudog is queued, the ring changes only under the lock, where the partner is served first.
+ *
+ * Invariants: elements enter the buffer only when recvq has no live receiver, and a receiver
+ * parks only when the buffer is empty, so the buffer and a live recvq are never both non-empty;
+ * symmetrically a live sendq implies a full buffer. Wait queues are FIFO. Once closed, the tail
+ * never moves again (CHAN_F_CLOSED is never cleared), so "empty after closed" means drained.
  *
  * Parking is described in chan.h: a sudog in thread-local storage, a claim CAS on
  * g->selectdone that partner, closer and timeout race for, a per-thread futex word so every
  * wake-up targets one thread and none is lost (the waker's store precedes its FUTEX_WAKE; the
  * sleeper's FUTEX_WAIT re-checks the word in the kernel).
  *
- * Non-blocking fast paths read qcount and closed without the lock, as Go does, to fail a
- * try-operation cheaply; every state change is made under the lock.
+ * Positions are 62-bit counters that grow by at most two per operation: they would wrap after
+ * 2^61 operations on one channel, centuries at any rate a channel sustains.
  */
 #include "chan.h"
 
+#include <sched.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------------------------------
  * Statistics: maintained atomically so sa_stats_print needs no channel lock.
  * ---------------------------------------------------------------------------------------- */
-static _Atomic size_t chan_live, chan_bytes, chan_made;
+static _Atomic size_t chan_live, chan_bytes, chan_made, chan_gc_made;
 
 void chan_stats(chan_stats_t *out)
 {
 	out->live = atomic_load_explicit(&chan_live, memory_order_relaxed);
 	out->bytes = atomic_load_explicit(&chan_bytes, memory_order_relaxed);
 	out->made = atomic_load_explicit(&chan_made, memory_order_relaxed);
+	out->gc_made = atomic_load_explicit(&chan_gc_made, memory_order_relaxed);
+}
+
+void chan_stats_gc_made(void)
+{
+	atomic_fetch_add_explicit(&chan_gc_made, 1, memory_order_relaxed);
 }
 
 void chan_stats_print(FILE *f)
 {
 	chan_stats_t s;
 	chan_stats(&s);
-	fprintf(f, "channels: %zu live, %zu bytes (hchan + buffers), %zu made\n", s.live, s.bytes,
-		s.made);
+	fprintf(f, "channels: %zu live, %zu bytes (hchan + buffers), %zu made; %zu made on the GC heap\n",
+		s.live, s.bytes, s.made, s.gc_made);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -227,26 +250,218 @@ bool chan_park(chang *g, const struct timespec *deadline)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Element movement (c locked)
+ * The ring
  * ---------------------------------------------------------------------------------------- */
-static inline void *chanbuf(hchan *c, size_t i)
+static inline unsigned char *ring_slot(const hchan *c, uint64_t pos)
 {
-	return c->buf + i * c->elemsize;
+	return (unsigned char *)c->buf + (pos & (c->onelap - 1)) * c->slotsize;
 }
 
-static inline void elemcopy(void *dst, const void *src, size_t n)
+static inline _Atomic uint64_t *slot_stamp(unsigned char *slot)
 {
-	/* 8-byte elements (chan int, chan *T) are the common case: one move, no call */
-	if (n == 8)
-		memcpy(dst, src, 8);
-	else if (n != 0)
-		memcpy(dst, src, n);
+	return (_Atomic uint64_t *)(void *)slot;
 }
 
+/* The position after pos: the next index, or index 0 of the next lap. */
+static inline uint64_t ring_next(const hchan *c, uint64_t pos)
+{
+	uint64_t idx = pos & (c->onelap - 1);
+	return idx + 1 < c->dataqsiz ? pos + 1 : (pos & ~(c->onelap - 1)) + c->onelap;
+}
+
+/* Waiting, with the lock held, for another thread's operation in flight on a slot: it has
+ * moved the position and is a few instructions from the stamp store, unless it was preempted,
+ * hence the yield. */
+static inline void ring_backoff(unsigned *n)
+{
+	if (++*n < 64)
+		chan_cpu_relax();
+	else
+		sched_yield();
+}
+
+static inline void ring_fill(hchan *c, unsigned char *slot, uint64_t pos, const void *ep)
+{
+	chan_elemcopy(c, slot + 8, ep);
+	atomic_store_explicit(slot_stamp(slot), pos + 1, memory_order_release);
+}
+
+static inline void ring_empty(hchan *c, unsigned char *slot, uint64_t pos, void *ep)
+{
+	if (ep != NULL)
+		chan_elemcopy(c, ep, slot + 8);
+	/* a GC channel must not keep a received pointer alive from its buffer (Go clears too) */
+	if (c->kind == CHAN_GC_SCAN)
+		chan_gc_clear(slot + 8, c->elemsize);
+	atomic_store_explicit(slot_stamp(slot), pos + c->onelap, memory_order_release);
+}
+
+int chan_ring_put_fast(hchan *c, const void *ep)
+{
+	uint64_t w = atomic_load_explicit(&c->sendw, memory_order_relaxed);
+	for (;;) {
+		if (w & CHAN_F_MASK)
+			return RING_FLAGGED;
+		uint64_t pos = CHAN_POS(w);
+		unsigned char *slot = ring_slot(c, pos);
+		uint64_t st = atomic_load_explicit(slot_stamp(slot), memory_order_acquire);
+		if (st == pos) {
+			if (atomic_compare_exchange_weak_explicit(&c->sendw, &w, ring_next(c, pos) << 2,
+								  memory_order_relaxed,
+								  memory_order_relaxed)) {
+				ring_fill(c, slot, pos, ep);
+				return RING_OK;
+			}
+			continue; /* w reloaded by the CAS */
+		}
+		if (st + c->onelap == pos + 1)
+			return RING_FULL; /* still holds the previous lap's element */
+		w = atomic_load_explicit(&c->sendw, memory_order_relaxed); /* tail moved on */
+	}
+}
+
+int chan_ring_get_fast(hchan *c, void *ep)
+{
+	uint64_t w = atomic_load_explicit(&c->recvw, memory_order_relaxed);
+	for (;;) {
+		if (w & CHAN_F_MASK)
+			return RING_FLAGGED;
+		uint64_t pos = CHAN_POS(w);
+		unsigned char *slot = ring_slot(c, pos);
+		uint64_t st = atomic_load_explicit(slot_stamp(slot), memory_order_acquire);
+		if (st == pos + 1) {
+			if (atomic_compare_exchange_weak_explicit(&c->recvw, &w, ring_next(c, pos) << 2,
+								  memory_order_relaxed,
+								  memory_order_relaxed)) {
+				ring_empty(c, slot, pos, ep);
+				return RING_OK;
+			}
+			continue;
+		}
+		if (st == pos)
+			return RING_EMPTY; /* not written in this lap yet */
+		w = atomic_load_explicit(&c->recvw, memory_order_relaxed);
+	}
+}
+
+int chan_ring_put(hchan *c, const void *ep)
+{
+	if (c->dataqsiz == 0)
+		return RING_FULL;
+	unsigned spins = 0;
+	uint64_t w = atomic_load_explicit(&c->sendw, memory_order_acquire);
+	for (;;) {
+		uint64_t pos = CHAN_POS(w);
+		unsigned char *slot = ring_slot(c, pos);
+		uint64_t st = atomic_load_explicit(slot_stamp(slot), memory_order_acquire);
+		if (st == pos) {
+			if (atomic_compare_exchange_weak_explicit(
+				    &c->sendw, &w, (ring_next(c, pos) << 2) | (w & CHAN_F_MASK),
+				    memory_order_acq_rel, memory_order_acquire)) {
+				ring_fill(c, slot, pos, ep);
+				return RING_OK;
+			}
+			continue;
+		}
+		if (st + c->onelap == pos + 1) {
+			uint64_t head = CHAN_POS(atomic_load_explicit(&c->recvw, memory_order_acquire));
+			if (head + c->onelap == pos)
+				return RING_FULL;
+			ring_backoff(&spins); /* a receive of that slot is in flight */
+		}
+		w = atomic_load_explicit(&c->sendw, memory_order_acquire);
+	}
+}
+
+int chan_ring_get(hchan *c, void *ep)
+{
+	if (c->dataqsiz == 0)
+		return RING_EMPTY;
+	unsigned spins = 0;
+	uint64_t w = atomic_load_explicit(&c->recvw, memory_order_acquire);
+	for (;;) {
+		uint64_t pos = CHAN_POS(w);
+		unsigned char *slot = ring_slot(c, pos);
+		uint64_t st = atomic_load_explicit(slot_stamp(slot), memory_order_acquire);
+		if (st == pos + 1) {
+			if (atomic_compare_exchange_weak_explicit(
+				    &c->recvw, &w, (ring_next(c, pos) << 2) | (w & CHAN_F_MASK),
+				    memory_order_acq_rel, memory_order_acquire)) {
+				ring_empty(c, slot, pos, ep);
+				return RING_OK;
+			}
+			continue;
+		}
+		if (st == pos) {
+			uint64_t tail = CHAN_POS(atomic_load_explicit(&c->sendw, memory_order_acquire));
+			if (tail == pos)
+				return RING_EMPTY;
+			ring_backoff(&spins); /* a send into that slot is in flight */
+		}
+		w = atomic_load_explicit(&c->recvw, memory_order_acquire);
+	}
+}
+
+void chan_set_wait(hchan *c)
+{
+	if (c->dataqsiz == 0 || c->waitflag)
+		return;
+	/* seq_cst RMWs: after them, this thread's loads of either word see every CAS that got in
+	 * first, and every later fast-path CAS fails */
+	atomic_fetch_or(&c->sendw, CHAN_F_WAIT);
+	atomic_fetch_or(&c->recvw, CHAN_F_WAIT);
+	c->waitflag = true;
+}
+
+void chan_sync_wait(hchan *c)
+{
+	if (c->recvq.first != NULL || c->sendq.first != NULL) {
+		chan_set_wait(c);
+		return;
+	}
+	if (!c->waitflag)
+		return;
+	atomic_fetch_and(&c->sendw, ~(uint64_t)CHAN_F_WAIT);
+	atomic_fetch_and(&c->recvw, ~(uint64_t)CHAN_F_WAIT);
+	c->waitflag = false;
+}
+
+/* Spin on the fast path before taking the lock: when the partner is running on another CPU
+ * a slot frees (or fills) within nanoseconds, far sooner than parking and a hand-off would
+ * serve us, and the ring keeps both threads lock-free. */
+static int ring_spin_put(hchan *c, const void *ep)
+{
+	for (unsigned i = 0; i < CHAN_RING_SPIN; i++) {
+		chan_cpu_relax();
+		chan_cpu_relax();
+		int r = chan_ring_put_fast(c, ep);
+		if (r != RING_FULL)
+			return r;
+	}
+	return RING_FULL;
+}
+
+static int ring_spin_get(hchan *c, void *ep)
+{
+	for (unsigned i = 0; i < CHAN_RING_SPIN; i++) {
+		chan_cpu_relax();
+		chan_cpu_relax();
+		int r = chan_ring_get_fast(c, ep);
+		if (r != RING_EMPTY)
+			return r;
+		if (__atomic_load_n(&c->closed, __ATOMIC_RELAXED))
+			return RING_EMPTY; /* the locked path reports closed-and-drained */
+	}
+	return RING_EMPTY;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Hand-off to a claimed partner (c locked)
+ * ---------------------------------------------------------------------------------------- */
 void chan_send_to(hchan *c, sudog *sg, const void *ep)
 {
 	if (sg->elem != NULL)
-		elemcopy(sg->elem, ep, c->elemsize);
+		chan_elemcopy(c, sg->elem, ep);
 	sg->success = true;
 }
 
@@ -254,55 +469,56 @@ void chan_recv_from(hchan *c, sudog *sg, void *ep)
 {
 	if (c->dataqsiz == 0) {
 		if (ep != NULL)
-			elemcopy(ep, sg->elem, c->elemsize);
+			chan_elemcopy(c, ep, sg->elem);
 	} else {
-		/* A sender waits only while the buffer is full. Take the head, and put the
-		 * sender's element at the tail, which is the slot just freed. */
-		void *slot = chanbuf(c, c->recvx);
-		if (ep != NULL)
-			elemcopy(ep, slot, c->elemsize);
-		elemcopy(slot, sg->elem, c->elemsize);
-		if (++c->recvx == c->dataqsiz)
-			c->recvx = 0;
-		c->sendx = c->recvx;
+		/* A sender waits only while the buffer is full (and CHAN_F_WAIT keeps the fast
+		 * paths out): take the head, and put the sender's element at the tail, which is
+		 * the slot just freed. */
+		if (chan_ring_get(c, ep) != RING_OK || chan_ring_put(c, sg->elem) != RING_OK)
+			sa_fatal("chan %p: a sender waited on a buffer that was not full", (void *)c);
 	}
 	sg->success = true;
-}
-
-void chan_bufsend(hchan *c, const void *ep)
-{
-	elemcopy(chanbuf(c, c->sendx), ep, c->elemsize);
-	if (++c->sendx == c->dataqsiz)
-		c->sendx = 0;
-	__atomic_store_n(&c->qcount, c->qcount + 1, __ATOMIC_RELAXED);
-}
-
-void chan_bufrecv(hchan *c, void *ep)
-{
-	if (ep != NULL)
-		elemcopy(ep, chanbuf(c, c->recvx), c->elemsize);
-	if (++c->recvx == c->dataqsiz)
-		c->recvx = 0;
-	__atomic_store_n(&c->qcount, c->qcount - 1, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------------------------------------
  * makechan, chansend, chanrecv, closechan
  * ---------------------------------------------------------------------------------------- */
+size_t chan_size(size_t elemsize, size_t cap)
+{
+	size_t slot = 8 + ((elemsize + 7) & ~(size_t)7);
+	if (elemsize > SA_MAX_ALLOC || cap > (SA_MAX_ALLOC - sizeof(hchan)) / slot)
+		return 0;
+	return sizeof(hchan) + (cap ? cap * slot : 0);
+}
+
+void chan_init(hchan *c, size_t elemsize, size_t cap, int kind)
+{
+	memset(c, 0, sizeof(hchan));
+	c->dataqsiz = cap;
+	c->elemsize = elemsize;
+	c->slotsize = 8 + ((elemsize + 7) & ~(size_t)7);
+	uint64_t lap = 1;
+	while (lap < (uint64_t)cap + 1)
+		lap <<= 1;
+	c->onelap = lap;
+	c->kind = (uint8_t)kind;
+	for (size_t i = 0; i < cap; i++)
+		atomic_store_explicit(slot_stamp(c->buf + i * c->slotsize), (uint64_t)i,
+				      memory_order_relaxed);
+}
+
 sa_chan_t *sa_chan_make(size_t elemsize, size_t cap)
 {
-	size_t hdr = sizeof(hchan);
-	if (elemsize != 0 && cap > (SA_MAX_ALLOC - hdr) / elemsize) {
+	size_t n = chan_size(elemsize, cap);
+	if (n == 0) {
 		errno = ENOMEM;
 		return NULL;
 	}
-	size_t n = hdr + elemsize * cap;
-	hchan *c = sa_malloc(n);
+	/* line-aligned, so the header's groups are whole cache lines (chan.h) */
+	hchan *c = sa_aligned_alloc(SA_CACHE_LINE, n);
 	if (c == NULL)
 		return NULL;
-	memset(c, 0, hdr);
-	c->dataqsiz = cap;
-	c->elemsize = elemsize;
+	chan_init(c, elemsize, cap, CHAN_MALLOC);
 	c->allocsize = sa_usable_size(c);
 	atomic_fetch_add_explicit(&chan_live, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&chan_made, 1, memory_order_relaxed);
@@ -314,6 +530,8 @@ int sa_chan_free(sa_chan_t *c)
 {
 	if (c == NULL)
 		return 0;
+	if (c->kind != CHAN_MALLOC)
+		return EINVAL; /* a GC channel: the collector frees it */
 	chan_lock(&c->lock);
 	bool busy = c->recvq.first != NULL || c->sendq.first != NULL;
 	chan_unlock(&c->lock);
@@ -325,32 +543,53 @@ int sa_chan_free(sa_chan_t *c)
 	return 0;
 }
 
-static inline bool chan_full(const hchan *c)
+/* Unbuffered: whether a partner waits (racy, for try-operations' quick failure). */
+static inline bool unbuf_full(const hchan *c)
 {
-	/* unbuffered: "full" unless a receiver waits; buffered: no free slot */
-	if (c->dataqsiz == 0)
-		return __atomic_load_n(&c->recvq.first, __ATOMIC_RELAXED) == NULL;
-	return __atomic_load_n(&c->qcount, __ATOMIC_RELAXED) == c->dataqsiz;
+	return __atomic_load_n(&c->recvq.first, __ATOMIC_RELAXED) == NULL;
 }
 
-static inline bool chan_empty(const hchan *c)
+static inline bool unbuf_empty(const hchan *c)
 {
-	if (c->dataqsiz == 0)
-		return __atomic_load_n(&c->sendq.first, __ATOMIC_RELAXED) == NULL;
-	return __atomic_load_n(&c->qcount, __ATOMIC_RELAXED) == 0;
+	return __atomic_load_n(&c->sendq.first, __ATOMIC_RELAXED) == NULL;
 }
+
+/* Keep p in a register or stack slot up to here: a GC channel must stay reachable from the
+ * stack of a thread parked on it (its sudog, in TLS, is not scanned). */
+#define CHAN_KEEPALIVE(p) __asm__ __volatile__("" : : "r"(p) : "memory")
+
+static int chansend_slow(hchan *c, const void *ep, long long timeout_ns);
+static int chanrecv_slow(hchan *c, void *ep, long long timeout_ns);
 
 /* timeout_ns: < 0 forever, 0 never block, > 0 bounded. */
-static int chansend(hchan *c, const void *ep, long long timeout_ns)
+static inline int chansend(hchan *c, const void *ep, long long timeout_ns)
 {
-	if (c == NULL || (ep == NULL && c->elemsize != 0))
+	if (unlikely(c == NULL || (ep == NULL && c->elemsize != 0)))
 		return EINVAL;
-	/* Fast failure for a try-send: an open channel that is full cannot take the element.
-	 * Reading closed before full would be wrong only in reporting EAGAIN instead of EPIPE
-	 * for a channel closed concurrently, which is a valid linearization either way. */
-	if (timeout_ns == 0 && !__atomic_load_n(&c->closed, __ATOMIC_RELAXED) && chan_full(c))
+	if (unlikely(c->kind != CHAN_MALLOC))
+		chan_gc_thread(c);
+	if (likely(c->dataqsiz != 0)) {
+		int r = chan_ring_put_fast(c, ep);
+		if (likely(r == RING_OK))
+			return SA_CHAN_OK;
+		if (r == RING_FULL) {
+			/* no flag at our look: open, nobody waiting, full — a true "would block" */
+			if (timeout_ns == 0)
+				return EAGAIN;
+			if (ring_spin_put(c, ep) == RING_OK)
+				return SA_CHAN_OK;
+		}
+	} else if (timeout_ns == 0 && !__atomic_load_n(&c->closed, __ATOMIC_RELAXED) &&
+		   unbuf_full(c)) {
+		/* Reading closed before full is wrong only in reporting EAGAIN instead of
+		 * EPIPE for a channel closed concurrently: a valid linearization either way. */
 		return EAGAIN;
+	}
+	return chansend_slow(c, ep, timeout_ns);
+}
 
+static int chansend_slow(hchan *c, const void *ep, long long timeout_ns)
+{
 	chan_lock(&c->lock);
 	if (c->closed) {
 		chan_unlock(&c->lock);
@@ -359,18 +598,26 @@ static int chansend(hchan *c, const void *ep, long long timeout_ns)
 	sudog *sg = waitq_dequeue(&c->recvq);
 	if (sg != NULL) {
 		chan_send_to(c, sg, ep);
-		chan_unlock(&c->lock);
+		chan_unlock_c(c);
 		chan_ready(sg);
 		return SA_CHAN_OK;
 	}
-	if (c->qcount < c->dataqsiz) {
-		chan_bufsend(c, ep);
-		chan_unlock(&c->lock);
+	if (chan_ring_put(c, ep) == RING_OK) {
+		chan_unlock_c(c);
 		return SA_CHAN_OK;
 	}
 	if (timeout_ns == 0) {
-		chan_unlock(&c->lock);
+		chan_unlock_c(c);
 		return EAGAIN;
+	}
+	/* Close the door on the fast paths, then look again: a receive may have freed a slot
+	 * since, and none can from now on without the lock. */
+	if (c->dataqsiz != 0 && !c->waitflag) {
+		chan_set_wait(c);
+		if (chan_ring_put(c, ep) == RING_OK) {
+			chan_unlock_c(c);
+			return SA_CHAN_OK;
+		}
 	}
 
 	struct timespec ts;
@@ -385,57 +632,80 @@ static int chansend(hchan *c, const void *ep, long long timeout_ns)
 	sg->success = false;
 	sg->caseidx = 0;
 	waitq_enqueue(&c->sendq, sg);
-	chan_unlock(&c->lock);
+	chan_unlock_c(c);
 
-	if (!chan_park(g, deadline)) {
+	bool done = chan_park(g, deadline);
+	CHAN_KEEPALIVE(c);
+	if (!done) {
 		chan_lock(&c->lock);
 		waitq_remove(&c->sendq, sg);
-		chan_unlock(&c->lock);
+		chan_unlock_c(c);
 		return ETIMEDOUT;
 	}
 	/* woken without success: close came while we waited (Go panics here) */
 	return sg->success ? SA_CHAN_OK : EPIPE;
 }
 
-static int chanrecv(hchan *c, void *ep, long long timeout_ns)
+static inline int chanrecv(hchan *c, void *ep, long long timeout_ns)
 {
-	if (c == NULL)
+	if (unlikely(c == NULL))
 		return EINVAL;
-	if (timeout_ns == 0 && chan_empty(c)) {
+	if (unlikely(c->kind != CHAN_MALLOC))
+		chan_gc_thread(c);
+	if (likely(c->dataqsiz != 0)) {
+		int r = chan_ring_get_fast(c, ep);
+		if (likely(r == RING_OK))
+			return SA_CHAN_OK;
+		if (r == RING_EMPTY) {
+			/* empty, then open: it was empty while open, so "would block" is true */
+			if (timeout_ns == 0 && !__atomic_load_n(&c->closed, __ATOMIC_ACQUIRE))
+				return EAGAIN;
+			if (timeout_ns != 0 && ring_spin_get(c, ep) == RING_OK)
+				return SA_CHAN_OK;
+		}
+	} else if (timeout_ns == 0 && unbuf_empty(c)) {
 		/* Go's ordering: seeing the channel open after seeing it empty means it was
-		 * empty while open, so "would block" is a true answer. Seeing it closed, check
-		 * emptiness again: closed is never reset, so empty-after-closed means drained. */
+		 * empty while open. Seeing it closed, check emptiness again: closed is never
+		 * reset, so empty-after-closed means drained. */
 		if (!__atomic_load_n(&c->closed, __ATOMIC_ACQUIRE))
 			return EAGAIN;
-		if (chan_empty(c)) {
-			if (ep != NULL && c->elemsize != 0)
-				memset(ep, 0, c->elemsize);
+		if (unbuf_empty(c)) {
+			chan_elemclear(c, ep);
 			return SA_CHAN_CLOSED;
 		}
 	}
+	return chanrecv_slow(c, ep, timeout_ns);
+}
 
+static int chanrecv_slow(hchan *c, void *ep, long long timeout_ns)
+{
 	chan_lock(&c->lock);
-	if (c->closed && c->qcount == 0) {
-		chan_unlock(&c->lock);
-		if (ep != NULL && c->elemsize != 0)
-			memset(ep, 0, c->elemsize);
-		return SA_CHAN_CLOSED;
-	}
 	sudog *sg = waitq_dequeue(&c->sendq);
 	if (sg != NULL) {
 		chan_recv_from(c, sg, ep);
-		chan_unlock(&c->lock);
+		chan_unlock_c(c);
 		chan_ready(sg);
 		return SA_CHAN_OK;
 	}
-	if (c->qcount > 0) {
-		chan_bufrecv(c, ep);
-		chan_unlock(&c->lock);
+	if (chan_ring_get(c, ep) == RING_OK) {
+		chan_unlock_c(c);
 		return SA_CHAN_OK;
 	}
+	if (c->closed) {
+		chan_unlock_c(c);
+		chan_elemclear(c, ep);
+		return SA_CHAN_CLOSED;
+	}
 	if (timeout_ns == 0) {
-		chan_unlock(&c->lock);
+		chan_unlock_c(c);
 		return EAGAIN;
+	}
+	if (c->dataqsiz != 0 && !c->waitflag) {
+		chan_set_wait(c);
+		if (chan_ring_get(c, ep) == RING_OK) {
+			chan_unlock_c(c);
+			return SA_CHAN_OK;
+		}
 	}
 
 	struct timespec ts;
@@ -450,12 +720,14 @@ static int chanrecv(hchan *c, void *ep, long long timeout_ns)
 	sg->success = false;
 	sg->caseidx = 0;
 	waitq_enqueue(&c->recvq, sg);
-	chan_unlock(&c->lock);
+	chan_unlock_c(c);
 
-	if (!chan_park(g, deadline)) {
+	bool done = chan_park(g, deadline);
+	CHAN_KEEPALIVE(c);
+	if (!done) {
 		chan_lock(&c->lock);
 		waitq_remove(&c->recvq, sg);
-		chan_unlock(&c->lock);
+		chan_unlock_c(c);
 		return ETIMEDOUT;
 	}
 	/* closechan zeroed our destination when it woke us without an element */
@@ -487,14 +759,17 @@ int sa_chan_close(sa_chan_t *c)
 		return EALREADY;
 	}
 	__atomic_store_n(&c->closed, 1, __ATOMIC_RELEASE);
+	/* From here no fast send succeeds; one whose CAS came first completes its slot, and
+	 * receivers drain it. */
+	if (c->dataqsiz != 0)
+		atomic_fetch_or(&c->sendw, CHAN_F_CLOSED);
 
 	/* Claim every waiter under the lock, wake them after it: a woken thread may be a
 	 * select that immediately relocks this channel. The claimed sudogs are chained through
 	 * their (now unused) next links. */
 	sudog *list = NULL, *sg;
 	while ((sg = waitq_dequeue(&c->recvq)) != NULL) {
-		if (sg->elem != NULL && c->elemsize != 0)
-			memset(sg->elem, 0, c->elemsize);
+		chan_elemclear(c, sg->elem);
 		sg->success = false;
 		sg->next = list;
 		list = sg;
@@ -504,7 +779,7 @@ int sa_chan_close(sa_chan_t *c)
 		sg->next = list;
 		list = sg;
 	}
-	chan_unlock(&c->lock);
+	chan_unlock_c(c);
 	while (list != NULL) {
 		sg = list;
 		list = sg->next; /* read before the wake-up hands sg back to its thread */
@@ -515,7 +790,24 @@ int sa_chan_close(sa_chan_t *c)
 
 size_t sa_chan_len(const sa_chan_t *c)
 {
-	return c == NULL ? 0 : __atomic_load_n(&c->qcount, __ATOMIC_RELAXED);
+	if (c == NULL || c->dataqsiz == 0)
+		return 0;
+	/* a consistent pair: the head did not move while we read the tail */
+	uint64_t h, t;
+	for (;;) {
+		h = CHAN_POS(atomic_load_explicit(&c->recvw, memory_order_acquire));
+		t = CHAN_POS(atomic_load_explicit(&c->sendw, memory_order_acquire));
+		if (CHAN_POS(atomic_load_explicit(&c->recvw, memory_order_acquire)) == h)
+			break;
+	}
+	if (t == h)
+		return 0;
+	uint64_t hi = h & (c->onelap - 1), ti = t & (c->onelap - 1);
+	if (ti > hi)
+		return (size_t)(ti - hi);
+	if (ti < hi)
+		return c->dataqsiz - (size_t)(hi - ti);
+	return c->dataqsiz;
 }
 
 size_t sa_chan_cap(const sa_chan_t *c)

@@ -38,6 +38,8 @@
 #include "internal.h"
 
 #include <linux/futex.h>
+#include <stddef.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +60,12 @@
 #endif
 #ifndef CHAN_SPIN_PROBE
 #define CHAN_SPIN_PROBE 8
+#endif
+/* Fast-path polls of the ring (two pause instructions apart) before a send finding it full or
+ * a receive finding it empty takes the lock to park: long enough to cover a partner running on
+ * another CPU, short enough to cost little when it is not. */
+#ifndef CHAN_RING_SPIN
+#define CHAN_RING_SPIN 64
 #endif
 /* Cases a select can wait on using the thread-local sudogs; more take an sa_malloc block. */
 #define CHAN_TLS_CASES 8
@@ -111,17 +119,58 @@ typedef struct waitq {
 	sudog *first, *last;
 } waitq;
 
+/* Buffered channels keep their elements in a bounded MPMC ring (Vyukov's, with crossbeam's
+ * lap/index positions so the cap need not be a power of two). Positions are lap | index, where
+ * index < dataqsiz and a lap is onelap = next_pow2(dataqsiz + 1): advancing past the last slot
+ * goes to the next lap's index 0. Each slot starts with a stamp: pos when the slot is free for
+ * the send at pos, pos + 1 once that send wrote it, pos + onelap once the receive at pos emptied
+ * it (the free stamp of the next lap). sendw and recvw hold the tail and head positions shifted
+ * left by two, with two flag bits below:
+ *   CHAN_F_WAIT    (both words) some sudog is on recvq or sendq. Set under c->lock before a
+ *                  thread parks, cleared under it when both queues are empty;
+ *   CHAN_F_CLOSED  (sendw only) the channel is closed; set under c->lock by close.
+ * The lock-free fast path CASes its word only while the word has no flag, so a successful CAS
+ * proves that, at that instant, nobody waited and (for a send) the channel was open. Whenever
+ * a flag is set every operation takes the lock, and Go's locked algorithm runs: hand-off to a
+ * waiting partner, FIFO among waiters, close. See chan.c for why no wake-up is lost. */
+#define CHAN_F_WAIT 1u
+#define CHAN_F_CLOSED 2u
+#define CHAN_F_MASK 3u
+#define CHAN_POS(w) ((w) >> 2)
+
+/* Where the channel lives, which decides how elements are copied (see gcchan.c). */
+enum { CHAN_MALLOC = 0, CHAN_GC_NOSCAN = 1, CHAN_GC_SCAN = 2 };
+
+/* Cache-line-sized groups, so that producers' CASes on sendw, consumers' on recvw and the
+ * locked slow path do not invalidate each other's lines nor the read-only line every
+ * operation reads. (The groups are exact lines when the block is 64-byte aligned, as
+ * sa_chan_make allocates it; a GC channel is 16-byte aligned, so there a group can share a
+ * line with its neighbour's edge.) */
+#define CHAN_LINE(n, ...) union { struct { __VA_ARGS__ }; char line##n##_[SA_CACHE_LINE]; }
+
 struct hchan {
-	_Atomic uint32_t lock;
-	uint32_t closed;               /* written under lock, read racily by the fast paths */
-	size_t qcount;                 /* elements in the buffer (racy reads via __atomic) */
-	size_t dataqsiz;               /* buffer slots: the cap */
-	size_t elemsize;
-	size_t sendx, recvx;
-	waitq recvq, sendq;
-	size_t allocsize;              /* bytes charged to the channel statistics */
-	_Alignas(16) unsigned char buf[]; /* dataqsiz * elemsize bytes, in the same block */
+	CHAN_LINE(0,
+		size_t dataqsiz;       /* buffer slots: the cap */
+		size_t elemsize;
+		size_t slotsize;       /* 8 (stamp) + elemsize rounded up to 8 */
+		uint64_t onelap;       /* next_pow2(dataqsiz + 1) */
+		size_t allocsize;      /* bytes charged to the channel statistics */
+		uint8_t kind;          /* CHAN_MALLOC, CHAN_GC_NOSCAN or CHAN_GC_SCAN */
+	);
+	CHAN_LINE(1, _Atomic uint64_t sendw;);   /* tail << 2 | CHAN_F_WAIT | CHAN_F_CLOSED */
+	CHAN_LINE(2, _Atomic uint64_t recvw;);   /* head << 2 | CHAN_F_WAIT */
+	CHAN_LINE(3,
+		_Atomic uint32_t lock;
+		uint32_t closed;       /* written under lock, read racily by the fast paths */
+		bool waitflag;         /* CHAN_F_WAIT is set in sendw and recvw (under lock) */
+		waitq recvq, sendq;
+	);
+	unsigned char buf[];           /* dataqsiz slots of slotsize bytes, in the same block */
 };
+_Static_assert(offsetof(struct hchan, sendw) == 1 * SA_CACHE_LINE, "hchan line 0 overflows");
+_Static_assert(offsetof(struct hchan, recvw) == 2 * SA_CACHE_LINE, "hchan line 1 overflows");
+_Static_assert(offsetof(struct hchan, lock) == 3 * SA_CACHE_LINE, "hchan line 2 overflows");
+_Static_assert(offsetof(struct hchan, buf) == 4 * SA_CACHE_LINE, "hchan line 3 overflows");
 typedef struct hchan hchan;
 
 typedef struct chang {
@@ -145,9 +194,53 @@ SA_INTERNAL void waitq_remove(waitq *q, sudog *sg);
 /* Operations with a claimed partner, c locked: copy the element, mark success. */
 SA_INTERNAL void chan_send_to(hchan *c, sudog *sg, const void *ep);
 SA_INTERNAL void chan_recv_from(hchan *c, sudog *sg, void *ep);
-/* Operations on the buffer, c locked, slot known to exist. */
-SA_INTERNAL void chan_bufsend(hchan *c, const void *ep);
-SA_INTERNAL void chan_bufrecv(hchan *c, void *ep);
+/* The ring (chan.c). Results: */
+enum { RING_OK = 0, RING_FULL = 1, RING_EMPTY = 1, RING_FLAGGED = 2 };
+/* Lock-free attempts: RING_FLAGGED when a flag is set (take the lock), RING_FULL / RING_EMPTY
+ * when the slot at the tail / head is not ready (full, empty, or an operation of another
+ * thread on it is in flight). */
+SA_INTERNAL int chan_ring_put_fast(hchan *c, const void *ep);
+SA_INTERNAL int chan_ring_get_fast(hchan *c, void *ep);
+/* Exact attempts, c locked, flags ignored: RING_FULL / RING_EMPTY only when the ring really is
+ * full / empty (positions), waiting out another thread's operation in flight on the slot. */
+SA_INTERNAL int chan_ring_put(hchan *c, const void *ep);
+SA_INTERNAL int chan_ring_get(hchan *c, void *ep);
+/* c locked: make CHAN_F_WAIT say whether a sudog is queued (set before parking, cleared when
+ * the queues empty). */
+SA_INTERNAL void chan_set_wait(hchan *c);
+SA_INTERNAL void chan_sync_wait(hchan *c);
+/* Unlock c after making its WAIT flag agree with its queues. */
+static inline void chan_unlock_c(hchan *c)
+{
+	if (c->dataqsiz != 0 && c->waitflag != (c->recvq.first != NULL || c->sendq.first != NULL))
+		chan_sync_wait(c);
+	chan_unlock(&c->lock);
+}
+/* Element copies that respect the GC write barrier on GC channels whose elements may hold
+ * pointers (gcchan.c); plain memcpy otherwise. */
+SA_INTERNAL void chan_gc_copy(void *dst, const void *src, size_t n);
+SA_INTERNAL void chan_gc_clear(void *dst, size_t n);
+static inline void chan_elemcopy(const hchan *c, void *dst, const void *src)
+{
+	if (unlikely(c->kind == CHAN_GC_SCAN))
+		chan_gc_copy(dst, src, c->elemsize);
+	else if (c->elemsize == 8)
+		memcpy(dst, src, 8);
+	else if (c->elemsize != 0)
+		memcpy(dst, src, c->elemsize);
+}
+static inline void chan_elemclear(const hchan *c, void *dst)
+{
+	if (dst == NULL || c->elemsize == 0)
+		return;
+	if (unlikely(c->kind == CHAN_GC_SCAN))
+		chan_gc_clear(dst, c->elemsize);
+	else
+		memset(dst, 0, c->elemsize);
+}
+/* A GC channel: make sure the calling thread is registered with the collector, so that its
+ * stack (which holds the channel pointer while it waits, and elements in flight) is scanned. */
+SA_INTERNAL void chan_gc_thread(hchan *c);
 /* Wake the thread of a claimed sudog (no lock needed; do it after unlocking). */
 SA_INTERNAL void chan_ready(sudog *sg);
 /* Prepare g for a new wait (before its sudogs are queued). */
@@ -158,13 +251,19 @@ SA_INTERNAL bool chan_park(chang *g, const struct timespec *deadline);
 /* timeout_ns > 0 → absolute deadline in *ts, returns ts; < 0 → NULL (forever). */
 SA_INTERNAL const struct timespec *chan_deadline(long long timeout_ns, struct timespec *ts);
 
+/* Bytes of a channel block (0: too large), and its initialisation in zeroed or fresh memory. */
+SA_INTERNAL size_t chan_size(size_t elemsize, size_t cap);
+SA_INTERNAL void chan_init(hchan *c, size_t elemsize, size_t cap, int kind);
+
 /* Threads waiting on c (tests). */
 SA_INTERNAL void chan_nwaiting(sa_chan_t *c, size_t *nrecv, size_t *nsend);
 /* Live channels and their bytes, for sa_stats_print. */
 SA_INTERNAL void chan_stats_print(FILE *f);
 typedef struct chan_stats {
-	size_t live, bytes, made;
+	size_t live, bytes, made;      /* sa_chan_make channels */
+	size_t gc_made;                /* sa_gc_chan_make channels (their bytes are the GC heap's) */
 } chan_stats_t;
+SA_INTERNAL void chan_stats_gc_made(void);
 SA_INTERNAL void chan_stats(chan_stats_t *out);
 
 #endif /* SA_CHAN_H */

@@ -28,7 +28,6 @@
 #include "chan.h"
 
 #include <limits.h>
-#include <string.h>
 
 static inline uintptr_t case_key(const sa_select_case_t *cases, uint32_t i)
 {
@@ -83,9 +82,24 @@ static void selunlock(const sa_select_case_t *cases, const uint32_t *lockorder, 
 	for (size_t k = 0; k < n; k++) {
 		hchan *c = cases[lockorder[k]].chan;
 		if (c != prev)
-			chan_unlock(&c->lock);
+			chan_unlock_c(c); /* CHAN_F_WAIT follows the queues */
 		prev = c;
 	}
+}
+
+/* Before parking: shut the lock-free paths of every buffered channel involved (chan.c,
+ * "Why no wake-up is lost"). */
+static bool selsetwait(const sa_select_case_t *cases, const uint32_t *lockorder, size_t n)
+{
+	bool changed = false;
+	for (size_t k = 0; k < n; k++) {
+		hchan *c = cases[lockorder[k]].chan;
+		if (c->dataqsiz != 0 && !c->waitflag) {
+			chan_set_wait(c);
+			changed = true;
+		}
+	}
+	return changed; /* false: nothing could have changed behind the locks */
 }
 
 /* Pass 1 for one case, all channels locked. Returns true and unlocks everything when the
@@ -103,12 +117,10 @@ static bool try_case(sa_select_case_t *cas, const sa_select_case_t *cases,
 			cas->status = SA_CHAN_OK;
 			return true;
 		}
-		if (c->qcount > 0) {
-			chan_bufrecv(c, cas->elem);
+		if (chan_ring_get(c, cas->elem) == RING_OK) {
 			cas->status = SA_CHAN_OK;
 		} else if (c->closed) {
-			if (cas->elem != NULL && c->elemsize != 0)
-				memset(cas->elem, 0, c->elemsize);
+			chan_elemclear(c, cas->elem);
 			cas->status = SA_CHAN_CLOSED;
 		} else {
 			return false;
@@ -124,8 +136,7 @@ static bool try_case(sa_select_case_t *cas, const sa_select_case_t *cases,
 		chan_ready(sg);
 		cas->status = SA_CHAN_OK;
 		return true;
-	} else if (c->qcount < c->dataqsiz) {
-		chan_bufsend(c, cas->elem);
+	} else if (chan_ring_put(c, cas->elem) == RING_OK) {
 		cas->status = SA_CHAN_OK;
 	} else {
 		return false;
@@ -148,6 +159,12 @@ int sa_select(sa_select_case_t *cases, size_t ncases, long long timeout_ns)
 		    cas->chan->elemsize != 0)
 			return -EINVAL;
 	}
+
+	for (size_t i = 0; i < ncases; i++)
+		if (cases[i].chan != NULL && cases[i].chan->kind != CHAN_MALLOC) {
+			chan_gc_thread(cases[i].chan);
+			break;
+		}
 
 	chang *g = chan_getg();
 	sudog *sgs = g->sg;
@@ -179,17 +196,23 @@ int sa_select(sa_select_case_t *cases, size_t ncases, long long timeout_ns)
 	int chosen = SA_SELECT_NONE;
 	sellock(cases, lockorder, norder);
 
-	/* pass 1: the first ready case in poll order */
-	for (size_t k = 0; k < norder; k++) {
-		uint32_t i = pollorder[k];
-		if (try_case(&cases[i], cases, lockorder, norder)) {
-			chosen = (int)i;
+	/* pass 1: the first ready case in poll order. Before blocking, it runs a second time
+	 * with the buffered channels' fast paths shut: a lock-free operation may have made a
+	 * case ready since the first look, and none can from then on. */
+	for (int round = 0;; round++) {
+		for (size_t k = 0; k < norder; k++) {
+			uint32_t i = pollorder[k];
+			if (try_case(&cases[i], cases, lockorder, norder)) {
+				chosen = (int)i;
+				goto out;
+			}
+		}
+		if (timeout_ns == 0) { /* the default clause */
+			selunlock(cases, lockorder, norder);
 			goto out;
 		}
-	}
-	if (timeout_ns == 0) { /* the default clause */
-		selunlock(cases, lockorder, norder);
-		goto out;
+		if (round == 1 || !selsetwait(cases, lockorder, norder))
+			break;
 	}
 
 	/* pass 2: wait on every channel at once */
@@ -211,6 +234,9 @@ int sa_select(sa_select_case_t *cases, size_t ncases, long long timeout_ns)
 	selunlock(cases, lockorder, norder);
 
 	sudog *winner = chan_park(g, deadline) ? g->param : NULL;
+	/* GC channels must stay reachable while we wait: the cases array (the caller's) holds
+	 * them; keep the pointer to it live across the park. */
+	__asm__ __volatile__("" : : "r"(cases) : "memory");
 
 	/* pass 3: withdraw the losing sudogs. The winner was dequeued by its partner. */
 	sellock(cases, lockorder, norder);
