@@ -92,7 +92,9 @@ void chan_lock_slow(_Atomic uint32_t *l)
 		chan_futex(l, FUTEX_WAIT_PRIVATE, 2, NULL);
 }
 
-static __thread chang chan_g;
+/* Line-aligned so that no other thread-local variable of the owner shares the line a partner
+ * writes (chan.h: chang's first line). */
+static __thread chang chan_g __attribute__((aligned(SA_CACHE_LINE)));
 
 chang *chan_getg(void)
 {
@@ -225,6 +227,11 @@ bool chan_park(chang *g, const struct timespec *deadline)
 		chan_cpu_relax();
 	}
 	g->spin = budget / 2 > CHAN_SPIN_MIN ? budget / 2 : CHAN_SPIN_MIN;
+	for (int i = 0; i < CHAN_PARK_YIELDS; i++) {
+		sched_yield();
+		if (atomic_load_explicit(&g->wake, memory_order_acquire) == 1)
+			return true;
+	}
 	for (;;) {
 		uint32_t w = 0;
 		/* 0 → 2 announces the sleep; a waker's exchange then sees 2 and calls FUTEX_WAKE.
@@ -431,9 +438,13 @@ void chan_sync_wait(hchan *c)
  * serve us, and the ring keeps both threads lock-free. */
 static int ring_spin_put(hchan *c, const void *ep)
 {
-	for (unsigned i = 0; i < CHAN_RING_SPIN; i++) {
-		chan_cpu_relax();
-		chan_cpu_relax();
+	for (unsigned i = 0; i < CHAN_RING_SPIN + CHAN_RING_YIELDS; i++) {
+		if (i < CHAN_RING_SPIN) {
+			chan_cpu_relax();
+			chan_cpu_relax();
+		} else {
+			sched_yield();
+		}
 		int r = chan_ring_put_fast(c, ep);
 		if (r != RING_FULL)
 			return r;
@@ -443,9 +454,13 @@ static int ring_spin_put(hchan *c, const void *ep)
 
 static int ring_spin_get(hchan *c, void *ep)
 {
-	for (unsigned i = 0; i < CHAN_RING_SPIN; i++) {
-		chan_cpu_relax();
-		chan_cpu_relax();
+	for (unsigned i = 0; i < CHAN_RING_SPIN + CHAN_RING_YIELDS; i++) {
+		if (i < CHAN_RING_SPIN) {
+			chan_cpu_relax();
+			chan_cpu_relax();
+		} else {
+			sched_yield();
+		}
 		int r = chan_ring_get_fast(c, ep);
 		if (r != RING_EMPTY)
 			return r;
