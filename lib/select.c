@@ -5,8 +5,12 @@
  *           proceed now: a partner parked on the opposite queue, buffer data or room, or a
  *           closed channel. A uniformly random permutation makes every ready case equally
  *           likely to be first, which is Go's fairness guarantee; nothing else is needed.
+ *           Buffered channels also move lock-free (chan.c), so before blocking pass 1 runs
+ *           once more after setting CHAN_F_WAIT on each of them: from then on their rings
+ *           change only under the locks we hold, so "nothing ready" stays true.
  *   pass 2  nothing ready and blocking allowed: put one sudog per case on its channel's queue
- *           (all pointing to this thread's chang), unlock, park.
+ *           (all pointing to this thread's chang), unlock, park. Unlocking makes each channel's
+ *           WAIT flag agree with its queues again (chan_unlock_c).
  *   pass 3  woken: relock and take every sudog except the winner off its queue.
  *
  * Invariants and why they hold:
