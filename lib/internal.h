@@ -163,6 +163,10 @@ typedef struct heaparena {
 	uint32_t zeroed_base;              /* pages at or above have never been handed out */
 	uint32_t collapsed;                /* bit per THP chunk the scavenger asked to MADV_COLLAPSE */
 	int node;                          /* heap node (0 .. sa_heap_nodes-1), see mheap */
+	/* page → size class of the malloc span on it (mcentral sets it when a span joins a class
+	 * and clears it when the span goes back to mheap); 0 for anything else: free pages, large
+	 * and GC spans. free's fast path reads this one byte instead of the span record. */
+	uint8_t pageclass[SA_PAGES_PER_ARENA];
 } heaparena_t;
 
 /* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go). It
@@ -284,28 +288,27 @@ SA_INTERNAL void mcentral_release_spares(void);
  * mcache: per-CPU object arrays reached through rseq, per-thread free lists as the fallback
  * (mcache.c, rseq.c; DESIGN.md section 4)
  * ---------------------------------------------------------------------------------------- */
-/* Per-thread fallback: a list threaded through the objects. room counts down on free and up on
- * malloc; the list holds max - room objects and flushes when room goes below 0. */
-typedef struct freelist {
-	void *head;
-	int32_t room;
-	uint32_t max;
-} freelist_t;
-
+/* Per-thread fallback: per class a list threaded through the objects (head), and a count-down
+ * room: the list holds max - room objects and flushes when room goes below 0. Three parallel
+ * arrays rather than an array of structs, so the fast path reaches head[cls] and room[cls] with
+ * one %fs-relative access each (no address computation). */
 typedef struct mcache {
-	freelist_t lists[SA_NUM_SIZE_CLASSES];
+	void *head[SA_NUM_SIZE_CLASSES];
+	int32_t room[SA_NUM_SIZE_CLASSES];
+	uint32_t max[SA_NUM_SIZE_CLASSES];
 	int state;                     /* enum mcache_state */
 	int rseq;                      /* own rseq registration: 0 none, 1 registered, -1 failed */
 	struct mcache *next, *prev;    /* list of LIVE caches, for statistics */
 } mcache_t;
 
+
 enum mcache_state { MCACHE_NEW = 0, MCACHE_LIVE, MCACHE_DEAD };
 
 extern __thread mcache_t sa_mcache __attribute__((tls_model("initial-exec")));
 
-static inline size_t freelist_count(const freelist_t *l)
+static inline size_t freelist_count(const mcache_t *c, unsigned cls)
 {
-	return (size_t)((int64_t)l->max - l->room);
+	return (size_t)((int64_t)c->max[cls] - c->room[cls]);
 }
 
 /* Per-CPU slabs. CPU i's region is sa_slabs + (i << SA_SLAB_SHIFT): first one 8-byte header per
@@ -327,18 +330,20 @@ extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abor
 
 /* The rseq critical sections. Each emits its struct rseq_cs into section __rseq_cs and its abort
  * handler, preceded by the signature RSEQ_SIG (0x53053053), into __rseq_failure; the handler
- * counts the restart (a plain racy add: statistics), re-arms rseq_cs and restarts. struct rseq: cpu_id at offset 4, rseq_cs at offset 8. A cpu_id
- * outside [0, sa_ncpu) (not registered yet, or registration failed) takes the slow path. */
-#define SA_RSEQ_PROLOGUE(target)                                                                    \
+ * counts the restart (a plain racy add: statistics), re-arms rseq_cs and restarts. struct rseq:
+ * cpu_id at offset 4, rseq_cs at offset 8. cpu_id is sign-extended: -1 (not registered yet) and
+ * -2 (registration failed) index the two guard regions mapped below sa_slabs, whose headers are
+ * all locked, so those threads take the slow path without a range check on the fast path (the
+ * kernel only ever reports possible CPUs, all below sa_ncpu). */
+#define SA_SLAB_GUARDS 2
+#define SA_RSEQ_PROLOGUE()                                                                    \
 	".pushsection __rseq_cs, \"aw\"\n\t.balign 32\n"                                           \
 	"3:\t.long 0, 0\n\t.quad 1f, 2f - 1f, 4f\n\t.popsection\n"                                 \
 	".pushsection __rseq_failure, \"ax\"\n\t.long 0x53053053\n"                                 \
-	"4:\taddq $1, sa_rseq_aborts(%%rip)\n\tjmp 0f\n\t.popsection\n"                                                               \
+	"4:\taddq $1, sa_rseq_aborts(%%rip)\n\tjmp 0f\n\t.popsection\n"                           \
 	"0:\tleaq 3b(%%rip), %[t]\n\t"                                                               \
 	"movq %[t], %%fs:8(%[off])\n"                                                               \
-	"1:\tmovl %%fs:4(%[off]), %k[t]\n\t"                                                         \
-	"cmpl %[ncpu], %k[t]\n\t"                                                                   \
-	"jae " target "\n\t"                                                                     \
+	"1:\tmovslq %%fs:4(%[off]), %[t]\n\t"                                                      \
 	"shlq $19, %[t]\n\t"                                                                        \
 	"addq %[slabs], %[t]\n\t"
 
@@ -346,7 +351,7 @@ extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abor
 #define SA_PERCPU_POP(p, cls, slow)                                                                \
 	do {                                                                                       \
 		uintptr_t t_, c_;                                                                  \
-		__asm__ volatile goto(SA_RSEQ_PROLOGUE("%l[" #slow "]")                                              \
+		__asm__ volatile goto(SA_RSEQ_PROLOGUE()                                              \
 			     "movzwl (%[t],%[cls],8), %k[c]\n\t"                                   \
 			     "cmpw 4(%[t],%[cls],8), %w[c]\n\t"                                    \
 			     "jbe %l[" #slow "]\n\t"                                                     \
@@ -355,8 +360,7 @@ extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abor
 			     "movw %w[c], (%[t],%[cls],8)\n"                                        \
 			     "2:\n"                                                                  \
 			     : [t] "=&r"(t_), [c] "=&r"(c_), [p] "=&r"(p)                            \
-			     : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls)), [ncpu] "m"(sa_ncpu), \
-			       [slabs] "m"(sa_slabs)                                                   \
+			     : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls)), [slabs] "m"(sa_slabs) \
 			     : "memory", "cc"                                                        \
 			     : slow);                                                                 \
 	} while (0)
@@ -365,7 +369,7 @@ extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abor
 #define SA_PERCPU_PUSH(p, cls, slow)                                                               \
 	do {                                                                                       \
 		uintptr_t t_, c_;                                                                  \
-		__asm__ volatile goto(SA_RSEQ_PROLOGUE("%l[" #slow "]")                                              \
+		__asm__ volatile goto(SA_RSEQ_PROLOGUE()                                              \
 			     "movzwl (%[t],%[cls],8), %k[c]\n\t"                                   \
 			     "cmpw 2(%[t],%[cls],8), %w[c]\n\t"                                    \
 			     "jae %l[" #slow "]\n\t"                                                     \
@@ -375,12 +379,13 @@ extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abor
 			     "2:\n"                                                                  \
 			     : [t] "=&r"(t_), [c] "=&r"(c_)                                          \
 			     : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls)), [p] "r"(p),       \
-			       [ncpu] "m"(sa_ncpu), [slabs] "m"(sa_slabs)                             \
+			       [slabs] "m"(sa_slabs)                                                   \
 			     : "memory", "cc"                                                        \
 			     : slow);                                                                 \
 	} while (0)
 
-SA_INTERNAL void *mcache_refill(unsigned sizeclass);        /* malloc missed (either path) */
+/* malloc missed (either path); n is the request, used only when sizeclass is 0 (before init) */
+SA_INTERNAL void *mcache_refill(size_t n, unsigned sizeclass);
 SA_INTERNAL void mcache_overflow(unsigned sizeclass);       /* per-thread list went past its bound */
 SA_INTERNAL void mcache_percpu_free_slow(unsigned sizeclass, void *p); /* per-CPU push failed */
 SA_INTERNAL void mcache_release(mcache_t *c);

@@ -21,32 +21,25 @@
  * does not know, or that is not the start of an object, or a second free of the same object,
  * prints one line naming the address and aborts (sa_fatal).
  */
-#include "internal.h"
+#include "fastpath.h"
 
 #include <errno.h>
 #include <string.h>
 
-static inline __attribute__((always_inline)) void *small_alloc(unsigned cls)
+uint8_t sa_class_of[SA_DIRECT_MAX + 1];
+
+static inline void *small_alloc(unsigned cls)
 {
-	void *p;
-	if (likely(sa_percpu)) {
-		SA_PERCPU_POP(p, cls, refill);
-		return p;
-	}
-	freelist_t *l = &sa_mcache.lists[cls];
-	p = l->head;
-	if (likely(p != NULL)) {
-		l->head = *(void **)p;
-		l->room++;
-		return p;
-	}
-refill:
-	return mcache_refill(cls); /* sets errno = ENOMEM when it fails; a tail call */
+	return sa_small_alloc(0, cls);
 }
 
 void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
 {
-	sa_ensure_init();
+	if (unlikely(!atomic_load_explicit(&sa_inited, memory_order_acquire))) {
+		int e = errno; /* malloc's first call may come here: initialising keeps errno */
+		sa_init_slow();
+		errno = e;
+	}
 	if (n > SA_MAX_ALLOC) {
 		errno = ENOMEM;
 		return NULL;
@@ -62,13 +55,16 @@ void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
 	return (void *)s->base;
 }
 
-void *sa_malloc(size_t n)
+void *sa_malloc_slow(size_t n)
 {
-	if (likely(n <= SA_SMALL_SIZE_MAX - 8)) /* the common sizes: one table, laid out inline */
-		return small_alloc(sa_size_to_class8[(n + SA_SMALL_SIZE_DIV - 1) / SA_SMALL_SIZE_DIV]);
 	if (likely(n <= SA_MAX_SMALL_SIZE))
 		return small_alloc(size_to_class(n));
 	return sa_malloc_large(n, 1, false);
+}
+
+void *sa_malloc(size_t n)
+{
+	return sa_malloc_fast(n);
 }
 
 static _Noreturn void bad_free(const void *p, const char *why)
@@ -99,43 +95,27 @@ static SA_NOINLINE void free_large(mspan_t *s, void *p)
 		sa_fatal("free(): double free of %p", p);
 }
 
-static inline __attribute__((always_inline)) void free_object(mspan_t *s, void *p)
+/* Free p through its span record: realloc, and the cases whose class byte is 0. */
+static void free_object(mspan_t *s, void *p)
 {
 	unsigned cls = spanclass_sizeclass(s->spanclass);
 	if (unlikely(cls == 0)) {
 		free_large(s, p);
 		return;
 	}
-	if (likely(sa_percpu)) {
-		SA_PERCPU_PUSH(p, cls, full);
-		return;
-	full:
-		mcache_percpu_free_slow(cls, p);
-		return;
-	}
-	freelist_t *l = &sa_mcache.lists[cls];
-	*(void **)p = l->head;
-	l->head = p;
-	if (unlikely(--l->room < 0))
-		mcache_overflow(cls);
+	sa_small_free(p, cls);
 }
 
-/* Out of line and not _Noreturn, so sa_free tail-calls it and needs no stack frame. */
-static SA_NOINLINE void free_unknown(void *p)
+void sa_free_slow(void *p)
 {
-	owner_span(p);
+	if (p == NULL)
+		return;
+	free_object(owner_span(p), p);
 }
 
 void sa_free(void *p)
 {
-	if (p == NULL)
-		return;
-	mspan_t *s = spanof(p);
-	if (unlikely(s == NULL)) {
-		free_unknown(p);
-		return;
-	}
-	free_object(s, p);
+	sa_free_fast(p);
 }
 
 void *sa_calloc(size_t count, size_t size)

@@ -33,7 +33,7 @@
  * per-CPU mode a thread whose rseq area is not usable (own registration failed, or unregistered at
  * its exit) uses these lists too.
  */
-#include "internal.h"
+#include "fastpath.h"
 
 #include <errno.h>
 #include <string.h>
@@ -87,7 +87,7 @@ static inline void st16(uint16_t *p, unsigned v) { __atomic_store_n(p, (uint16_t
 static size_t push_batch(unsigned cls, void *const *objs, size_t n)
 {
 	uintptr_t t, h, c, k, d, i, x;
-	__asm__ volatile(SA_RSEQ_PROLOGUE("5f")
+	__asm__ volatile(SA_RSEQ_PROLOGUE()
 			 "leaq (%[t],%[cls],8), %[h]\n\t"
 			 "movzwl (%[h]), %k[c]\n\t"
 			 "movzwl 2(%[h]), %k[k]\n\t"
@@ -111,7 +111,7 @@ static size_t push_batch(unsigned cls, void *const *objs, size_t n)
 			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [i] "=&r"(i),
 			   [x] "=&r"(x)
 			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)cls), [objs] "r"(objs), [n] "r"(n),
-			   [ncpu] "m"(sa_ncpu), [slabs] "m"(sa_slabs)
+			   [slabs] "m"(sa_slabs)
 			 : "memory", "cc");
 	return k;
 }
@@ -120,7 +120,7 @@ static size_t push_batch(unsigned cls, void *const *objs, size_t n)
 static size_t pop_batch(unsigned cls, void **out, size_t n)
 {
 	uintptr_t t, h, c, k, d, i, x;
-	__asm__ volatile(SA_RSEQ_PROLOGUE("5f")
+	__asm__ volatile(SA_RSEQ_PROLOGUE()
 			 "leaq (%[t],%[cls],8), %[h]\n\t"
 			 "movzwl (%[h]), %k[c]\n\t"
 			 "movzwl 4(%[h]), %k[x]\n\t"
@@ -145,7 +145,7 @@ static size_t pop_batch(unsigned cls, void **out, size_t n)
 			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [i] "=&r"(i),
 			   [x] "=&r"(x)
 			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)cls), [out] "r"(out), [n] "r"(n),
-			   [ncpu] "m"(sa_ncpu), [slabs] "m"(sa_slabs)
+			   [slabs] "m"(sa_slabs)
 			 : "memory", "cc");
 	return k;
 }
@@ -327,23 +327,22 @@ static void mcache_register(mcache_t *c)
 	mcaches = c;
 	pthread_mutex_unlock(&mcaches_lock);
 	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
-		c->lists[i].room += (int32_t)class_max[i];
-		c->lists[i].max = class_max[i];
+		c->room[i] += (int32_t)class_max[i];
+		c->max[i] = class_max[i];
 	}
 }
 
 /* Flush up to n objects from the head of list cls. */
 static void flush_list(mcache_t *c, unsigned cls, size_t n)
 {
-	freelist_t *l = &c->lists[cls];
 	void *buf[BATCH_MAX];
-	while (n > 0 && l->head) {
+	while (n > 0 && c->head[cls]) {
 		size_t k = 0;
-		while (k < BATCH_MAX && k < n && l->head) {
-			buf[k++] = l->head;
-			l->head = *(void **)l->head;
+		while (k < BATCH_MAX && k < n && c->head[cls]) {
+			buf[k++] = c->head[cls];
+			c->head[cls] = *(void **)c->head[cls];
 		}
-		l->room += (int32_t)k;
+		c->room[cls] += (int32_t)k;
 		n -= k;
 		mcentral_flush(make_spanclass(cls, true), buf, k);
 	}
@@ -354,23 +353,22 @@ static void *thread_refill(unsigned cls)
 	mcache_t *c = &sa_mcache;
 	if (c->state == MCACHE_NEW)
 		mcache_register(c);
-	freelist_t *l = &c->lists[cls];
-	void *p = l->head;
+	void *p = c->head[cls];
 	if (p) { /* filled meanwhile (a NEW cache registering, or a per-CPU thread's list) */
-		l->head = *(void **)p;
-		l->room++;
+		c->head[cls] = *(void **)p;
+		c->room[cls]++;
 		return p;
 	}
 	void *buf[BATCH_MAX];
-	size_t want = l->max ? class_batch[cls] : 1;
+	size_t want = c->max[cls] ? class_batch[cls] : 1;
 	size_t got = mcentral_refill(make_spanclass(cls, true), buf, want);
 	if (got == 0)
 		return NULL;
 	for (size_t i = got - 1; i >= 1; i--) {
-		*(void **)buf[i] = l->head;
-		l->head = buf[i];
+		*(void **)buf[i] = c->head[cls];
+		c->head[cls] = buf[i];
 	}
-	l->room -= (int32_t)(got - 1);
+	c->room[cls] -= (int32_t)(got - 1);
 	return buf[0];
 }
 
@@ -382,15 +380,14 @@ void mcache_overflow(unsigned cls)
 	if (c->state == MCACHE_NEW) {
 		sa_ensure_init();
 		mcache_register(c);
-		if (c->lists[cls].room >= 0)
+		if (c->room[cls] >= 0)
 			return;
 	}
-	freelist_t *l = &c->lists[cls];
 	if (unlikely(sa_config.debug)) /* poison all but the link word: use-after-free shows */
-		memset((char *)l->head + sizeof(void *), 0xde, sa_class_to_size[cls] - sizeof(void *));
+		memset((char *)c->head[cls] + sizeof(void *), 0xde, sa_class_to_size[cls] - sizeof(void *));
 	/* keep half the bound so a free/malloc ping-pong at the edge does not flush every time */
-	size_t count = freelist_count(l);
-	flush_list(c, cls, l->max ? count - l->max / 2 : count);
+	size_t count = freelist_count(c, cls);
+	flush_list(c, cls, c->max[cls] ? count - c->max[cls] / 2 : count);
 }
 
 /* ---- slow paths of the per-CPU fast path ------------------------------------------------ */
@@ -448,9 +445,15 @@ empty:;
 
 /* Slow path of malloc: the class is empty (either path). Returns one object, or NULL with
  * errno = ENOMEM. */
-void *mcache_refill(unsigned cls)
+void *mcache_refill(size_t n, unsigned cls)
 {
-	sa_ensure_init();
+	if (unlikely(!atomic_load_explicit(&sa_inited, memory_order_acquire))) {
+		int e = errno; /* the first malloc initialises here: keep errno as it was */
+		sa_init_slow();
+		errno = e;
+	}
+	if (unlikely(cls == 0)) /* sa_class_of was not filled when the fast path read it */
+		cls = size_to_class(n);
 	void *p = sa_percpu ? percpu_refill(cls) : thread_refill(cls);
 	if (unlikely(p == NULL))
 		errno = ENOMEM;
@@ -463,10 +466,10 @@ void mcache_percpu_free_slow(unsigned cls, void *p)
 {
 	int cpu = thread_cpu();
 	if (cpu < 0) {
-		freelist_t *l = &sa_mcache.lists[cls];
-		*(void **)p = l->head;
-		l->head = p;
-		if (--l->room < 0)
+		mcache_t *c = &sa_mcache;
+		*(void **)p = c->head[cls];
+		c->head[cls] = p;
+		if (--c->room[cls] < 0)
 			mcache_overflow(cls);
 		return;
 	}
@@ -530,7 +533,8 @@ static void percpu_init(void)
 		class_cap[c] = (uint16_t)cap;
 		off += (unsigned)cap;
 	}
-	char *slabs = os_map((size_t)ncpu << SA_SLAB_SHIFT);
+	/* SA_SLAB_GUARDS regions below CPU 0's, every header locked: where cpu_id is -1 or -2 */
+	char *slabs = os_map((size_t)(ncpu + SA_SLAB_GUARDS) << SA_SLAB_SHIFT);
 	cpustate_t *cs = persistent_alloc(ncpu * sizeof(cpustate_t));
 	if (slabs == NULL || cs == NULL) {
 		fallback_why = "out of memory for the per-CPU slabs";
@@ -538,6 +542,11 @@ static void percpu_init(void)
 			rseq_unregister_thread();
 		return;
 	}
+	for (unsigned g = 0; g < SA_SLAB_GUARDS; g++)
+		for (unsigned c = 0; c < SA_NUM_SIZE_CLASSES; c++)
+			((cpuhdr_t *)(slabs + ((size_t)g << SA_SLAB_SHIFT)))[c] =
+				(cpuhdr_t){.current = 0, .end = 0, .begin = SA_HDR_LOCKED};
+	slabs += (size_t)SA_SLAB_GUARDS << SA_SLAB_SHIFT;
 	for (unsigned cpu = 0; cpu < ncpu; cpu++) {
 		pthread_mutex_init(&cs[cpu].lock, NULL);
 		cpuhdr_t *h = (cpuhdr_t *)(slabs + ((size_t)cpu << SA_SLAB_SHIFT));
@@ -560,6 +569,8 @@ static void percpu_init(void)
 void mcache_init(void)
 {
 	pthread_key_create(&mcache_key, mcache_thread_exit);
+	for (size_t n = 0; n <= SA_DIRECT_MAX; n++)
+		sa_class_of[n] = (uint8_t)size_to_class(n);
 	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
 		size_t size = sa_class_to_size[i];
 		size_t per_class = sa_config.mcache_class_bytes;
@@ -581,8 +592,8 @@ const char *mcache_mode(void)
 void mcache_release(mcache_t *c)
 {
 	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++)
-		if (c->lists[i].head)
-			flush_list(c, i, freelist_count(&c->lists[i]));
+		if (c->head[i])
+			flush_list(c, i, freelist_count(c, i));
 }
 
 void mcache_release_all(void)
@@ -612,8 +623,8 @@ static void mcache_thread_exit(void *arg)
 	pthread_mutex_unlock(&mcaches_lock);
 	c->state = MCACHE_DEAD;
 	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
-		c->lists[i].max = 0;
-		c->lists[i].room = 0;
+		c->max[i] = 0;
+		c->room[i] = 0;
 	}
 	if (c->rseq == 1) { /* our own registration: later calls in this thread use its lists */
 		rseq_unregister_thread();
@@ -627,8 +638,8 @@ size_t mcache_thread_cached(unsigned cls)
 	size_t n = 0;
 	pthread_mutex_lock(&mcaches_lock);
 	for (mcache_t *c = mcaches; c; c = c->next) {
-		int64_t k = (int64_t)__atomic_load_n(&c->lists[cls].max, __ATOMIC_RELAXED) -
-			    __atomic_load_n(&c->lists[cls].room, __ATOMIC_RELAXED);
+		int64_t k = (int64_t)__atomic_load_n(&c->max[cls], __ATOMIC_RELAXED) -
+			    __atomic_load_n(&c->room[cls], __ATOMIC_RELAXED);
 		n += k > 0 ? (size_t)k : 0;
 	}
 	pthread_mutex_unlock(&mcaches_lock);

@@ -64,6 +64,23 @@ void mcentral_fork_child(void)
 			pthread_mutex_init(&sa_mcentrals[node][i].lock, NULL);
 }
 
+/* Mark span s's pages as holding size class cls (0: no longer a malloc span) for free's fast
+ * path (fastpath.h). Set before the span's first object is handed out and cleared after its last
+ * came back, so a valid free never sees a stale byte. */
+static void set_pageclass(mspan_t *s, unsigned cls)
+{
+	heaparena_t *a = arena_of(s->base);
+	size_t first = (s->base >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
+	for (size_t i = 0; i < s->npages; i++)
+		__atomic_store_n(&a->pageclass[first + i], (uint8_t)cls, __ATOMIC_RELAXED);
+}
+
+static void span_free(mspan_t *s)
+{
+	set_pageclass(s, 0);
+	mheap_free(s, NULL);
+}
+
 static void list_push(mspan_t **head, mspan_t *s, uint8_t which)
 {
 	s->prev = NULL;
@@ -106,6 +123,7 @@ size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
 				s = mheap_alloc_node(sa_class_to_allocnpages[cls], sc, 1, node);
 				if (s == NULL)
 					break;
+				set_pageclass(s, cls);
 				c->nspans++;
 			}
 			list_push(&c->partial, s, LIST_PARTIAL);
@@ -120,42 +138,59 @@ size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
 	return got;
 }
 
-/* Return n objects of spanclass sc to their spans, each to its span's node. */
+static _Noreturn SA_NOINLINE void flush_fatal(mcentral_t *c, bool twice, void *p, spanclass_t sc)
+{
+	pthread_mutex_unlock(&c->lock);
+	if (twice)
+		sa_fatal("free(): double free or corruption: %p was not allocated (spanclass %u)", p, (unsigned)sc);
+	sa_fatal("free(): invalid pointer %p: not the start of an object", p);
+}
+
+/* Return n objects of spanclass sc to their spans, each to its span's node. Batches mostly hold
+ * runs of objects of one span (a cache gives back what it took together), so the span found for
+ * one object is tried first for the next: the page map is read once per run, and the object index
+ * is computed once per object for both checks (start of an object; allocated) and the bit. */
 void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 {
 	mcentral_t *c = NULL;
+	mspan_t *s = NULL;
 	for (size_t i = 0; i < n; i++) {
-		mspan_t *s = spanof(objs[i]);
 		uintptr_t p = (uintptr_t)objs[i];
-		mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][sc];
-		if (want != c) { /* one node's lock at a time */
-			if (c)
-				pthread_mutex_unlock(&c->lock);
-			c = want;
-			pthread_mutex_lock(&c->lock);
+		if (s == NULL || p - s->base >= s->limit - s->base) {
+			s = spanof(objs[i]);
+			mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][sc];
+			if (want != c) { /* one node's lock at a time */
+				if (c)
+					pthread_mutex_unlock(&c->lock);
+				c = want;
+				pthread_mutex_lock(&c->lock);
+			}
+			if (unlikely(s == NULL || s->spanclass != sc || p < s->base || p >= s->limit))
+				flush_fatal(c, false, objs[i], sc);
+			s->needzero = 1;
 		}
-		if (unlikely(s == NULL || s->spanclass != sc || p >= s->limit ||
-			     p != s->base + mspan_objindex(s, p) * s->elemsize)) {
-			pthread_mutex_unlock(&c->lock);
-			sa_fatal("free(): invalid pointer %p: not the start of an object", objs[i]);
-		}
-		if (unlikely(!mspan_give(s, objs[i]))) {
-			pthread_mutex_unlock(&c->lock);
-			sa_fatal("free(): double free or corruption: %p was not allocated (spanclass %u)", objs[i],
-				 (unsigned)sc);
-		}
+		size_t idx = mspan_objindex(s, p);
+		if (unlikely(p != s->base + idx * s->elemsize))
+			flush_fatal(c, false, objs[i], sc);
+		uint64_t bit = 1ULL << (idx % 64), *word = &s->allocbits[idx / 64];
+		if (unlikely(!(*word & bit)))
+			flush_fatal(c, true, objs[i], sc);
+		*word &= ~bit;
+		if (idx < s->freeindex)
+			s->freeindex = (uint16_t)idx;
 		if (s->list == LIST_FULL) {
 			list_remove(c, s);
 			list_push(&c->partial, s, LIST_PARTIAL);
 		}
-		if (s->alloc_count == 0) {
+		if (--s->alloc_count == 0) {
 			list_remove(c, s);
 			if (c->spare == NULL) {
 				c->spare = s;
 			} else {
 				c->nspans--;
-				mheap_free(s, NULL);
+				span_free(s);
 			}
+			s = NULL; /* its record may be reused */
 		}
 	}
 	if (c)
@@ -170,7 +205,7 @@ void mcentral_release_spares(void)
 		mcentral_t *c = &sa_mcentrals[i / SA_NUM_SPAN_CLASSES][i % SA_NUM_SPAN_CLASSES];
 		pthread_mutex_lock(&c->lock);
 		if (c->spare) {
-			mheap_free(c->spare, NULL);
+			span_free(c->spare);
 			c->spare = NULL;
 			c->nspans--;
 		}

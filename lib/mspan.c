@@ -42,25 +42,33 @@ void mspan_init_large(mspan_t *s)
 	s->allocbits[0] = 1;
 }
 
-/* Hand out up to max free objects into out[]; returns how many. */
+/* Hand out up to max free objects into out[]; returns how many. One 64-bit word of alloc bits at
+ * a time (Go's allocCache idea): the word's free bits are peeled off with ctz, and the bits taken
+ * are set with one store per word. */
 size_t mspan_take(mspan_t *s, void **out, size_t max)
 {
-	size_t got = 0;
-	size_t i = s->freeindex;
-	while (got < max && i < s->nelems) {
-		uint64_t free = ~s->allocbits[i / 64] >> (i % 64);
-		if (free == 0) {
-			i = (i / 64 + 1) * 64;
-			continue;
+	size_t got = 0, i = s->freeindex;
+	const size_t n = s->nelems, size = s->elemsize;
+	const uintptr_t base = s->base;
+	while (got < max && i < n) {
+		size_t w = i / 64;
+		uint64_t free = ~s->allocbits[w] & (~0ULL << (i % 64));
+		if ((w + 1) * 64 > n) /* the last word: no bits past nelems */
+			free &= (1ULL << (n % 64)) - 1;
+		uint64_t all = free;
+		uintptr_t wbase = base + w * 64 * size;
+		while (free != 0 && got < max) {
+			out[got++] = (void *)(wbase + (size_t)__builtin_ctzll(free) * size);
+			free &= free - 1;
 		}
-		i += (size_t)__builtin_ctzll(free);
-		if (i >= s->nelems)
+		s->allocbits[w] |= all & ~free;
+		if (free != 0) { /* stopped at max: every object below the next free bit is taken */
+			i = w * 64 + (size_t)__builtin_ctzll(free);
 			break;
-		s->allocbits[i / 64] |= 1ULL << (i % 64);
-		out[got++] = (void *)(s->base + i * s->elemsize);
-		i++;
+		}
+		i = (w + 1) * 64;
 	}
-	s->freeindex = (uint16_t)(i < s->nelems ? i : s->nelems);
+	s->freeindex = (uint16_t)(i < n ? i : n);
 	s->alloc_count = (uint16_t)(s->alloc_count + got);
 	return got;
 }

@@ -41,9 +41,10 @@
  *
  * Initialisation: the first call of any entry point initialises the heap (sa_init_slow), which
  * allocates nothing and calls nothing that allocates before sa_inited is published; errno is
- * preserved across it, so a successful first malloc leaves errno as it found it.
+ * preserved across it, so a successful first malloc leaves errno as it found it. malloc reaches
+ * it from its slow paths (mcache_refill, sa_malloc_large), the others from ov_init.
  */
-#include "internal.h"
+#include "fastpath.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -70,20 +71,22 @@ static inline void ov_init(void)
 		init_keep_errno();
 }
 
+/* malloc and free carry the fast paths themselves (fastpath.h): no call to sa_malloc/sa_free and
+ * no initialisation check — the first malloc misses every cache and initialises in its slow path
+ * (keeping errno), and free before any malloc can only see NULL or a foreign pointer. */
 SA_EXPORT void *malloc(size_t n)
 {
-	ov_init();
-	return sa_malloc(n);
+	return sa_malloc_fast(n);
 }
 
 SA_EXPORT void free(void *p)
 {
-	sa_free(p);
+	sa_free_fast(p);
 }
 
 SA_EXPORT void cfree(void *p)
 {
-	sa_free(p);
+	sa_free_fast(p);
 }
 
 SA_EXPORT void *calloc(size_t count, size_t size)

@@ -522,7 +522,7 @@ START_TEST(test_late_destructor)
 	}
 	ck_assert_int_eq(errors, 0);
 	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) /* only this thread's list is live */
-		ck_assert_uint_eq(mcache_thread_cached(c), freelist_count(&sa_mcache.lists[c]));
+		ck_assert_uint_eq(mcache_thread_cached(c), freelist_count(&sa_mcache, c));
 }
 END_TEST
 

@@ -210,7 +210,7 @@ START_TEST(test_stress)
 	ck_assert_int_eq(errors, 0);
 	/* the workers' caches went back at thread exit */
 	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++)
-		ck_assert_uint_eq(mcache_thread_cached(c), freelist_count(&sa_mcache.lists[c])); /* only this thread's list is live; CPUs keep theirs until sa_release */
+		ck_assert_uint_eq(mcache_thread_cached(c), freelist_count(&sa_mcache, c)); /* only this thread's list is live; CPUs keep theirs until sa_release */
 	sa_release();
 	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++)
 		ck_assert_uint_eq(mcache_cached(c), 0);

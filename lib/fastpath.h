@@ -1,0 +1,108 @@
+/* fastpath.h — malloc's and free's fast paths, inlined into sa_malloc/sa_free (malloc.c) and into
+ * the exported malloc/free (override.c), so a preloaded malloc is one function with no wrapper
+ * call and no initialisation check.
+ *
+ * malloc(n), n ≤ 1024: class = sa_class_of[n] (one byte load), then pop the current CPU's slab of
+ * that class in a restartable sequence (SA_PERCPU_POP), or, in per-thread mode, the thread's list
+ * head[cls]. Anything else (a bigger size, an empty cache) goes out of line.
+ * free(p): the arena index gives p's heaparena; its pageclass byte gives the size class of the
+ * malloc span on p's page (0: not a small malloc object — NULL, a large or GC object, a foreign
+ * pointer, a free page); then push on the CPU's slab or the thread's list. Every check that needs
+ * the span record (foreign pointer, not the start of an object, double free) runs off the fast
+ * path: the 0 class byte sends the odd cases to sa_free_slow, and objects are validated against
+ * their span when they reach it (mcentral_flush).
+ *
+ * Initialisation: before sa_init_slow ran, sa_class_of is all zero, class 0 is never cached (its
+ * per-thread list stays empty, its per-CPU header is locked) and sa_percpu is 0, so the first
+ * malloc lands in mcache_refill, which initialises (keeping errno) and recomputes the class from
+ * n. The first free of a real object cannot come before the first malloc; free(NULL) before it
+ * finds no arena and returns from sa_free_slow.
+ */
+#ifndef SA_FASTPATH_H
+#define SA_FASTPATH_H
+
+#include "internal.h"
+
+#include <stddef.h>
+
+#define SA_DIRECT_MAX 1024
+/* size → size class for sizes 0..SA_DIRECT_MAX, filled by mcache_init (0 before init). */
+extern uint8_t sa_class_of[SA_DIRECT_MAX + 1] SA_INTERNAL;
+
+SA_INTERNAL void *sa_malloc_slow(size_t n);   /* bigger than SA_DIRECT_MAX */
+SA_INTERNAL void sa_free_slow(void *p);        /* class byte 0: NULL, large, GC, foreign */
+
+#define SA_ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* Pop an object of class cls; n is only for the slow path (class 0 before initialisation). */
+static SA_ALWAYS_INLINE void *sa_small_alloc(size_t n, uintptr_t cls)
+{
+	void *p;
+	if (likely(sa_percpu)) {
+		SA_PERCPU_POP(p, cls, refill);
+		return p;
+	}
+	p = sa_mcache.head[cls];
+	if (likely(p != NULL)) {
+		sa_mcache.head[cls] = *(void **)p;
+		sa_mcache.room[cls]++;
+		return p;
+	}
+refill:
+	return mcache_refill(n, (unsigned)cls); /* sets errno = ENOMEM when it fails; a tail call */
+}
+
+static SA_ALWAYS_INLINE void *sa_malloc_fast(size_t n)
+{
+	if (likely(n <= SA_DIRECT_MAX))
+		return sa_small_alloc(n, sa_class_of[n]);
+	return sa_malloc_slow(n);
+}
+
+/* Push small object p of class cls (≠ 0) on the CPU's slab or the thread's list. */
+static SA_ALWAYS_INLINE void sa_small_free(void *p, uintptr_t cls)
+{
+	if (likely(sa_percpu)) {
+		SA_PERCPU_PUSH(p, cls, full);
+		return;
+	full:
+		mcache_percpu_free_slow((unsigned)cls, p);
+		return;
+	}
+	/* head[cls] and room[cls] straight through %fs (gcc would add the room offset to the index
+	 * in a separate instruction): link p, publish it as the head, count down, overflow below 0 */
+	uintptr_t tp_, old_;
+	__asm__ volatile goto("movq sa_mcache@gottpoff(%%rip), %[tp]\n\t"
+		     "movq %%fs:(%[tp],%[cls],8), %[old]\n\t"
+		     "movq %[old], (%[p])\n\t"
+		     "movq %[p], %%fs:(%[tp],%[cls],8)\n\t"
+		     "subl $1, %%fs:%c[room](%[tp],%[cls],4)\n\t"
+		     "js %l[over]"
+		     : [tp] "=&r"(tp_), [old] "=&r"(old_)
+		     : [p] "r"(p), [cls] "r"(cls), [room] "i"(offsetof(mcache_t, room))
+		     : "memory", "cc"
+		     : over);
+	return;
+over:
+	mcache_overflow((unsigned)cls);
+}
+
+static SA_ALWAYS_INLINE void sa_free_fast(void *p)
+{
+	uintptr_t ai = (uintptr_t)p >> SA_ARENA_SHIFT;
+	if (likely(ai < SA_ARENA_L2_ENTRIES)) {
+		heaparena_t *a = atomic_load_explicit(&sa_arenas[ai], memory_order_acquire);
+		if (likely(a != NULL)) {
+			uintptr_t cls = __atomic_load_n(&a->pageclass[((uintptr_t)p >> SA_PAGE_SHIFT) &
+								      (SA_PAGES_PER_ARENA - 1)],
+						       __ATOMIC_RELAXED);
+			if (likely(cls != 0)) {
+				sa_small_free(p, cls);
+				return;
+			}
+		}
+	}
+	sa_free_slow(p);
+}
+
+#endif /* SA_FASTPATH_H */
