@@ -2,7 +2,7 @@
  * the exported malloc/free (override.c), so a preloaded malloc is one function with no wrapper
  * call and no initialisation check.
  *
- * malloc(n), n ≤ 1024: class = sa_class_of[n] (one byte load), then pop the current CPU's slab of
+ * malloc(n), n ≤ 4096: class = sa_class_of[n] (one byte load), then pop the current CPU's slab of
  * that class in a restartable sequence (SA_PERCPU_POP), or, in per-thread mode, the thread's list
  * head[cls]. Anything else (a bigger size, an empty cache) goes out of line.
  * free(p): the arena index gives p's heaparena; its pageclass byte gives the size class of the
@@ -25,7 +25,7 @@
 
 #include <stddef.h>
 
-#define SA_DIRECT_MAX 1024
+#define SA_DIRECT_MAX 4096
 /* size → size class for sizes 0..SA_DIRECT_MAX, filled by mcache_init (0 before init). */
 extern uint8_t sa_class_of[SA_DIRECT_MAX + 1] SA_INTERNAL;
 

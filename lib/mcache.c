@@ -332,13 +332,15 @@ static void mcache_register(mcache_t *c)
 	}
 }
 
-/* Flush up to n objects from the head of list cls. */
+/* Flush up to n objects from the head of list cls. An overflow flushes max/2 + 1 (max is at
+ * most 2 * BATCH_MAX), so one buffer of FLUSH_MAX takes it in one mcentral_flush. */
+#define FLUSH_MAX (2 * BATCH_MAX + 2)
 static void flush_list(mcache_t *c, unsigned cls, size_t n)
 {
-	void *buf[BATCH_MAX];
+	void *buf[FLUSH_MAX];
 	while (n > 0 && c->head[cls]) {
 		size_t k = 0;
-		while (k < BATCH_MAX && k < n && c->head[cls]) {
+		while (k < FLUSH_MAX && k < n && c->head[cls]) {
 			buf[k++] = c->head[cls];
 			c->head[cls] = *(void **)c->head[cls];
 		}

@@ -154,9 +154,13 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 {
 	mcentral_t *c = NULL;
 	mspan_t *s = NULL;
+	/* the current span's geometry in locals: the bit stores below may alias the record */
+	uintptr_t base = 0, len = 0;
+	size_t size = 0;
+	uint64_t magic = 0;
 	for (size_t i = 0; i < n; i++) {
-		uintptr_t p = (uintptr_t)objs[i];
-		if (s == NULL || p - s->base >= s->limit - s->base) {
+		uintptr_t p = (uintptr_t)objs[i], off = p - base;
+		if (off >= len) {
 			s = spanof(objs[i]);
 			mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][sc];
 			if (want != c) { /* one node's lock at a time */
@@ -168,9 +172,14 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 			if (unlikely(s == NULL || s->spanclass != sc || p < s->base || p >= s->limit))
 				flush_fatal(c, false, objs[i], sc);
 			s->needzero = 1;
+			base = s->base;
+			len = s->limit - base;
+			size = s->elemsize;
+			magic = s->divmagic;
+			off = p - base;
 		}
-		size_t idx = mspan_objindex(s, p);
-		if (unlikely(p != s->base + idx * s->elemsize))
+		size_t idx = (size_t)((off * magic) >> 32);
+		if (unlikely(off != idx * size))
 			flush_fatal(c, false, objs[i], sc);
 		uint64_t bit = 1ULL << (idx % 64), *word = &s->allocbits[idx / 64];
 		if (unlikely(!(*word & bit)))
@@ -191,6 +200,7 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 				span_free(s);
 			}
 			s = NULL; /* its record may be reused */
+			base = len = 0;
 		}
 	}
 	if (c)
