@@ -146,22 +146,80 @@ static _Noreturn SA_NOINLINE void flush_fatal(mcentral_t *c, bool twice, void *p
 	sa_fatal("free(): invalid pointer %p: not the start of an object", p);
 }
 
+/* The objects of one span that a flush has collected for one word of its alloc bits. */
+typedef struct flushrun {
+	mspan_t *s;
+	size_t word;                   /* index into s->allocbits */
+	uint64_t mask;                 /* objects of that word being freed */
+	size_t freed;                  /* objects of s freed by words already applied */
+	size_t minidx;                 /* lowest object index freed in s */
+} flushrun_t;
+
+/* Clear the collected word's bits: every one must be set (else a double free). */
+static inline void run_apply_word(mcentral_t *c, flushrun_t *r, spanclass_t sc)
+{
+	uint64_t *w = &r->s->allocbits[r->word];
+	if (unlikely((*w & r->mask) != r->mask)) {
+		uint64_t bad = r->mask & ~*w;
+		size_t idx = r->word * 64 + (size_t)__builtin_ctzll(bad);
+		flush_fatal(c, true, (void *)(r->s->base + idx * r->s->elemsize), sc);
+	}
+	*w &= ~r->mask;
+	r->freed += (size_t)__builtin_popcountll(r->mask);
+	r->mask = 0;
+}
+
+/* Finish span r->s: counts, freeindex, list membership; an empty span goes to the spare slot or
+ * back to mheap. */
+static void run_finish(mcentral_t *c, flushrun_t *r, spanclass_t sc)
+{
+	mspan_t *s = r->s;
+	if (s == NULL)
+		return;
+	if (r->mask)
+		run_apply_word(c, r, sc);
+	r->s = NULL;
+	if (r->freed == 0)
+		return;
+	if (r->minidx < s->freeindex)
+		s->freeindex = (uint16_t)r->minidx;
+	s->needzero = 1;
+	if (s->list == LIST_FULL) {
+		list_remove(c, s);
+		list_push(&c->partial, s, LIST_PARTIAL);
+	}
+	s->alloc_count = (uint16_t)(s->alloc_count - r->freed);
+	if (s->alloc_count == 0) {
+		list_remove(c, s);
+		if (c->spare == NULL) {
+			c->spare = s;
+		} else {
+			c->nspans--;
+			span_free(s);
+		}
+	}
+}
+
 /* Return n objects of spanclass sc to their spans, each to its span's node. Batches mostly hold
- * runs of objects of one span (a cache gives back what it took together), so the span found for
- * one object is tried first for the next: the page map is read once per run, and the object index
- * is computed once per object for both checks (start of an object; allocated) and the bit. */
+ * runs of objects of one span (a cache gives back what it took together), often of one 64-object
+ * word of its alloc bits: the span found for one object is tried first for the next (the page map
+ * is read once per run), and the bits freed in one word are collected in a mask and cleared, and
+ * checked for double frees, with one access to the word. Every object is checked to be the start
+ * of an object of its span. */
 void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 {
 	mcentral_t *c = NULL;
-	mspan_t *s = NULL;
-	/* the current span's geometry in locals: the bit stores below may alias the record */
+	flushrun_t r = {.s = NULL};
+	/* the current span's geometry in locals */
 	uintptr_t base = 0, len = 0;
 	size_t size = 0;
 	uint64_t magic = 0;
 	for (size_t i = 0; i < n; i++) {
 		uintptr_t p = (uintptr_t)objs[i], off = p - base;
 		if (off >= len) {
-			s = spanof(objs[i]);
+			if (c)
+				run_finish(c, &r, sc);
+			mspan_t *s = spanof(objs[i]);
 			mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][sc];
 			if (want != c) { /* one node's lock at a time */
 				if (c)
@@ -171,7 +229,7 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 			}
 			if (unlikely(s == NULL || s->spanclass != sc || p < s->base || p >= s->limit))
 				flush_fatal(c, false, objs[i], sc);
-			s->needzero = 1;
+			r = (flushrun_t){.s = s, .word = 0, .mask = 0, .freed = 0, .minidx = SIZE_MAX};
 			base = s->base;
 			len = s->limit - base;
 			size = s->elemsize;
@@ -181,30 +239,22 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 		size_t idx = (size_t)((off * magic) >> 32);
 		if (unlikely(off != idx * size))
 			flush_fatal(c, false, objs[i], sc);
-		uint64_t bit = 1ULL << (idx % 64), *word = &s->allocbits[idx / 64];
-		if (unlikely(!(*word & bit)))
+		if (idx / 64 != r.word) {
+			if (r.mask)
+				run_apply_word(c, &r, sc);
+			r.word = idx / 64;
+		}
+		uint64_t bit = 1ULL << (idx % 64);
+		if (unlikely(r.mask & bit)) /* the same object twice in one batch */
 			flush_fatal(c, true, objs[i], sc);
-		*word &= ~bit;
-		if (idx < s->freeindex)
-			s->freeindex = (uint16_t)idx;
-		if (s->list == LIST_FULL) {
-			list_remove(c, s);
-			list_push(&c->partial, s, LIST_PARTIAL);
-		}
-		if (--s->alloc_count == 0) {
-			list_remove(c, s);
-			if (c->spare == NULL) {
-				c->spare = s;
-			} else {
-				c->nspans--;
-				span_free(s);
-			}
-			s = NULL; /* its record may be reused */
-			base = len = 0;
-		}
+		r.mask |= bit;
+		if (idx < r.minidx)
+			r.minidx = idx;
 	}
-	if (c)
+	if (c) {
+		run_finish(c, &r, sc);
 		pthread_mutex_unlock(&c->lock);
+	}
 	scav_poll(); /* no lock held: the scavenger thread may start */
 }
 
