@@ -2,12 +2,15 @@
  * the exported malloc/free (override.c), so a preloaded malloc is one function with no wrapper
  * call and no initialisation check.
  *
- * malloc(n), n ≤ 4096: class = sa_class_of[n] (one byte load), then pop the current CPU's slab of
- * that class in a restartable sequence (SA_PERCPU_POP), or, in per-thread mode, the thread's list
- * head[cls]. Anything else (a bigger size, an empty cache) goes out of line.
+ * malloc(n), n ≤ 4096: class byte = sa_class_of[n] (one byte load), then pop the current CPU's
+ * slab of that class in a restartable sequence (SA_PERCPU_POP), or, in per-thread mode, the
+ * thread's list head[cls]. Anything else (a bigger size, an empty cache) goes out of line.
  * free(p): the arena index gives p's heaparena; its pageclass byte gives the size class of the
  * malloc span on p's page (0: not a small malloc object — NULL, a large or GC object, a foreign
- * pointer, a free page); then push on the CPU's slab or the thread's list. Every check that needs
+ * pointer, a free page); then push on the CPU's slab or the thread's list.
+ * Class bytes: in per-CPU mode both tables hold class | SA_CPU_BIT (internal.h), in per-thread
+ * mode the plain class, so the sign of the byte chooses the path (the mode is fixed at init,
+ * before any span exists) and the byte indexes the slab header or the list directly. Every check that needs
  * the span record (foreign pointer, not the start of an object, double free) runs off the fast
  * path: the 0 class byte sends the odd cases to sa_free_slow, and objects are validated against
  * their span when they reach it (mcentral_flush).
@@ -34,22 +37,24 @@ SA_INTERNAL void sa_free_slow(void *p);        /* class byte 0: NULL, large, GC,
 
 #define SA_ALWAYS_INLINE inline __attribute__((always_inline))
 
-/* Pop an object of class cls; n is only for the slow path (class 0 before initialisation). */
-static SA_ALWAYS_INLINE void *sa_small_alloc(size_t n, uintptr_t cls)
+/* Pop an object of class byte cb: class | SA_CPU_BIT for the per-CPU slab, the plain class for
+ * the thread's list. n is only for the slow path (class 0 before initialisation). */
+static SA_ALWAYS_INLINE void *sa_small_alloc(size_t n, uintptr_t cb)
 {
 	void *p;
-	if (likely(sa_percpu)) {
-		SA_PERCPU_POP(p, cls, refill);
-		return p;
-	}
-	p = sa_mcache.head[cls];
+	/* cb in %rsi: where mcache_refill wants it, so no copy on the fast path */
+	__asm__ goto("testb %b[cb], %b[cb]\n\tjs %l[cpu]" : : [cb] "S"(cb) : "cc" : cpu);
+	p = sa_mcache.head[cb];
 	if (likely(p != NULL)) {
-		sa_mcache.head[cls] = *(void **)p;
-		sa_mcache.room[cls]++;
+		sa_mcache.head[cb] = *(void **)p;
+		sa_mcache.room[cb]++;
 		return p;
 	}
 refill:
-	return mcache_refill(n, (unsigned)cls); /* sets errno = ENOMEM when it fails; a tail call */
+	return mcache_refill(n, cb); /* sets errno = ENOMEM when it fails; a tail call */
+cpu:
+	SA_PERCPU_POP_C(p, cb, refill, "S");
+	return p;
 }
 
 static SA_ALWAYS_INLINE void *sa_malloc_fast(size_t n)
@@ -59,32 +64,43 @@ static SA_ALWAYS_INLINE void *sa_malloc_fast(size_t n)
 	return sa_malloc_slow(n);
 }
 
-/* Push small object p of class cls (≠ 0) on the CPU's slab or the thread's list. */
-static SA_ALWAYS_INLINE void sa_small_free(void *p, uintptr_t cls)
+/* Push small object p on this CPU's slab; cb = class | SA_CPU_BIT. */
+static SA_ALWAYS_INLINE void sa_small_free_cpu(void *p, uintptr_t cb)
 {
-	if (likely(sa_percpu)) {
-		SA_PERCPU_PUSH(p, cls, full);
-		return;
-	full:
-		mcache_percpu_free_slow((unsigned)cls, p);
-		return;
-	}
-	/* head[cls] and room[cls] straight through %fs (gcc would add the room offset to the index
+	SA_PERCPU_PUSH(p, cb, full);
+	return;
+full:
+	mcache_percpu_free_slow((unsigned)cb, p); /* it drops SA_CPU_BIT */
+}
+
+/* Push small object p of class cb on the thread's list. */
+static SA_ALWAYS_INLINE void sa_small_free_thread(void *p, uintptr_t cb)
+{
+	/* head[cb] and room[cb] straight through %fs (gcc would add the room offset to the index
 	 * in a separate instruction): link p, publish it as the head, count down, overflow below 0 */
 	uintptr_t tp_, old_;
 	__asm__ volatile goto("movq sa_mcache@gottpoff(%%rip), %[tp]\n\t"
-		     "movq %%fs:(%[tp],%[cls],8), %[old]\n\t"
-		     "movq %[old], (%[p])\n\t"
-		     "movq %[p], %%fs:(%[tp],%[cls],8)\n\t"
-		     "subl $1, %%fs:%c[room](%[tp],%[cls],4)\n\t"
-		     "js %l[over]"
-		     : [tp] "=&r"(tp_), [old] "=&r"(old_)
-		     : [p] "r"(p), [cls] "r"(cls), [room] "i"(offsetof(mcache_t, room))
-		     : "memory", "cc"
-		     : over);
+			      "movq %%fs:(%[tp],%[cls],8), %[old]\n\t"
+			      "movq %[old], (%[p])\n\t"
+			      "movq %[p], %%fs:(%[tp],%[cls],8)\n\t"
+			      "subl $1, %%fs:%c[room](%[tp],%[cls],4)\n\t"
+			      "js %l[over]"
+			      : [tp] "=&r"(tp_), [old] "=&r"(old_)
+			      : [p] "r"(p), [cls] "r"(cb), [room] "i"(offsetof(mcache_t, room))
+			      : "memory", "cc"
+			      : over);
 	return;
 over:
-	mcache_overflow((unsigned)cls);
+	mcache_overflow((unsigned)cb);
+}
+
+/* Push small object p of class byte cb (≠ 0; see sa_small_alloc). */
+static SA_ALWAYS_INLINE void sa_small_free(void *p, uintptr_t cb)
+{
+	if ((int8_t)cb < 0)
+		sa_small_free_cpu(p, cb);
+	else
+		sa_small_free_thread(p, cb);
 }
 
 static SA_ALWAYS_INLINE void sa_free_fast(void *p)
@@ -93,15 +109,20 @@ static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 	if (likely(ai < SA_ARENA_L2_ENTRIES)) {
 		heaparena_t *a = atomic_load_explicit(&sa_arenas[ai], memory_order_acquire);
 		if (likely(a != NULL)) {
-			uintptr_t cls = __atomic_load_n(&a->pageclass[((uintptr_t)p >> SA_PAGE_SHIFT) &
-								      (SA_PAGES_PER_ARENA - 1)],
-						       __ATOMIC_RELAXED);
-			if (likely(cls != 0)) {
-				sa_small_free(p, cls);
-				return;
-			}
+			uintptr_t cb = __atomic_load_n(&a->pageclass[((uintptr_t)p >> SA_PAGE_SHIFT) &
+								     (SA_PAGES_PER_ARENA - 1)],
+						      __ATOMIC_RELAXED);
+			/* one test for both questions (compilers test the byte twice) */
+			__asm__ goto("testb %b[cb], %b[cb]\n\tje %l[slow]\n\tjs %l[cpu]"
+				     : : [cb] "r"(cb) : "cc" : slow, cpu);
+			sa_small_free_thread(p, cb);
+			return;
+		cpu:
+			sa_small_free_cpu(p, cb);
+			return;
 		}
 	}
+slow:
 	sa_free_slow(p);
 }
 

@@ -317,12 +317,19 @@ static inline size_t freelist_count(const mcache_t *c, unsigned cls)
  * malloc pops slot current-1 and free pushes at current; the 16-bit store of current is the
  * commit. A drain locks a class by storing begin = 0xffff and end = 0, so both fail. */
 #define SA_SLAB_SHIFT 19               /* 512 KiB of address space per CPU: 65536 slots */
+/* Class c's header is at index c | SA_CPU_BIT. In per-CPU mode the fast paths' class bytes
+ * (sa_class_of, heaparena.pageclass) carry this bit, so one sign test on the byte picks the
+ * per-CPU or the per-thread path (whose lists are indexed by the plain class) with no load of
+ * sa_percpu; the headers take indices 0 .. SA_CPU_BIT + SA_NUM_SIZE_CLASSES - 1. */
+#define SA_CPU_BIT 0x80u
+#define SA_SLAB_HDRS (SA_CPU_BIT + SA_NUM_SIZE_CLASSES)
 typedef struct cpuhdr {
 	uint16_t current, end, begin, pad;
 } cpuhdr_t;
 #define SA_HDR_LOCKED 0xffff
 
 extern uint8_t sa_percpu SA_INTERNAL;      /* per-CPU caches in use (set once at init) */
+extern uint8_t sa_cpu_bit SA_INTERNAL;     /* SA_CPU_BIT when sa_percpu, else 0 (set with it) */
 extern char *sa_slabs SA_INTERNAL;
 extern uint32_t sa_ncpu SA_INTERNAL;       /* from /sys/devices/system/cpu/possible */
 extern long sa_rseq_off SA_INTERNAL;       /* thread pointer offset of the thread's struct rseq */
@@ -347,8 +354,9 @@ extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abor
 	"shlq $19, %[t]\n\t"                                                                        \
 	"addq %[slabs], %[t]\n\t"
 
-/* Pop an object of class cls from this CPU's slab; goes to slow when the class is empty. */
-#define SA_PERCPU_POP(p, cls, slow)                                                                \
+/* Pop an object of class cls from this CPU's slab; goes to slow when the class is empty. cls is
+ * the header index (class | SA_CPU_BIT), as for PUSH. */
+#define SA_PERCPU_POP_C(p, idx_, slow, cc_)                                                                \
 	do {                                                                                       \
 		uintptr_t t_, c_;                                                                  \
 		__asm__ volatile goto(SA_RSEQ_PROLOGUE()                                              \
@@ -360,13 +368,15 @@ extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abor
 			     "movw %w[c], (%[t],%[cls],8)\n"                                        \
 			     "2:\n"                                                                  \
 			     : [t] "=&r"(t_), [c] "=&r"(c_), [p] "=&r"(p)                            \
-			     : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls)), [slabs] "m"(sa_slabs) \
+			     : [off] "r"(sa_rseq_off), [cls] cc_((uintptr_t)(idx_)), [slabs] "m"(sa_slabs) \
 			     : "memory", "cc"                                                        \
 			     : slow);                                                                 \
 	} while (0)
+/* the index's register constraint is cc_ (malloc's fast path pins it where its slow call wants it) */
+#define SA_PERCPU_POP(p, idx_, slow) SA_PERCPU_POP_C(p, idx_, slow, "r")
 
 /* Push object p of class cls onto this CPU's slab; goes to slow when the class is full. */
-#define SA_PERCPU_PUSH(p, cls, slow)                                                               \
+#define SA_PERCPU_PUSH(p, idx_, slow)                                                               \
 	do {                                                                                       \
 		uintptr_t t_, c_;                                                                  \
 		__asm__ volatile goto(SA_RSEQ_PROLOGUE()                                              \
@@ -378,14 +388,14 @@ extern unsigned long sa_rseq_aborts SA_INTERNAL; /* restarts counted by the abor
 			     "movw %w[c], (%[t],%[cls],8)\n"                                        \
 			     "2:\n"                                                                  \
 			     : [t] "=&r"(t_), [c] "=&r"(c_)                                          \
-			     : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls)), [p] "r"(p),       \
+			     : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(idx_)), [p] "r"(p),       \
 			       [slabs] "m"(sa_slabs)                                                   \
 			     : "memory", "cc"                                                        \
 			     : slow);                                                                 \
 	} while (0)
 
 /* malloc missed (either path); n is the request, used only when sizeclass is 0 (before init) */
-SA_INTERNAL void *mcache_refill(size_t n, unsigned sizeclass);
+SA_INTERNAL void *mcache_refill(size_t n, uintptr_t sizeclass);
 SA_INTERNAL void mcache_overflow(unsigned sizeclass);       /* per-thread list went past its bound */
 SA_INTERNAL void mcache_percpu_free_slow(unsigned sizeclass, void *p); /* per-CPU push failed */
 SA_INTERNAL void mcache_release(mcache_t *c);

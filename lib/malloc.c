@@ -30,7 +30,7 @@ uint8_t sa_class_of[SA_DIRECT_MAX + 1];
 
 static inline void *small_alloc(unsigned cls)
 {
-	return sa_small_alloc(0, cls);
+	return sa_small_alloc(0, cls | sa_cpu_bit);
 }
 
 void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
@@ -103,7 +103,7 @@ static void free_object(mspan_t *s, void *p)
 		free_large(s, p);
 		return;
 	}
-	sa_small_free(p, cls);
+	sa_small_free(p, cls | sa_cpu_bit);
 }
 
 void sa_free_slow(void *p)

@@ -42,6 +42,7 @@
 __thread mcache_t sa_mcache __attribute__((tls_model("initial-exec")));
 
 uint8_t sa_percpu;
+uint8_t sa_cpu_bit;
 char *sa_slabs;
 uint32_t sa_ncpu;
 
@@ -73,7 +74,7 @@ static bool fence_ok;
 
 static inline cpuhdr_t *hdr(unsigned cpu, unsigned cls)
 {
-	return (cpuhdr_t *)(sa_slabs + ((size_t)cpu << SA_SLAB_SHIFT)) + cls;
+	return (cpuhdr_t *)(sa_slabs + ((size_t)cpu << SA_SLAB_SHIFT)) + (cls | SA_CPU_BIT);
 }
 static inline void **slots(unsigned cpu)
 {
@@ -110,7 +111,7 @@ static size_t push_batch(unsigned cls, void *const *objs, size_t n)
 			 "7:\n"
 			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [i] "=&r"(i),
 			   [x] "=&r"(x)
-			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)cls), [objs] "r"(objs), [n] "r"(n),
+			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [objs] "r"(objs), [n] "r"(n),
 			   [slabs] "m"(sa_slabs)
 			 : "memory", "cc");
 	return k;
@@ -144,7 +145,7 @@ static size_t pop_batch(unsigned cls, void **out, size_t n)
 			 "7:\n"
 			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [i] "=&r"(i),
 			   [x] "=&r"(x)
-			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)cls), [out] "r"(out), [n] "r"(n),
+			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [out] "r"(out), [n] "r"(n),
 			   [slabs] "m"(sa_slabs)
 			 : "memory", "cc");
 	return k;
@@ -417,7 +418,7 @@ static void *percpu_refill(unsigned cls)
 		return thread_refill(cls);
 	note_slowop((unsigned)cpu);
 	void *p;
-	SA_PERCPU_POP(p, cls, empty); /* registered just now, or refilled meanwhile */
+	SA_PERCPU_POP(p, cls | SA_CPU_BIT, empty); /* registered just now, or refilled meanwhile */
 	return p;
 empty:;
 	void *buf[BATCH_MAX];
@@ -447,13 +448,14 @@ empty:;
 
 /* Slow path of malloc: the class is empty (either path). Returns one object, or NULL with
  * errno = ENOMEM. */
-void *mcache_refill(size_t n, unsigned cls)
+void *mcache_refill(size_t n, uintptr_t cls)
 {
 	if (unlikely(!atomic_load_explicit(&sa_inited, memory_order_acquire))) {
 		int e = errno; /* the first malloc initialises here: keep errno as it was */
 		sa_init_slow();
 		errno = e;
 	}
+	cls &= ~SA_CPU_BIT; /* the fast path passes its class byte */
 	if (unlikely(cls == 0)) /* sa_class_of was not filled when the fast path read it */
 		cls = size_to_class(n);
 	void *p = sa_percpu ? percpu_refill(cls) : thread_refill(cls);
@@ -466,6 +468,7 @@ void *mcache_refill(size_t n, unsigned cls)
  * in this thread). */
 void mcache_percpu_free_slow(unsigned cls, void *p)
 {
+	cls &= ~SA_CPU_BIT; /* the fast path passes its class byte */
 	int cpu = thread_cpu();
 	if (cpu < 0) {
 		mcache_t *c = &sa_mcache;
@@ -476,11 +479,11 @@ void mcache_percpu_free_slow(unsigned cls, void *p)
 		return;
 	}
 	note_slowop((unsigned)cpu);
-	SA_PERCPU_PUSH(p, cls, full); /* registered just now */
+	SA_PERCPU_PUSH(p, cls | SA_CPU_BIT, full); /* registered just now */
 	return;
 full:
 	if (grow((unsigned)cpu, cls, class_batch[cls]) > 0) {
-		SA_PERCPU_PUSH(p, cls, still_full);
+		SA_PERCPU_PUSH(p, cls | SA_CPU_BIT, still_full);
 		return;
 	}
 still_full:;
@@ -524,7 +527,7 @@ static void percpu_init(void)
 		return;
 	}
 	fence_ok = true;
-	unsigned off = SA_NUM_SIZE_CLASSES; /* the headers take the first slots */
+	unsigned off = SA_SLAB_HDRS; /* the headers take the first slots */
 	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
 		size_t cap = sa_config.cpu_cache_bytes / 4 / sa_class_to_size[c];
 		if (cap < 2u * class_batch[c])
@@ -545,13 +548,13 @@ static void percpu_init(void)
 		return;
 	}
 	for (unsigned g = 0; g < SA_SLAB_GUARDS; g++)
-		for (unsigned c = 0; c < SA_NUM_SIZE_CLASSES; c++)
+		for (unsigned c = 0; c < SA_SLAB_HDRS; c++)
 			((cpuhdr_t *)(slabs + ((size_t)g << SA_SLAB_SHIFT)))[c] =
 				(cpuhdr_t){.current = 0, .end = 0, .begin = SA_HDR_LOCKED};
 	slabs += (size_t)SA_SLAB_GUARDS << SA_SLAB_SHIFT;
 	for (unsigned cpu = 0; cpu < ncpu; cpu++) {
 		pthread_mutex_init(&cs[cpu].lock, NULL);
-		cpuhdr_t *h = (cpuhdr_t *)(slabs + ((size_t)cpu << SA_SLAB_SHIFT));
+		cpuhdr_t *h = (cpuhdr_t *)(slabs + ((size_t)cpu << SA_SLAB_SHIFT)) + SA_CPU_BIT;
 		h[0] = (cpuhdr_t){.current = 0, .end = 0, .begin = SA_HDR_LOCKED};
 		for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++)
 			h[c] = (cpuhdr_t){.current = class_begin[c], .end = class_begin[c], .begin = class_begin[c]};
@@ -565,14 +568,13 @@ static void percpu_init(void)
 		if (sa_mcache.state == MCACHE_NEW)
 			mcache_register(&sa_mcache);
 	}
+	sa_cpu_bit = SA_CPU_BIT;
 	__atomic_store_n(&sa_percpu, 1, __ATOMIC_RELEASE);
 }
 
 void mcache_init(void)
 {
 	pthread_key_create(&mcache_key, mcache_thread_exit);
-	for (size_t n = 0; n <= SA_DIRECT_MAX; n++)
-		sa_class_of[n] = (uint8_t)size_to_class(n);
 	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
 		size_t size = sa_class_to_size[i];
 		size_t per_class = sa_config.mcache_class_bytes;
@@ -581,6 +583,9 @@ void mcache_init(void)
 		class_max[i] = sa_config.debug || per_class == 0 ? 0 : (uint32_t)(2 * class_batch[i]);
 	}
 	percpu_init();
+	/* after the mode is known: per-CPU class bytes carry SA_CPU_BIT */
+	for (size_t n = 0; n <= SA_DIRECT_MAX; n++)
+		sa_class_of[n] = (uint8_t)(size_to_class(n) | sa_cpu_bit);
 }
 
 const char *mcache_mode(void)

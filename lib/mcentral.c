@@ -71,8 +71,9 @@ static void set_pageclass(mspan_t *s, unsigned cls)
 {
 	heaparena_t *a = arena_of(s->base);
 	size_t first = (s->base >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
+	uint8_t b = (uint8_t)(cls ? cls | sa_cpu_bit : 0); /* free's class byte (fastpath.h) */
 	for (size_t i = 0; i < s->npages; i++)
-		__atomic_store_n(&a->pageclass[first + i], (uint8_t)cls, __ATOMIC_RELAXED);
+		__atomic_store_n(&a->pageclass[first + i], b, __ATOMIC_RELAXED);
 }
 
 static void span_free(mspan_t *s)
