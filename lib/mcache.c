@@ -63,7 +63,7 @@ typedef struct cpustate {
 	uint32_t slowops;              /* slow paths run on this CPU (racy count, for idleness) */
 	uint32_t seen_ops;             /* slowops at seen_ms */
 	uint64_t seen_ms;
-	uint32_t full_tries;           /* grow() calls refused at budget since the last steal */
+	unsigned victim;               /* the class steal() evicted last (round robin) */
 } __attribute__((aligned(SA_CACHE_LINE))) cpustate_t;
 
 static int rseq_mode;
@@ -151,43 +151,66 @@ static size_t pop_batch(unsigned cls, void **out, size_t n)
 	return k;
 }
 
-/* Take unused capacity (end beyond current) from classes other than cls on cpu until need bytes
- * are found or none is left. cpu's lock held. Returns the bytes freed. */
+/* Take unused capacity (end beyond current) of class d on cpu, up to need bytes. cpu's lock held.
+ * Returns the bytes taken. */
+static size_t take_unused(unsigned cpu, unsigned d, size_t need)
+{
+	cpuhdr_t *h = hdr(cpu, d);
+	unsigned end = ld16(&h->end), cur = ld16(&h->current), b = class_begin[d];
+	if (cur < b)
+		cur = b;
+	if (end <= cur)
+		return 0;
+	size_t size = sa_class_to_size[d];
+	size_t take = end - cur, want = (need + size - 1) / size;
+	if (take > want)
+		take = want;
+	st16(&h->end, end - (unsigned)take);
+	return take * size;
+}
+
+/* Find need bytes of capacity for class cls on cpu (cpu's lock held): first the unused capacity
+ * of other classes, then, if that is not enough, capacity that holds objects — a victim class's
+ * cached objects go back to mcentral (at most a batch per victim) and their slots are taken.
+ * Victims are chosen round robin, so capacity moves to the classes in demand over time; a
+ * class that was emptied grows back through its own slow path when it is used again
+ * (tcmalloc's per-CPU caches shrink other classes likewise). Returns the bytes freed. */
 static size_t steal(unsigned cpu, unsigned cls, size_t need)
 {
+	cpustate_t *cs = &cpus[cpu];
 	size_t got = 0;
-	for (unsigned d = SA_NUM_SIZE_CLASSES - 1; d >= 1 && got < need; d--) {
+	for (unsigned d = SA_NUM_SIZE_CLASSES - 1; d >= 1 && got < need; d--)
+		if (d != cls)
+			got += take_unused(cpu, d, need - got);
+	for (unsigned i = 0; i < SA_NUM_SIZE_CLASSES - 1 && got < need; i++) {
+		unsigned d = cs->victim = (unsigned)(cs->victim % (SA_NUM_SIZE_CLASSES - 1)) + 1;
 		if (d == cls)
 			continue;
 		cpuhdr_t *h = hdr(cpu, d);
-		unsigned end = ld16(&h->end), cur = ld16(&h->current), b = class_begin[d];
-		if (cur < b)
-			cur = b;
-		if (end <= cur)
+		unsigned cur = ld16(&h->current), b = class_begin[d];
+		if (cur <= b || cur == SA_HDR_LOCKED)
 			continue;
-		size_t size = sa_class_to_size[d];
-		size_t take = end - cur, want = (need - got + size - 1) / size;
-		if (take > want)
-			take = want;
-		st16(&h->end, end - (unsigned)take);
-		got += take * size;
+		size_t size = sa_class_to_size[d], k = (need - got + size - 1) / size;
+		if (k > cur - b)
+			k = cur - b;
+		if (k > BATCH_MAX)
+			k = BATCH_MAX;
+		void *buf[BATCH_MAX];
+		size_t n = pop_batch(d, buf, k); /* from the CPU this thread is on (normally cpu) */
+		if (n)
+			mcentral_flush(make_spanclass(d, true), buf, n);
+		got += take_unused(cpu, d, need - got);
 	}
-	cpus[cpu].cap_bytes -= got < cpus[cpu].cap_bytes ? got : cpus[cpu].cap_bytes;
+	cs->cap_bytes -= got < cs->cap_bytes ? got : cs->cap_bytes;
 	return got;
 }
 
 /* Give class cls on cpu up to want more slots of capacity, within its array and the CPU's byte
- * budget. Returns the slots added. */
+ * budget (taking it from other classes at the budget, see steal). Returns the slots added. */
 static unsigned grow(unsigned cpu, unsigned cls, unsigned want)
 {
 	cpustate_t *cs = &cpus[cpu];
 	size_t size = sa_class_to_size[cls], budget = sa_config.cpu_cache_bytes;
-	/* At budget, stealing walks every class under the lock; on a CPU whose classes are all
-	 * busy it finds nothing, and larson-like churn paid it on every slow path (half the
-	 * time). Try the steal on one refused grow in 16 only; the racy read is a hint. */
-	if (__atomic_load_n(&cs->cap_bytes, __ATOMIC_RELAXED) + want * size > budget &&
-	    (__atomic_add_fetch(&cs->full_tries, 1, __ATOMIC_RELAXED) & 15) != 0)
-		return 0;
 	pthread_mutex_lock(&cs->lock);
 	cpuhdr_t *h = hdr(cpu, cls);
 	unsigned end = ld16(&h->end), limit = class_begin[cls] + class_cap[cls];
@@ -197,13 +220,14 @@ static unsigned grow(unsigned cpu, unsigned cls, unsigned want)
 	}
 	if (end + want > limit)
 		want = limit - end;
-	if (cs->cap_bytes + want * size > budget) {
+	/* a class already holding half the budget does not take more from the others */
+	if (cs->cap_bytes + want * size > budget && (size_t)(end - class_begin[cls]) * size < budget / 2) {
 		size_t need = cs->cap_bytes + want * size - budget;
 		steal(cpu, cls, need);
-		size_t room = budget > cs->cap_bytes ? budget - cs->cap_bytes : 0;
-		if (want * size > room)
-			want = (unsigned)(room / size);
 	}
+	size_t room = budget > cs->cap_bytes ? budget - cs->cap_bytes : 0;
+	if (want * size > room)
+		want = (unsigned)(room / size);
 	if (want) {
 		st16(&h->end, end + want);
 		cs->cap_bytes += want * size;
