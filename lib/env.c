@@ -20,8 +20,8 @@ sa_config_t sa_config = {
 	.stats = 0,
 	.debug = 0,
 	.mcache_class_bytes = (size_t)64 << 10,
-	.rseq = 0, /* per-thread by default until the per-CPU slow path is fixed (README) */
-	.cpu_cache_bytes = (size_t)1 << 20,
+	.rseq = 1, /* per-CPU caches where rseq works; measured in README "Per-CPU caches" */
+	.cpu_cache_bytes = (size_t)4 << 20,
 };
 
 enum kind { K_BOOL, K_ENUM, K_SIZE, K_STR };
@@ -54,7 +54,7 @@ static const struct knob knobs[] = {
 	{"SPANALLOC_MCACHE_CLASS_BYTES", K_SIZE, &sa_config.mcache_class_bytes, NULL, 0, (size_t)1 << 30,
 	 "bytes of one size class a thread's mcache may hold before flushing to mcentral (k/m/g suffix; 0 = no caching)"},
 	{"SPANALLOC_RSEQ", K_ENUM, &sa_config.rseq, onoff_choices, 0, 0,
-	 "per-CPU caches through rseq (on; the per-thread caches where rseq is unavailable) or off (per-thread caches, the default)"},
+	 "per-CPU caches through rseq (on, the default; the per-thread caches where rseq is unavailable) or off (per-thread caches)"},
 	{"SPANALLOC_CPU_CACHE_BYTES", K_SIZE, &sa_config.cpu_cache_bytes, NULL, 0, (size_t)1 << 30,
 	 "bytes one CPU's cache may hold, shared between size classes by demand (k/m/g suffix; 0 = per-thread caches)"},
 	{"SPANALLOC_SCAVENGE", K_STR, &sa_config.scavenge, NULL, 0, 0,

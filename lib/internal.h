@@ -282,6 +282,10 @@ SA_INTERNAL void mcentral_fork_parent(void);
 SA_INTERNAL void mcentral_fork_child(void);
 SA_INTERNAL size_t mcentral_refill(spanclass_t sc, void **out, size_t want);
 SA_INTERNAL void mcentral_flush(spanclass_t sc, void **objs, size_t n);
+/* mcentral_flush without starting the scavenger thread (scav_poll): for callers holding a lock
+ * that an allocation in the new thread's start-up could want (a per-CPU cache's lock); they
+ * call scav_poll() once they hold nothing. */
+SA_INTERNAL void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n);
 SA_INTERNAL void mcentral_release_spares(void);
 
 /* ------------------------------------------------------------------------------------------

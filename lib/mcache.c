@@ -64,6 +64,7 @@ typedef struct cpustate {
 	uint32_t seen_ops;             /* slowops at seen_ms */
 	uint64_t seen_ms;
 	unsigned victim;               /* the class steal() evicted last (round robin) */
+	unsigned backoff;              /* grows at the budget to refuse before stealing again */
 } __attribute__((aligned(SA_CACHE_LINE))) cpustate_t;
 
 static int rseq_mode;
@@ -151,18 +152,18 @@ static size_t pop_batch(unsigned cls, void **out, size_t n)
 	return k;
 }
 
-/* Take unused capacity (end beyond current) of class d on cpu, up to need bytes. cpu's lock held.
- * Returns the bytes taken. */
-static size_t take_unused(unsigned cpu, unsigned d, size_t need)
+/* Take unused capacity (end beyond current) of class d on cpu, up to need bytes, leaving d keep
+ * slots of headroom. cpu's lock held. Returns the bytes taken. */
+static size_t take_unused(unsigned cpu, unsigned d, size_t need, unsigned keep)
 {
 	cpuhdr_t *h = hdr(cpu, d);
 	unsigned end = ld16(&h->end), cur = ld16(&h->current), b = class_begin[d];
 	if (cur < b)
 		cur = b;
-	if (end <= cur)
+	if (end <= cur + keep)
 		return 0;
 	size_t size = sa_class_to_size[d];
-	size_t take = end - cur, want = (need + size - 1) / size;
+	size_t take = end - cur - keep, want = (need + size - 1) / size;
 	if (take > want)
 		take = want;
 	st16(&h->end, end - (unsigned)take);
@@ -170,18 +171,18 @@ static size_t take_unused(unsigned cpu, unsigned d, size_t need)
 }
 
 /* Find need bytes of capacity for class cls on cpu (cpu's lock held): first the unused capacity
- * of other classes, then, if that is not enough, capacity that holds objects — a victim class's
+ * of other classes beyond a batch of headroom each (taking a class's last free slots would only
+ * make its next free miss and steal back), then capacity that holds objects — a victim class's
  * cached objects go back to mcentral (at most a batch per victim) and their slots are taken.
- * Victims are chosen round robin, so capacity moves to the classes in demand over time; a
- * class that was emptied grows back through its own slow path when it is used again
- * (tcmalloc's per-CPU caches shrink other classes likewise). Returns the bytes freed. */
+ * Victims are chosen round robin, so capacity moves to the classes in demand over time (tcmalloc's
+ * per-CPU caches shrink other classes likewise). Returns the bytes freed. */
 static size_t steal(unsigned cpu, unsigned cls, size_t need)
 {
 	cpustate_t *cs = &cpus[cpu];
 	size_t got = 0;
 	for (unsigned d = SA_NUM_SIZE_CLASSES - 1; d >= 1 && got < need; d--)
 		if (d != cls)
-			got += take_unused(cpu, d, need - got);
+			got += take_unused(cpu, d, need - got, class_batch[d]);
 	for (unsigned i = 0; i < SA_NUM_SIZE_CLASSES - 1 && got < need; i++) {
 		unsigned d = cs->victim = (unsigned)(cs->victim % (SA_NUM_SIZE_CLASSES - 1)) + 1;
 		if (d == cls)
@@ -198,8 +199,8 @@ static size_t steal(unsigned cpu, unsigned cls, size_t need)
 		void *buf[BATCH_MAX];
 		size_t n = pop_batch(d, buf, k); /* from the CPU this thread is on (normally cpu) */
 		if (n)
-			mcentral_flush(make_spanclass(d, true), buf, n);
-		got += take_unused(cpu, d, need - got);
+			mcentral_flush_nopoll(make_spanclass(d, true), buf, n); /* grow polls */
+		got += take_unused(cpu, d, need - got, 0);
 	}
 	cs->cap_bytes -= got < cs->cap_bytes ? got : cs->cap_bytes;
 	return got;
@@ -211,9 +212,19 @@ static unsigned grow(unsigned cpu, unsigned cls, unsigned want)
 {
 	cpustate_t *cs = &cpus[cpu];
 	size_t size = sa_class_to_size[cls], budget = sa_config.cpu_cache_bytes;
-	pthread_mutex_lock(&cs->lock);
 	cpuhdr_t *h = hdr(cpu, cls);
-	unsigned end = ld16(&h->end), limit = class_begin[cls] + class_cap[cls];
+	unsigned limit = class_begin[cls] + class_cap[cls];
+	/* racy hints, rechecked under the lock: a class at its array's end cannot grow, and after
+	 * a steal that found nothing the next 15 grows at the budget do not walk again */
+	if (ld16(&h->end) >= limit)
+		return 0;
+	if (__atomic_load_n(&cs->cap_bytes, __ATOMIC_RELAXED) + want * size > budget &&
+	    __atomic_load_n(&cs->backoff, __ATOMIC_RELAXED) != 0) {
+		__atomic_store_n(&cs->backoff, cs->backoff - 1, __ATOMIC_RELAXED);
+		return 0;
+	}
+	pthread_mutex_lock(&cs->lock);
+	unsigned end = ld16(&h->end);
 	if (ld16(&h->begin) == SA_HDR_LOCKED || end >= limit) {
 		pthread_mutex_unlock(&cs->lock);
 		return 0;
@@ -223,7 +234,8 @@ static unsigned grow(unsigned cpu, unsigned cls, unsigned want)
 	/* a class already holding half the budget does not take more from the others */
 	if (cs->cap_bytes + want * size > budget && (size_t)(end - class_begin[cls]) * size < budget / 2) {
 		size_t need = cs->cap_bytes + want * size - budget;
-		steal(cpu, cls, need);
+		if (steal(cpu, cls, need) < need)
+			cs->backoff = 15;
 	}
 	size_t room = budget > cs->cap_bytes ? budget - cs->cap_bytes : 0;
 	if (want * size > room)
@@ -233,6 +245,7 @@ static unsigned grow(unsigned cpu, unsigned cls, unsigned want)
 		cs->cap_bytes += want * size;
 	}
 	pthread_mutex_unlock(&cs->lock);
+	scav_poll(); /* steal may have freed spans; starting the scavenger allocates */
 	return want;
 }
 
@@ -282,7 +295,7 @@ static size_t drain_cpu(unsigned cpu, bool trylock)
 		st16(&h->current, b);
 		__atomic_signal_fence(__ATOMIC_SEQ_CST);
 		if (cur > b) {
-			mcentral_flush(make_spanclass(c, true), sl + b, cur - b);
+			mcentral_flush_nopoll(make_spanclass(c, true), sl + b, cur - b);
 			moved += cur - b;
 		}
 	}
@@ -294,6 +307,7 @@ static size_t drain_cpu(unsigned cpu, bool trylock)
 	}
 	cs->cap_bytes = 0;
 	pthread_mutex_unlock(&cs->lock);
+	scav_poll(); /* not under the CPU's lock: starting the scavenger allocates */
 	return moved;
 }
 

@@ -209,6 +209,12 @@ static void run_finish(mcentral_t *c, flushrun_t *r, spanclass_t sc)
  * of an object of its span. */
 void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 {
+	mcentral_flush_nopoll(sc, objs, n);
+	scav_poll(); /* no lock held: the scavenger thread may start */
+}
+
+void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
+{
 	mcentral_t *c = NULL;
 	flushrun_t r = {.s = NULL};
 	/* the current span's geometry in locals */
@@ -256,7 +262,6 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 		run_finish(c, &r, sc);
 		pthread_mutex_unlock(&c->lock);
 	}
-	scav_poll(); /* no lock held: the scavenger thread may start */
 }
 
 /* Give every spare (empty) span, and every cached large span, back to mheap. */

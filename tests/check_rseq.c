@@ -4,7 +4,7 @@
  * tests/rseq-modes.sh runs this suite (and check_api, check_stress) in each mode:
  *   SA_EXPECT_MODE=glibc   SPANALLOC_RSEQ=on: glibc's rseq registration
  *   SA_EXPECT_MODE=own     SPANALLOC_RSEQ=on GLIBC_TUNABLES=glibc.pthread.rseq=0: our own
- *   SA_EXPECT_MODE=thread  SPANALLOC_RSEQ=off (the default): the per-thread caches
+ *   SA_EXPECT_MODE=thread  SPANALLOC_RSEQ=off: the per-thread caches (the default is on)
  *   SA_EXPECT_MODE=small   SPANALLOC_RSEQ=on SPANALLOC_CPU_CACHE_BYTES=8k: capacity moves constantly
  * Without SA_EXPECT_MODE it accepts whichever mode it finds. Every object's contents are written
  * at allocation and checked before it is freed.
