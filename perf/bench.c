@@ -526,6 +526,38 @@ NOIPA void cg_empty_loop(size_t sz, uint64_t n)
 	}
 }
 
+/* Pattern (b), "bulk": n malloc(32) kept live, then all freed. The probe cg_bulk_loop runs one
+ * round through cg_bulk_round; the warm-up round calls cg_bulk_round directly, so callgrind's
+ * --toggle-collect=cg_bulk_loop counts the measured round only. cg_bulk_empty is the same loop
+ * storing a static address instead of calling the allocator. */
+#define CG_BULK_MAX (1u << 20)
+static void *cg_bulk[CG_BULK_MAX];
+
+NOIPA void cg_bulk_round(uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		cg_bulk[i] = malloc(32);
+		escape(cg_bulk[i]);
+	}
+	for (uint64_t i = 0; i < n; i++)
+		free(cg_bulk[i]);
+}
+
+NOIPA void cg_bulk_loop(uint64_t n)
+{
+	cg_bulk_round(n);
+}
+
+NOIPA void cg_bulk_empty(uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		cg_bulk[i] = cg_dummy;
+		escape(cg_bulk[i]);
+	}
+	for (uint64_t i = 0; i < n; i++)
+		escape(cg_bulk[i]);
+}
+
 /* The file of the object that defines malloc in this process: which allocator is loaded. */
 static const char *malloc_from(void)
 {
@@ -545,10 +577,19 @@ static int callgrind_probe(int argc, char **argv, int empty)
 		escape(p);
 		free(p);
 	}
-	if (empty)
+	if (!strcmp(argv[1], "cg-bulk") || !strcmp(argv[1], "cg-bulk-empty")) {
+		if (n > CG_BULK_MAX)
+			n = CG_BULK_MAX;
+		cg_bulk_round(n / 4); /* warm-up round (not counted): the heap has met the pattern */
+		if (empty)
+			cg_bulk_empty(n);
+		else
+			cg_bulk_loop(n);
+	} else if (empty) {
 		cg_empty_loop(sz, n);
-	else
+	} else {
 		cg_pair_loop(sz, n);
+	}
 	printf("malloc_from=%s\ndone=1\n", malloc_from());
 	return 0;
 }
@@ -579,7 +620,8 @@ static const struct {
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: bench WORKLOAD [-q] [-t THREADS] | bench --list | bench cg-pair|cg-empty SIZE N\n");
+	fprintf(f, "usage: bench WORKLOAD [-q] [-t THREADS] | bench --list | bench cg-pair|cg-empty SIZE N\n"
+		   "       bench cg-bulk|cg-bulk-empty 32 N\n");
 	for (size_t i = 0; i < NWORKLOADS; i++)
 		fprintf(f, "  %-11s %s\n", workloads[i].name, workloads[i].what);
 }
@@ -595,8 +637,9 @@ int main(int argc, char **argv)
 			printf("%s\t%s\n", workloads[i].name, workloads[i].what);
 		return 0;
 	}
-	if (!strcmp(argv[1], "cg-pair") || !strcmp(argv[1], "cg-empty"))
-		return callgrind_probe(argc, argv, !strcmp(argv[1], "cg-empty"));
+	if (!strcmp(argv[1], "cg-pair") || !strcmp(argv[1], "cg-empty") || !strcmp(argv[1], "cg-bulk") ||
+	    !strcmp(argv[1], "cg-bulk-empty"))
+		return callgrind_probe(argc, argv, !strcmp(argv[1], "cg-empty") || !strcmp(argv[1], "cg-bulk-empty"));
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	nthreads = cpus < 2 ? 2 : cpus > 8 ? 8 : (int)cpus;
 	for (int i = 2; i < argc; i++) {

@@ -597,14 +597,17 @@ def main():
             if os.path.exists(cg_csv):
                 with open(cg_csv) as f:
                     cg = list(csv.DictReader(f))
-                sizes = sorted({int(c["size"]) for c in cg})
-                cg_md += ["### callgrind — instructions per malloc+free pair (fast path, warm cache)", "",
-                          "| allocator | " + " | ".join("%d B" % s for s in sizes) + " |",
+                # columns: the pair sizes in order, then the bulk pattern ("bulk32") if measured
+                sizes = sorted({c["size"] for c in cg if c["size"].isdigit()}, key=int)
+                sizes += sorted({c["size"] for c in cg if not c["size"].isdigit()})
+                cg_md += ["### callgrind — instructions per malloc+free pair (pairs: fast path, warm cache; "
+                          "bulk32: 1M malloc(32) live, then freed)", "",
+                          "| allocator | " + " | ".join(s + " B" if s.isdigit() else s for s in sizes) + " |",
                           "|---|" + "---:|" * len(sizes)]
                 for nme in names:
                     cells = []
                     for s in sizes:
-                        c = [x for x in cg if x["allocator"] == nme and int(x["size"]) == s]
+                        c = [x for x in cg if x["allocator"] == nme and x["size"] == s]
                         cells.append(c[0]["instr_per_pair"] if c else "—")
                     cg_md.append("| %s | %s |" % (nme, " | ".join(cells)))
                 cg_md.append("")
