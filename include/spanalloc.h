@@ -141,20 +141,26 @@ SA_API int sa_select(sa_select_case_t *cases, size_t ncases, long long timeout_n
  *
  * An opt-in garbage-collected heap beside malloc's, collected as Go's runtime does: concurrent
  * tri-colour mark on dedicated marker threads with a hybrid write barrier, then concurrent
- * sweep; two short stops per cycle. Objects are zeroed, 16-byte aligned (8 for tiny ones).
+ * sweep; one short global stop per cycle (mark termination), and each thread parked alone
+ * once while its stack is copied. Objects are zeroed, 16-byte aligned (8 for tiny ones).
  *
  * Rules:
  *  - A GC object stays alive while a word points into it (interior pointers count) from: a GC
- *    object that is alive, a registered root, or the stack/registers of a registered thread.
- *    Memory from malloc/sa_malloc is NOT scanned: register it with sa_gc_root_add if it holds
- *    GC pointers. sa_gc_alloc'd objects are scanned conservatively (every aligned word),
- *    typed ones precisely, noscan ones not at all.
- *  - Every store of a pointer into a GC object or a registered root goes through sa_gc_store
- *    (the write barrier). Stores to stack variables need none.
+ *    object that is alive, a registered root, a global (.data/.bss of the program and its
+ *    shared objects; SPANALLOC_GC_SCAN_GLOBALS=0 turns that off), or the stack/registers of a
+ *    registered thread. Memory from malloc/sa_malloc and __thread variables are NOT scanned:
+ *    register them with sa_gc_root_add if they hold GC pointers. A pointer held only where the
+ *    collector does not look (unregistered malloc memory, a pipe) is not a reference, not even
+ *    while it passes from one thread to another. sa_gc_alloc'd objects are scanned
+ *    conservatively (every aligned word), typed ones precisely, noscan ones not at all.
+ *  - Every store of a pointer into a GC object, a registered root or a global goes through
+ *    sa_gc_store (the write barrier: roots and globals are scanned while the program runs).
+ *    Stores to stack variables need none.
  *  - A thread that holds GC pointers in its stack is registered: its first GC allocation
  *    registers it, or sa_gc_thread_register does; it is unregistered when it exits (or by
  *    sa_gc_thread_unregister). Registered threads are stopped briefly by the signal
- *    SIGRTMIN + SPANALLOC_GC_SIGNAL (default 5); the program must not block that signal.
+ *    SIGRTMIN + SPANALLOC_GC_SIGNAL (default 5); the program must not block that signal
+ *    (system calls it interrupts are restarted when SA_RESTART restarts them).
  *  - sa_free (and free, realloc) of a GC object prints one line and aborts.
  */
 /* Scanned conservatively. NULL with ENOMEM when memory is short. */
@@ -217,14 +223,24 @@ typedef struct sa_gc_stats {
 	unsigned long long heap_marked;       /* bytes found live by the last cycle */
 	unsigned long long heap_goal, heap_trigger; /* 0: no automatic cycle */
 	unsigned long long freed_bytes;       /* bytes freed by sweeping, in total */
-	unsigned long long pauses;            /* stops of the world */
-	unsigned long long pause_total_ns, pause_max_ns;
+	unsigned long long pauses;            /* stops: the one global stop per cycle (or more)
+					       * and every park of one thread alone (stack scan,
+					       * barrier-buffer flush) */
+	unsigned long long pause_total_ns, pause_max_ns; /* threads held parked, from the last
+					       * acknowledgement to the release */
 	unsigned long long mark_cpu_ns;       /* CPU time of the marker threads */
 	unsigned long long assists;           /* allocations that helped marking */
 	unsigned long long finalizers_queued, finalizers_run;
 	unsigned long long threads;           /* registered threads */
 	int percent;                          /* GOGC, -1 off */
 	int mark_workers;
+	unsigned long long ttsp_max_ns;       /* longest time to stop: first signal to last
+					       * acknowledgement (a thread the OS has not scheduled
+					       * answers late; nothing is parked waiting for it
+					       * except in the global stop) */
+	unsigned long long thread_pause_max_ns; /* longest park as the parked thread measured
+					       * it (includes its wake-up by the scheduler) */
+	unsigned long long globals_bytes;     /* globals scanned by the last cycle */
 } sa_gc_stats_t;
 SA_API void sa_gc_stats(sa_gc_stats_t *out);
 

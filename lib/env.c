@@ -75,6 +75,8 @@ static const struct knob knobs[] = {
 	 "print one line per GC cycle to stderr, as GODEBUG=gctrace=1"},
 	{"SPANALLOC_GC_SIGNAL", K_SIZE, &sa_gc_config.signal, NULL, 0, 30,
 	 "the GC stops registered threads with signal SIGRTMIN + N (default 5)"},
+	{"SPANALLOC_GC_SCAN_GLOBALS", K_BOOL, &sa_gc_config.scan_globals, NULL, 0, 0,
+	 "the GC scans the writable segments (.data, .bss) of the program and its shared objects as roots, concurrently (default 1; 0: only registered roots)"},
 };
 
 static bool parse_bool(const char *v, int *out)

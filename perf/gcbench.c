@@ -151,6 +151,19 @@ static void *obj64(void)
 	}
 }
 
+/* spanalloc only: the longest time to stop (signal to acknowledgement; nothing waits for it
+ * but the one global stop) and the longest park as a parked thread measured it (its
+ * scheduler wake-up included), next to "max stop" (last park to release, collector's clock). */
+static void sagc_latency(void)
+{
+	if (mode != M_SAGC)
+		return;
+	sa_gc_stats_t st;
+	sa_gc_stats(&st);
+	fprintf(stderr, "LATENCY sagc: %llu stops, max stop %.3f ms, max time to stop %.3f ms, max park seen by a thread %.3f ms\n",
+		st.pauses, (double)st.pause_max_ns / 1e6, (double)st.ttsp_max_ns / 1e6, (double)st.thread_pause_max_ns / 1e6);
+}
+
 static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 {
 	void **a;
@@ -200,6 +213,7 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 	/* DATA: impl workload seconds rss_MB cycles max_stop_ms median_stop_ms worst_op_ms ns_per_op */
 	fprintf(stderr, "DATA %s liveheap %.2f %ld %llu %.3f %.3f %.3f %.0f\n", m,
 		(double)(t2 - t0) / 1e9, ru.ru_maxrss / 1024, cycles, maxs, med, (double)worst / 1e6, nsrep);
+	sagc_latency();
 	return 0;
 }
 
@@ -306,5 +320,6 @@ int main(int argc, char **argv)
 	fprintf(stderr, "RESULT %-8s depth %d: %.2f s, peak RSS %ld MB, %llu cycles, max stop %.3f ms, median stop %.3f ms\n", m,
 		n, secs, ru.ru_maxrss / 1024, cycles, maxs, med);
 	fprintf(stderr, "DATA %s binarytrees%d %.2f %ld %llu %.3f %.3f - -\n", m, n, secs, ru.ru_maxrss / 1024, cycles, maxs, med);
+	sagc_latency();
 	return 0;
 }

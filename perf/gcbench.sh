@@ -54,7 +54,7 @@ one() { # impl args...: run one, keep its DATA line, show its RESULT line
 	fi
 	if grep -q '^DATA ' "$tmp/err"; then
 		grep '^DATA ' "$tmp/err" >>"$tmp/data"
-		grep '^RESULT ' "$tmp/err" | sed 's/^/  /'
+		grep -E '^(RESULT|LATENCY) ' "$tmp/err" | sed 's/^/  /'
 	else
 		echo "  RESULT $impl $*: failed: $(tail -1 "$tmp/err")"
 	fi

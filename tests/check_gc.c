@@ -626,6 +626,382 @@ START_TEST(test_fork_during_cycle)
 }
 END_TEST
 
+/* ---- globals (.data/.bss) are roots, scanned concurrently (SPANALLOC_GC_SCAN_GLOBALS) ----
+ * Objects held only by a plain global (not registered with sa_gc_root_add) survive cycles;
+ * once the global is cleared they are collected; with the knob off the global does not keep
+ * them. Run in children so the knob is read at their first allocation. */
+#define NGLOBAL 32
+static void *global_only[NGLOBAL];
+
+static NOINLINE void global_fill(void)
+{
+	for (int i = 0; i < NGLOBAL; i++) {
+		uint64_t *o = sa_gc_alloc(64);
+		o[0] = 0xfeed0000u + (uint64_t)i;
+		if (sa_gc_set_finalizer(o, fin_fn, (void *)(intptr_t)i) != 0)
+			_exit(20);
+		sa_gc_store(&global_only[i], o);
+	}
+}
+
+static int fin_ran(void)
+{
+	int n = 0;
+	for (int i = 0; i < NGLOBAL; i++) {
+		if (atomic_load(&fin_count[i]) > 1)
+			_exit(21); /* a finalizer ran twice */
+		n += atomic_load(&fin_count[i]);
+	}
+	return n;
+}
+
+static void globals_child(void *arg)
+{
+	int scan = (int)(intptr_t)arg;
+	global_fill();
+	clear_stack();
+	collect(3);
+	fin_settle();
+	sa_gc_stats_t st;
+	sa_gc_stats(&st);
+	if (scan) {
+		if (st.globals_bytes < sizeof global_only) {
+			fprintf(stderr, "globals scanned: %llu bytes\n", st.globals_bytes);
+			_exit(10);
+		}
+		if (fin_ran() != 0) {
+			fprintf(stderr, "%d objects held by a global were collected\n", fin_ran());
+			_exit(11);
+		}
+		for (int i = 0; i < NGLOBAL; i++)
+			if (((uint64_t *)global_only[i])[0] != 0xfeed0000u + (uint64_t)i)
+				_exit(12);
+		for (int i = 0; i < NGLOBAL; i++)
+			sa_gc_store(&global_only[i], NULL);
+		clear_stack();
+		collect(3);
+		fin_settle();
+		/* conservative stack scanning may keep an odd one alive: allow 2 of 32 */
+		if (fin_ran() < NGLOBAL - 2) {
+			fprintf(stderr, "only %d of %d objects collected after the global was cleared\n", fin_ran(), NGLOBAL);
+			_exit(13);
+		}
+	} else {
+		if (st.globals_bytes != 0)
+			_exit(14);
+		if (fin_ran() < NGLOBAL - 2) {
+			fprintf(stderr, "SCAN_GLOBALS=0: only %d of %d collected\n", fin_ran(), NGLOBAL);
+			_exit(15);
+		}
+	}
+}
+
+START_TEST(test_globals)
+{
+	child_result_t r;
+	run_child(globals_child, (void *)(intptr_t)1, NULL, &r);
+	if (!child_exited_ok(&r))
+		fprintf(stderr, "scan on: status %#x: %s\n", r.status, r.err);
+	ck_assert(child_exited_ok(&r));
+	static const char *const off[] = {"SPANALLOC_GC_SCAN_GLOBALS", "0", NULL};
+	run_child(globals_child, (void *)(intptr_t)0, off, &r);
+	if (!child_exited_ok(&r))
+		fprintf(stderr, "scan off: status %#x: %s\n", r.status, r.err);
+	ck_assert(child_exited_ok(&r));
+}
+END_TEST
+
+/* Threads move objects between plain global slots through sa_gc_store while cycles run back
+ * to back: the concurrent scan of the globals plus the deletion barrier must keep every object
+ * that a slot holds. Thread j writes only the slots j, j + T, ...; it replaces objects in them
+ * and copies pointers from any slot into them, so an object often lives on only in a slot the
+ * scan has already passed. A freed object reads zero (or 0xdb under SPANALLOC_DEBUG): its
+ * check word fails. */
+#define NGSLOT 1024
+#define NGTHREADS 3
+static uint64_t *gslot[NGSLOT];
+static _Atomic int gstop;
+static _Atomic long gerrors, gops;
+
+static uint64_t *gobj_new(uint64_t *rng)
+{
+	uint64_t *o = sa_gc_alloc(32);
+	o[0] = rng_next(rng) | 1;
+	o[1] = o[0] * 0x9E3779B97F4A7C15ULL ^ 0x5bd1e995u;
+	return o;
+}
+
+static bool gobj_ok(const uint64_t *o)
+{
+	return o != NULL && o[0] != 0 && o[1] == (o[0] * 0x9E3779B97F4A7C15ULL ^ 0x5bd1e995u);
+}
+
+static void *gmutator(void *arg)
+{
+	int j = (int)(intptr_t)arg;
+	uint64_t rng = 0xabcdefULL * (uint64_t)(j + 3);
+	long ops = 0;
+	while (!atomic_load(&gstop)) {
+		size_t mine = (size_t)j + NGTHREADS * rng_below(&rng, NGSLOT / NGTHREADS);
+		if (rng_below(&rng, 2))
+			sa_gc_store(&gslot[mine], gobj_new(&rng));
+		else
+			sa_gc_store(&gslot[mine], __atomic_load_n(&gslot[rng_below(&rng, NGSLOT)], __ATOMIC_RELAXED));
+		const uint64_t *v = __atomic_load_n(&gslot[rng_below(&rng, NGSLOT)], __ATOMIC_RELAXED);
+		if (!gobj_ok(v))
+			atomic_fetch_add(&gerrors, 1);
+		ops++;
+	}
+	atomic_fetch_add(&gops, ops);
+	return NULL;
+}
+
+static void globals_mutation_child(void *arg)
+{
+	(void)arg;
+	uint64_t rng = 17;
+	for (size_t i = 0; i < NGSLOT; i++)
+		sa_gc_store(&gslot[i], gobj_new(&rng));
+	pthread_t th[NGTHREADS];
+	for (int j = 0; j < NGTHREADS; j++)
+		if (pthread_create(&th[j], NULL, gmutator, (void *)(intptr_t)j) != 0)
+			_exit(30);
+	double t0 = now_s();
+	int n = 0;
+	while (n < 300 && now_s() - t0 < 12) {
+		sa_gc_collect();
+		n++;
+	}
+	atomic_store(&gstop, 1);
+	for (int j = 0; j < NGTHREADS; j++)
+		pthread_join(th[j], NULL);
+	sa_gc_collect();
+	long bad = 0;
+	for (size_t i = 0; i < NGSLOT; i++)
+		bad += !gobj_ok(gslot[i]);
+	fprintf(stderr, "globals mutation: %d collects, %ld ops, %ld errors during, %ld after\n", n, atomic_load(&gops),
+		atomic_load(&gerrors), bad);
+	if (atomic_load(&gerrors) || bad || n < 1)
+		_exit(31);
+}
+
+START_TEST(test_globals_mutation)
+{
+	child_result_t r;
+	static const char *const env[] = {"SPANALLOC_DEBUG", "1", NULL};
+	run_child(globals_mutation_child, NULL, NULL, &r);
+	if (!child_exited_ok(&r) || strstr(r.err, "errors"))
+		fprintf(stderr, "%s", r.err);
+	ck_assert(child_exited_ok(&r));
+	run_child(globals_mutation_child, NULL, env, &r);
+	if (!child_exited_ok(&r) || strstr(r.err, "errors"))
+		fprintf(stderr, "debug: %s", r.err);
+	ck_assert(child_exited_ok(&r));
+}
+END_TEST
+
+/* ---- SPANALLOC_DEBUG: the sweeper poisons what it frees (so the mutation tests catch a
+ * premature free as a bad checksum instead of reading a zeroed or stale object). One object
+ * of the span stays alive, so the span is not handed back to mheap. ---- */
+static uintptr_t poison_hidden[64]; /* addresses, complemented: not references */
+static void *poison_keep;
+
+static NOINLINE void poison_fill(void)
+{
+	sa_gc_store(&poison_keep, sa_gc_alloc(48));
+	for (int i = 0; i < 64; i++) {
+		uint64_t *o = sa_gc_alloc(48);
+		for (int k = 0; k < 6; k++)
+			o[k] = 0x1111111111111111ULL * (uint64_t)(k + 1);
+		poison_hidden[i] = ~(uintptr_t)o;
+	}
+}
+
+static void poison_child(void *arg)
+{
+	(void)arg;
+	poison_fill();
+	clear_stack();
+	collect(2);
+	int poisoned = 0;
+	for (int i = 0; i < 64; i++) {
+		const unsigned char *p = (const unsigned char *)~poison_hidden[i];
+		int all = 1;
+		for (int k = 0; k < 48; k++)
+			all &= p[k] == 0xdb;
+		poisoned += all;
+	}
+	if (poisoned < 60) {
+		fprintf(stderr, "only %d of 64 freed objects poisoned\n", poisoned);
+		_exit(40);
+	}
+}
+
+START_TEST(test_debug_poison)
+{
+	child_result_t r;
+	static const char *const env[] = {"SPANALLOC_DEBUG", "1", NULL};
+	run_child(poison_child, NULL, env, &r);
+	if (!child_exited_ok(&r))
+		fprintf(stderr, "%s\n", r.err);
+	ck_assert(child_exited_ok(&r));
+}
+END_TEST
+
+/* ---- a registered thread blocked in a system call is stopped and scanned: cycles complete
+ * while it waits, and what only its stack holds survives ---- */
+static int block_pipe[2];
+
+static NOINLINE void *blocked_thread(void *arg)
+{
+	(void)arg;
+	uint64_t *volatile held = sa_gc_alloc(64); /* registers this thread */
+	for (int k = 0; k < 8; k++)
+		held[k] = 0x77770000u + (uint64_t)k;
+	char c;
+	ssize_t n;
+	while ((n = read(block_pipe[0], &c, 1)) < 0 && errno == EINTR)
+		;
+	int bad = n != 1;
+	for (int k = 0; k < 8; k++)
+		bad |= held[k] != 0x77770000u + (uint64_t)k;
+	return (void *)(intptr_t)bad;
+}
+
+START_TEST(test_blocked_thread)
+{
+	ck_assert_int_eq(pipe(block_pipe), 0);
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, blocked_thread, NULL), 0);
+	sa_gc_stats_t st;
+	do { /* until it registered */
+		usleep(1000);
+		sa_gc_stats(&st);
+	} while (st.threads < 1);
+	usleep(20000);
+	for (int i = 0; i < 5; i++) { /* garbage in between, so memory is reused */
+		for (int k = 0; k < 2000; k++)
+			ck_assert_ptr_nonnull(sa_gc_alloc(64));
+		sa_gc_collect();
+	}
+	sa_gc_stats(&st);
+	ck_assert_uint_ge(st.cycles, 5);
+	ck_assert_uint_ge(st.pauses, 5); /* at least the stack-scan park of each cycle */
+	ck_assert_int_eq(write(block_pipe[1], "x", 1), 1);
+	void *bad;
+	pthread_join(th, &bad);
+	ck_assert_int_eq((int)(intptr_t)bad, 0);
+}
+END_TEST
+
+/* ---- fork while cycles run back to back: the child's collector is idle (barrier off, no
+ * mark in progress, only the forking thread registered) and works ---- */
+static void *fork_alloc_loop(void *arg)
+{
+	_Atomic int *stop = arg;
+	void *volatile keep = NULL;
+	while (!atomic_load(stop)) {
+		uintptr_t *o = sa_gc_alloc(64);
+		sa_gc_store(&o[0], keep);
+		keep = ((uintptr_t)o >> 6) % 64 == 0 ? NULL : o;
+	}
+	return NULL;
+}
+
+START_TEST(test_fork_child_idle)
+{
+	setenv("SPANALLOC_HUGEPAGES", "thp", 1); /* see test_fork_during_cycle */
+	static _Atomic int stop;
+	pthread_t col, al;
+	ck_assert_ptr_nonnull(sa_gc_alloc(8));
+	ck_assert_int_eq(pthread_create(&col, NULL, collector_loop, (void *)&stop), 0);
+	ck_assert_int_eq(pthread_create(&al, NULL, fork_alloc_loop, (void *)&stop), 0);
+	for (int i = 0; i < 20; i++) {
+		usleep(2000);
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			alarm(20);
+			if (atomic_load(&gc.phase) != GC_OFF || sa_gc_barrier_on)
+				_exit(2);
+			sa_gc_stats_t st0, st1;
+			sa_gc_stats(&st0);
+			if (st0.threads != 1)
+				_exit(3);
+			for (int k = 0; k < 5000; k++)
+				if (sa_gc_alloc(64) == NULL)
+					_exit(4);
+			sa_gc_collect();
+			sa_gc_stats(&st1);
+			if (st1.cycles < st0.cycles + 1 || atomic_load(&gc.phase) != GC_OFF || sa_gc_barrier_on)
+				_exit(5);
+			_exit(0);
+		}
+		int status;
+		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+		ck_assert(WIFEXITED(status));
+		ck_assert_int_eq(WEXITSTATUS(status), 0);
+	}
+	atomic_store(&stop, 1);
+	pthread_join(col, NULL);
+	pthread_join(al, NULL);
+}
+END_TEST
+
+/* ---- stacks copied by their threads while they allocate: deep stacks (a long copy) whose
+ * frames alone hold GC objects, threads that keep entering and leaving crit regions (so many
+ * requests are served at crit exit, where the collector may re-send the signal), cycles back
+ * to back. Every frame's object must be intact when the recursion unwinds. ---- */
+#define DEEP_FRAMES 1500
+#define DEEP_THREADS 3
+static _Atomic int deep_errors;
+static _Atomic int deep_stop;
+
+static NOINLINE int deep_frame(int depth, uint64_t seed)
+{
+	uint64_t *volatile mine = sa_gc_alloc(32);
+	mine[0] = seed;
+	mine[1] = seed * 0x9E3779B97F4A7C15ULL;
+	int r = 0;
+	if (depth > 0) {
+		r = deep_frame(depth - 1, seed + 1);
+	} else {
+		uint64_t rng = seed;
+		while (!atomic_load(&deep_stop)) /* garbage, in and out of crit regions */
+			(void)!sa_gc_alloc(16 + rng_below(&rng, 200));
+	}
+	if (mine[0] != seed || mine[1] != seed * 0x9E3779B97F4A7C15ULL)
+		r++;
+	return r;
+}
+
+static void *deep_thread(void *arg)
+{
+	int bad = deep_frame(DEEP_FRAMES, (uint64_t)(intptr_t)arg * 1000000);
+	atomic_fetch_add(&deep_errors, bad);
+	return NULL;
+}
+
+START_TEST(test_deep_stacks)
+{
+	ck_assert_ptr_nonnull(sa_gc_alloc(8));
+	pthread_t th[DEEP_THREADS];
+	for (int i = 0; i < DEEP_THREADS; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, deep_thread, (void *)(intptr_t)(i + 1)), 0);
+	double t0 = now_s();
+	int n = 0;
+	while (n < 200 && now_s() - t0 < 10) {
+		sa_gc_collect();
+		n++;
+	}
+	atomic_store(&deep_stop, 1);
+	for (int i = 0; i < DEEP_THREADS; i++)
+		pthread_join(th[i], NULL);
+	fprintf(stderr, "deep stacks: %d collects, %d bad frames\n", n, atomic_load(&deep_errors));
+	ck_assert_int_eq(atomic_load(&deep_errors), 0);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("gc");
@@ -642,5 +1018,15 @@ int main(void)
 	tcase_add_test(tc, test_thread_churn);
 	tcase_add_test(tc, test_fork_during_cycle);
 	suite_add_tcase(s, tc);
+	/* mark start without a global stop, globals as roots, debug poisoning, stopping */
+	TCase *tr = tcase_create("roots_stops");
+	tcase_set_timeout(tr, 120);
+	tcase_add_test(tr, test_globals);
+	tcase_add_test(tr, test_globals_mutation);
+	tcase_add_test(tr, test_debug_poison);
+	tcase_add_test(tr, test_blocked_thread);
+	tcase_add_test(tr, test_deep_stacks);
+	tcase_add_test(tr, test_fork_child_idle);
+	suite_add_tcase(s, tr);
 	return run_suite(s);
 }

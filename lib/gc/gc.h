@@ -14,10 +14,12 @@
  * stopped thread holds a GC central lock, the work-buffer pool lock or the finalizer lock,
  * and every stopped thread's cache is consistent.
  *
- * Locks the collector holds while the world is stopped (registry, roots, finalizers) it takes
- * before stopping it, so a stopped thread can only be blocked on them: code may take them outside
- * crit, and crit code must never take them. Locks it takes while the world is stopped (GC
- * central, pool) are only ever taken inside crit (or by GC threads, which are never stopped).
+ * Locks the collector holds while threads are parked (registry; finalizers in the global
+ * stop) it takes before parking them, so a parked thread can only be blocked on them: code may
+ * take them outside crit, and crit code must never take them. Locks it takes while threads are
+ * parked (GC central, pool) are only ever taken inside crit (or by GC threads, which are never
+ * stopped). The roots lock and the loader's lock (dl_iterate_phdr) are taken with no thread
+ * parked.
  *
  * Lock order: cycle_lock → registry lock → roots lock → finalizer lock → GC central locks
  * (by index) → pool lock → mheap.lock.
@@ -35,6 +37,10 @@
 #define GC_TINY_SIZE 16
 #define GC_CREDIT_FLUSH ((size_t)64 << 10)    /* allocation bytes batched per thread */
 #define GC_MIN_GOAL ((size_t)4 << 20)
+#define GC_BACKSTOP_NS 1000000ULL             /* longest backstop wait of one credit flush */
+#define GC_STOP_SPIN_NS 100000ULL             /* the collector spins this long for acknowledgements */
+#define GC_SNAP_MAX ((size_t)64 << 20)        /* larger used stacks: parked, copied by the collector */
+#define GC_PARK_SPIN_NS 50000ULL              /* a parked thread spins this long before sleeping */
 #define WB_CAP 509 /* a workbuf is 4 KiB */
 
 static inline unsigned gc_class(unsigned sizeclass, bool typed, bool noscan)
@@ -62,12 +68,26 @@ typedef struct gc_thread {
 	pthread_t self;
 	uintptr_t stack_lo, stack_hi;  /* stack bounds; scanned from the saved sp to stack_hi */
 	volatile int crit;             /* > 0: the stop signal is deferred */
-	volatile int stop_pending;     /* a stop signal came in crit: park at crit exit */
-	_Atomic unsigned acked;        /* last stop epoch this thread parked for */
+	volatile int stop_pending;     /* a request came in crit: serve it at crit exit */
+	/* handshakes (stw.c): the collector asks for epoch hs_req of kind hs_kind; the thread
+	 * serves it, acknowledges it (acked = hs_req) and, for HS_PARK, waits until resume
+	 * reaches it */
+	_Atomic unsigned hs_req;
+	_Atomic int hs_kind;
+	size_t snap_len;               /* HS_STACK: bytes copied to gc.snap (SIZE_MAX: too many) */
+	uintptr_t snap_tiny;           /* HS_STACK: the tiny block when the copy was taken */
+	workbuf_t *handoff;            /* HS_FLUSH: the barrier buffer handed over */
+	uint64_t served_ns;            /* how long serving the last HS_STACK/HS_FLUSH took */
+	_Atomic unsigned claimed;      /* last epoch whose serving began (exchange: a handler
+					* nested in serving, after a re-sent signal, must not
+					* serve the same request again) */
+	_Atomic unsigned acked;        /* last epoch served */
+	_Atomic unsigned resume;       /* last epoch released (futex) */
 	_Atomic unsigned handled;      /* signals handled */
 	unsigned sent;                 /* signals sent (under the registry lock) */
-	struct timespec sent_at;
-	volatile uintptr_t sp;         /* stack pointer saved by the handler */
+	uint64_t sent_ns;
+	_Atomic uint64_t parked_ns;    /* when the thread parked for its last request */
+	volatile uintptr_t sp;         /* stack pointer saved when parking */
 	mspan_t *cache[GC_NCLASSES];   /* one span per GC class, owned by this thread */
 	uintptr_t tiny;                /* tiny block (16 B noscan object) and the offset used */
 	size_t tinyoff;
@@ -81,6 +101,9 @@ typedef struct gc_thread {
 extern __thread gc_thread_t *gc_self __attribute__((tls_model("initial-exec"))) SA_INTERNAL;
 
 enum { GC_OFF = 0, GC_MARK = 1 };
+/* handshake kinds: acknowledge only; park until released; copy the own used stack (and the
+ * registers saved on it) to gc.snap; hand the barrier buffer over */
+enum { HS_ACK = 0, HS_PARK = 1, HS_STACK = 2, HS_FLUSH = 3 };
 
 typedef struct gc_state {
 	pthread_once_t once;
@@ -96,7 +119,10 @@ typedef struct gc_state {
 	gc_thread_t *free_threads;
 	pthread_key_t key;
 	int sig;
-	_Atomic unsigned stw_epoch, resume_epoch, nacked;
+	_Atomic unsigned hs_epoch;           /* last handshake epoch issued */
+	_Atomic unsigned nacked;             /* futex: bumped by every acknowledgement */
+	uintptr_t *snap;                     /* stack snapshot buffer (HS_STACK), the controller's */
+	size_t snap_cap;
 	/* work pool (mark.c) */
 	pthread_mutex_t pool_lock;
 	workbuf_t *full, *empty;
@@ -120,6 +146,7 @@ typedef struct gc_state {
 	_Atomic int percent;                 /* GOGC; < 0 off */
 	_Atomic unsigned req;                /* cycles requested (futex) */
 	_Atomic unsigned started, swept;     /* cycles started; cycles whose sweep finished (futex) */
+	_Atomic unsigned mark_done;          /* cycles whose mark terminated (futex) */
 	int controller_started;
 	pthread_t controller;
 	/* finalizers (roots.c) */
@@ -136,6 +163,9 @@ typedef struct gc_state {
 	_Atomic size_t scan_expected;        /* scan work expected this cycle: the last cycle's */
 	_Atomic size_t alloc_at_mark;        /* heap_alloc when the mark started */
 	_Atomic size_t last_mark_alloc;      /* bytes allocated while the last cycle marked */
+	_Atomic uint64_t ttsp_max_ns;        /* longest wait for threads to answer a stop */
+	_Atomic uint64_t thread_pause_max_ns; /* longest park, as measured by the parked thread */
+	_Atomic uint64_t globals_bytes;      /* bytes of globals scanned by the last cycle */
 } gc_state_t;
 
 extern gc_state_t gc SA_INTERNAL;
@@ -171,10 +201,20 @@ SA_INTERNAL void gc_cache_steal(gc_thread_t *t);   /* world stopped: cached span
 SA_INTERNAL void gc_span_free(mspan_t *s);         /* no crit: back to mheap */
 SA_INTERNAL void gc_credit_flush(gc_thread_t *t);
 
-/* stw.c */
+/* stw.c (registry lock held by the caller of all but init). The stops return the time to
+ * stop: from the first signal to the last acknowledgement. */
 SA_INTERNAL void gc_stw_init(void);
-SA_INTERNAL void gc_stop_world(void);   /* registry lock held */
-SA_INTERNAL void gc_start_world(void);
+SA_INTERNAL uint64_t gc_stop_world(uint64_t *stopped_at); /* every registered thread parked;
+							    * *stopped_at: when the last one parked */
+SA_INTERNAL uint64_t gc_start_world(void);          /* returns when the stop ended (ns) */
+SA_INTERNAL uint64_t gc_ack_all(void);              /* every thread passed a handshake; none parks */
+SA_INTERNAL uint64_t gc_suspend_thread(gc_thread_t *t); /* t alone parked (at t->parked_ns) */
+SA_INTERNAL uint64_t gc_resume_thread(gc_thread_t *t); /* returns when the park ended (ns) */
+/* t copies its used stack to gc.snap itself, in its handler (no park); returns the bytes and
+ * sets *tiny, *pause (the copy's time), *ttsp */
+SA_INTERNAL size_t gc_stack_snapshot(gc_thread_t *t, uintptr_t *tiny, uint64_t *pause, uint64_t *ttsp);
+/* t hands its barrier buffer over, in its handler (no park) */
+SA_INTERNAL workbuf_t *gc_take_wbuf(gc_thread_t *t, uint64_t *pause, uint64_t *ttsp);
 SA_INTERNAL void gc_fork_init(void);
 
 /* mark.c */
@@ -198,7 +238,8 @@ SA_INTERNAL void gc_finish_sweep(void);
 /* roots.c */
 SA_INTERNAL void gc_roots_lock(void);
 SA_INTERNAL void gc_roots_unlock(void);
-SA_INTERNAL void gc_scan_roots(workbuf_t **wb);     /* world stopped */
+SA_INTERNAL void gc_scan_roots(workbuf_t **wb);     /* mark start, concurrent; roots and fin locks held */
+SA_INTERNAL size_t gc_scan_globals(workbuf_t **wb); /* mark start, concurrent; returns bytes scanned */
 SA_INTERNAL size_t gc_fin_check(workbuf_t **wb);    /* world stopped, mark done: queue dead */
 SA_INTERNAL void gc_fin_start_if_needed(void);
 SA_INTERNAL void gc_fin_fork_child(void);
@@ -211,5 +252,12 @@ SA_INTERNAL void gc_pacer_mark_start(void);     /* world stopped, barrier on */
 SA_INTERNAL void gc_pacer_mark_done(void);      /* world stopped, before heap_alloc resets */
 SA_INTERNAL size_t gc_assist_debt(size_t allocated, size_t live, size_t goal);
 SA_INTERNAL void gc_record_pause(uint64_t ns);
+SA_INTERNAL void gc_record_ttsp(uint64_t ns);
+static inline void gc_atomic_max(_Atomic uint64_t *m, uint64_t v)
+{
+	uint64_t cur = atomic_load_explicit(m, memory_order_relaxed);
+	while (v > cur && !atomic_compare_exchange_weak(m, &cur, v))
+		;
+}
 
 #endif

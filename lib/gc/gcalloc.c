@@ -326,12 +326,15 @@ void gc_credit_flush(gc_thread_t *t)
 		gc_maybe_trigger();
 	}
 	/* Backstop (Go parks an assist that finds no work until the cycle ends): past 1.5 × goal
-	 * the allocating thread waits for the requested cycle to finish. Never in crit. */
+	 * the allocating thread waits for the next mark termination, but at most GC_BACKSTOP_NS
+	 * per flush, so one allocation is never held for a whole cycle (or the O(heap) sweep before
+	 * it): allocation is throttled to GC_CREDIT_FLUSH per GC_BACKSTOP_NS instead. Never in crit. */
 	if (goal != SIZE_MAX && live > goal + goal / 2) {
 		gc_maybe_trigger();
-		unsigned want = atomic_load(&gc.req), sw;
-		while ((int)((sw = atomic_load(&gc.swept)) - want) < 0)
-			gc_futex_wait(&gc.swept, sw, 1000000);
+		unsigned m = atomic_load(&gc.mark_done);
+		uint64_t t0 = gc_nanotime(), waited;
+		while (atomic_load(&gc.mark_done) == m && (waited = gc_nanotime() - t0) < GC_BACKSTOP_NS)
+			gc_futex_wait(&gc.mark_done, m, (long)(GC_BACKSTOP_NS - waited));
 	}
 }
 

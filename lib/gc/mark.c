@@ -138,6 +138,20 @@ static void give_back(workbuf_t *b)
 	gc_futex_wake(&gc.pool_seq);
 }
 
+/* Give back a buffer taken by take_full that still holds work (a budget ran out). */
+static void give_back_full(workbuf_t *b)
+{
+	pthread_mutex_lock(&gc.pool_lock);
+	wb_account_locked(b);
+	b->next = gc.full;
+	gc.full = b;
+	gc.nfull++;
+	gc.nbusy--;
+	atomic_fetch_add(&gc.pool_seq, 1);
+	pthread_mutex_unlock(&gc.pool_lock);
+	gc_futex_wake(&gc.pool_seq);
+}
+
 bool gc_pool_idle(void)
 {
 	pthread_mutex_lock(&gc.pool_lock);
@@ -334,7 +348,10 @@ static size_t drain(size_t budget)
 		uintptr_t ring[DRAIN_PREFETCH];
 		unsigned head = 0, cnt = 0;
 		for (;;) {
-			while (cnt < DRAIN_PREFETCH && b->n > 0) {
+			/* the budget is checked per object, not per buffer: scanning pushes
+			 * children onto the same buffer, so one buffer can hold a whole subgraph (an
+			 * assist that drained it held its allocation, in crit, for tens of ms) */
+			while (cnt < DRAIN_PREFETCH && b->n > 0 && (budget == 0 || done < budget)) {
 				uintptr_t p = b->obj[--b->n];
 				__builtin_prefetch((const void *)p);
 				ring[(head + cnt++) % DRAIN_PREFETCH] = p;
@@ -349,7 +366,10 @@ static size_t drain(size_t budget)
 			    __atomic_load_n(&gc.nfull, __ATOMIC_RELAXED) == 0)
 				balance(b);
 		}
-		give_back(b); /* scanning may have put a full one in the pool and taken this one */
+		if (b->n > 0)
+			give_back_full(b); /* the budget ran out */
+		else
+			give_back(b); /* scanning may have put a full one in the pool and taken this one */
 		atomic_fetch_add_explicit(&gc.scan_work, done - before, memory_order_relaxed);
 		before = done;
 	}

@@ -3,19 +3,25 @@
  *
  * A cycle runs on the controller thread (a GC-internal thread, never stopped):
  *   1. sweep termination: finish sweeping the previous cycle (no span left unswept, no sweep
- *      in progress);
- *   2. mark start (stop 1): stop the registered threads, turn the barrier on (from then on
- *      objects are allocated black), shade their stacks and saved registers, their tiny blocks,
- *      the global roots and the finalizer roots; restart the world;
+ *      in progress) — concurrently, before anything is stopped;
+ *   2. mark start, without a global stop: barrier on (from then on objects are allocated
+ *      black) and every thread acknowledges it; then each thread in turn copies its own used
+ *      stack (with the registers saved on it) in its signal handler, and the collector shades
+ *      the copy and the thread's tiny block while it runs on; then the registered roots, the
+ *      finalizer roots and the globals are shaded concurrently (mark_start has the argument);
  *   3. concurrent mark: the marker threads drain the work pool, allocating threads assist in
  *      proportion to what they allocate (gc_assist_debt);
- *   4. mark termination (stop 2, repeated while it finds work): stop the world, hand every
- *      thread's barrier buffer to the pool; if the pool is not idle, restart and go back to 3;
- *      else queue the finalizers of unmarked objects (and go back to 3 to mark from them); else
- *      turn the barrier off, take every thread's cached spans, advance sweepgen, make every
- *      span unswept, compute the next goal, restart the world;
+ *   4. mark termination: ragged flushes (each thread hands its barrier buffer over in its
+ *      handler) until one finds no work; then the one global stop: take every barrier buffer; if
+ *      one held work or the pool is not idle, restart and go back to 3; else queue the
+ *      finalizers of unmarked objects (and go back to 3 to mark from them); else turn the
+ *      barrier off, advance sweepgen, make every span unswept (O(1) per class), take every
+ *      thread's cached spans, compute the next goal, restart. The buffers taken are handed to
+ *      the pool after the restart (handing one over can wake a marker).
  *   5. concurrent sweep: the controller sweeps in the background while threads sweep lazily.
- * Stacks are scanned once, in stop 1 (the hybrid barrier needs no rescan).
+ * Stacks are scanned once (the hybrid barrier needs no rescan). Nothing in a stop is O(heap)
+ * or O(spans): the global stop is O(threads + size classes + finalizers); a thread's own
+ * interruption for its stack is O(its used stack) (a copy). SPANALLOC_GCTRACE=1 prints the time of every part.
  *
  * Pacing: goal = max(4 MB, marked × (1 + GOGC/100)), marked being the bytes marked at mark
  * termination (objects allocated black during the mark included, as Go's heapMarked). The next
@@ -31,6 +37,7 @@
 #include "gc.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -42,7 +49,7 @@ gc_state_t gc = {
 	.pool_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
-sa_gc_config_t sa_gc_config = {.signal = 5};
+sa_gc_config_t sa_gc_config = {.signal = 5, .scan_globals = 1};
 
 static void pacer_set(void)
 {
@@ -182,149 +189,270 @@ void gc_record_pause(uint64_t ns)
 		;
 }
 
-static void scan_thread(gc_thread_t *t, workbuf_t **wb)
+void gc_record_ttsp(uint64_t ns)
 {
-	uintptr_t sp = t->sp;
-	if (sp < t->stack_lo || sp > t->stack_hi)
-		sa_fatal("gc: a registered thread's stack pointer %#lx is outside its stack", (unsigned long)sp);
-	gc_scan_range(sp, t->stack_hi, wb);
-	if (t->tiny)
-		greyobject(t->tiny, wb);
+	gc_atomic_max(&gc.ttsp_max_ns, ns);
 }
 
-static void trace(unsigned n, uint64_t stw1, uint64_t markns, uint64_t stw2, uint64_t cpu, size_t before,
-		  size_t after, size_t live, size_t goal, unsigned stops)
+/* Where one cycle's time went (gctrace): the concurrent phases and every part of each stop. */
+typedef struct cycle_times {
+	uint64_t sweepterm;           /* finishing the previous sweep, concurrent */
+	uint64_t ack;                 /* barrier-on handshake: no thread parks */
+	uint64_t stacks;              /* all stack scans, each thread parked alone */
+	uint64_t stack_max;           /* the longest one thread stayed parked for its stack */
+	uint64_t stack_ttsp_max;      /* the longest wait for one thread to park */
+	uint64_t roots, globals;      /* concurrent root and global scans */
+	size_t globals_bytes;
+	uint64_t mark;                /* mark start to the final stop */
+	unsigned flush_rounds;        /* ragged barrier-buffer flush rounds */
+	uint64_t ttsp, stopped;       /* the final stop: time to stop, world stopped */
+	uint64_t t_flush, t_fin, t_flip, t_caches, t_start;
+	unsigned stops;               /* global stops (more than 1 when a stop found work) */
+} cycle_times_t;
+
+static void trace(unsigned n, const cycle_times_t *ct, uint64_t cpu, size_t before, size_t after, size_t live,
+		  size_t goal)
 {
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	double at = (double)(now.tv_sec - gc.t0.tv_sec) + (double)(now.tv_nsec - gc.t0.tv_nsec) / 1e9;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	double share = at > 0 ? 100.0 * (double)atomic_load(&gc.mark_cpu_ns) / 1e9 / (at * (double)(ncpu > 0 ? ncpu : 1)) : 0;
-	char buf[320];
+#define MS(x) ((double)(x) / 1e6)
+	char buf[640];
 	int k = snprintf(buf, sizeof buf,
-			 "gc %u @%.3fs %.0f%%: %.3f+%.3f+%.3f ms clock, %.3f ms mark cpu, %zu->%zu->%zu MB, %zu MB goal, %d W, %u stops\n",
-			 n, at, share, (double)stw1 / 1e6, (double)markns / 1e6, (double)stw2 / 1e6, (double)cpu / 1e6,
-			 before >> 20, after >> 20, live >> 20, goal == SIZE_MAX ? 0 : goal >> 20, gc.nworkers, stops);
+			 "gc %u @%.3fs %.0f%%: %.3f+%.3f+%.3f ms clock, %.3f ms mark cpu, %zu->%zu->%zu MB, %zu MB goal, %d W, %u stops"
+			 " | sweepterm %.3f; start: ack %.3f, stacks %.3f (max park %.3f, max ttsp %.3f), roots %.3f, globals %.3f (%zu KB);"
+			 " term: %u flush rounds, ttsp %.3f, stopped %.3f (flush %.3f, fin %.3f, flip %.3f, caches %.3f, restart %.3f)\n",
+			 n, at, share, MS(ct->stack_max), MS(ct->mark), MS(ct->stopped), MS(cpu), before >> 20, after >> 20,
+			 live >> 20, goal == SIZE_MAX ? 0 : goal >> 20, gc.nworkers, ct->stops, MS(ct->sweepterm), MS(ct->ack),
+			 MS(ct->stacks), MS(ct->stack_max), MS(ct->stack_ttsp_max), MS(ct->roots), MS(ct->globals),
+			 ct->globals_bytes >> 10, ct->flush_rounds, MS(ct->ttsp), MS(ct->stopped), MS(ct->t_flush),
+			 MS(ct->t_fin), MS(ct->t_flip), MS(ct->t_caches), MS(ct->t_start));
+#undef MS
 	if (k > 0) {
 		ssize_t w = write(STDERR_FILENO, buf, (size_t)k < sizeof buf ? (size_t)k : sizeof buf - 1);
 		(void)w;
 	}
 }
 
+/* Mark start, without a global stop (Go's gcStart + markroot): turn the barrier on and have
+ * every thread acknowledge it (none parks: after its acknowledgement a thread's stores shade
+ * and its allocations are black); then have each thread in turn copy its used stack (and the
+ * registers saved on it) in its handler — the copy is the snapshot a scan in place would read,
+ * and the thread never waits for the collector to be scheduled — and shade the copy and its
+ * tiny block; then scan the roots and the globals while everything runs.
+ * Why one thread at a time is enough: once every thread has the barrier, a pointer can only
+ * move from an unscanned stack to where the collector will not look again through a store,
+ * and every store shades both the old and the new value (the hybrid barrier); so a stack,
+ * once scanned, is black and never rescanned. Called with the registry lock held; returns
+ * without it. */
+static void mark_start(cycle_times_t *ct)
+{
+	uint64_t t0 = gc_nanotime();
+	sa_gc_barrier_on = 1;
+	atomic_store(&gc.phase, GC_MARK);
+	gc_pacer_mark_start();
+	gc_record_ttsp(gc_ack_all());
+	uint64_t t1 = gc_nanotime();
+	workbuf_t *wb = NULL;
+	for (gc_thread_t *t = gc.threads; t; t = t->next) {
+		uintptr_t tiny;
+		uint64_t d, ttsp;
+		size_t n = gc_stack_snapshot(t, &tiny, &d, &ttsp);
+		gc_scan_range((uintptr_t)gc.snap, (uintptr_t)gc.snap + n, &wb);
+		if (tiny)
+			greyobject(tiny, &wb);
+		gc_record_pause(d);
+		gc_record_ttsp(ttsp);
+		if (d > ct->stack_max)
+			ct->stack_max = d;
+		if (ttsp > ct->stack_ttsp_max)
+			ct->stack_ttsp_max = ttsp;
+	}
+	uint64_t t2 = gc_nanotime();
+	/* the roots and the globals do not need the registry (dl_iterate_phdr takes the loader's
+	 * lock: not under ours, so a constructor that allocates cannot deadlock with this) */
+	pthread_mutex_unlock(&gc.reg_lock);
+	gc_roots_lock();
+	gc_fin_lock();
+	gc_scan_roots(&wb);
+	gc_fin_unlock();
+	gc_roots_unlock();
+	uint64_t t3 = gc_nanotime();
+	ct->globals_bytes = gc_scan_globals(&wb);
+	wb_flush(&wb);
+	uint64_t t4 = gc_nanotime();
+	ct->ack = t1 - t0;
+	ct->stacks = t2 - t1;
+	ct->roots = t3 - t2;
+	ct->globals = t4 - t3;
+}
+
+/* Go's forEachP(flush): each thread in turn hands its barrier buffer over in its handler; the
+ * collector puts it in the pool. Returns whether any buffer held work. Registry lock held. */
+static bool flush_ragged(void)
+{
+	bool found = false;
+	for (gc_thread_t *t = gc.threads; t; t = t->next) {
+		if (__atomic_load_n(&t->wbuf, __ATOMIC_RELAXED) == NULL)
+			continue; /* a hint: a buffer made after this read is the final stop's to flush */
+		uint64_t d, ttsp;
+		workbuf_t *b = gc_take_wbuf(t, &d, &ttsp); /* flushed here: that may wake a marker */
+		gc_record_pause(d);
+		gc_record_ttsp(ttsp);
+		if (b) {
+			found |= b->n > 0;
+			wb_flush(&b);
+		}
+	}
+	return found;
+}
+
+/* Mark termination, with the world stopped (the registry and finalizer locks held): hand
+ * the barrier buffers to the pool; when that was the last work and no finalizer is due, turn
+ * the barrier off, advance sweepgen, make every span unswept (O(1) per class), take the
+ * threads' cached spans and set the next goal. Returns false when marking must go on. */
+static bool mark_termination(cycle_times_t *ct, size_t *after, workbuf_t **taken)
+{
+	uint64_t t0 = gc_nanotime();
+	bool done = true;
+	for (gc_thread_t *t = gc.threads; t; t = t->next)
+		if (t->wbuf) { /* taken; the caller flushes them after the restart */
+			workbuf_t *b = t->wbuf;
+			t->wbuf = NULL;
+			done &= b->n == 0;
+			/* its marked bytes count now: heap_marked is set below */
+			atomic_fetch_add(&gc.marked, b->marked);
+			b->marked = 0;
+			b->next = *taken;
+			*taken = b;
+		}
+	done = done && gc_pool_idle();
+	uint64_t t1 = gc_nanotime();
+	if (done) {
+		workbuf_t *fw = NULL;
+		if (gc_fin_check(&fw))
+			done = false;
+		if (fw) {
+			fw->next = *taken;
+			*taken = fw;
+		}
+	}
+	uint64_t t2 = gc_nanotime();
+	ct->t_flush = t1 - t0;
+	ct->t_fin = t2 - t1;
+	if (!done)
+		return false;
+	sa_gc_barrier_on = 0;
+	atomic_store(&gc.phase, GC_OFF);
+	atomic_fetch_add(&gc.sweepgen, 2);
+	/* the unswept lists are empty: sweep termination finished the previous sweep */
+	for (unsigned i = 0; i < GC_NCLASSES; i++) {
+		gc_central_t *c = &gc_centrals[i];
+		pthread_mutex_lock(&c->lock);
+		if (c->unswept == NULL && c->unswept2 == NULL) {
+			c->unswept = c->partial;
+			c->unswept2 = c->full;
+			c->partial = c->full = NULL;
+		} else {
+			for (int l = 0; l < 2; l++) {
+				mspan_t **head = l ? &c->full : &c->partial;
+				while (*head) {
+					mspan_t *s = *head;
+					*head = s->next;
+					s->prev = NULL;
+					s->next = c->unswept;
+					if (c->unswept)
+						c->unswept->prev = s;
+					c->unswept = s;
+				}
+			}
+		}
+		pthread_mutex_unlock(&c->lock);
+	}
+	uint64_t t3 = gc_nanotime();
+	for (gc_thread_t *t = gc.threads; t; t = t->next) {
+		atomic_fetch_add(&gc.marked, t->black);
+		t->black = 0;
+		gc_cache_steal(t);
+	}
+	*after = atomic_load(&gc.heap_marked) + atomic_load(&gc.heap_alloc);
+	gc_pacer_mark_done();
+	atomic_store(&gc.heap_marked, atomic_load(&gc.marked));
+	atomic_store(&gc.heap_alloc, 0);
+	pacer_set();
+	ct->t_flip = t3 - t2;
+	ct->t_caches = gc_nanotime() - t3;
+	return true;
+}
+
+/* The cycle: sweep termination (concurrent), mark start (no global stop), concurrent mark,
+ * ragged flushes, mark termination (the one global stop), concurrent sweep. */
 static void run_cycle(void)
 {
+	cycle_times_t ct;
+	memset(&ct, 0, sizeof ct);
 	pthread_mutex_lock(&gc.cycle_lock);
 	unsigned n = atomic_fetch_add(&gc.started, 1) + 1;
-	gc_finish_sweep(); /* sweep termination */
+	uint64_t s0 = gc_nanotime();
+	gc_finish_sweep(); /* sweep termination, before any stop */
+	ct.sweepterm = gc_nanotime() - s0;
 	gc_workers_start();
 	size_t before = atomic_load(&gc.heap_marked) + atomic_load(&gc.heap_alloc);
 	uint64_t cpu0 = atomic_load(&gc.mark_cpu_ns);
 	atomic_store(&gc.marked, 0);
 	wb_reserve(16);
 
-	/* mark start: stop 1 */
 	pthread_mutex_lock(&gc.reg_lock);
-	gc_roots_lock();
-	gc_fin_lock();
-	uint64_t p0 = gc_nanotime();
-	gc_stop_world();
-	sa_gc_barrier_on = 1;
-	atomic_store(&gc.phase, GC_MARK);
-	gc_pacer_mark_start();
-	workbuf_t *wb = NULL;
-	for (gc_thread_t *t = gc.threads; t; t = t->next)
-		scan_thread(t, &wb);
-	gc_scan_roots(&wb);
-	wb_flush(&wb);
-	gc_start_world();
-	uint64_t p1 = gc_nanotime();
-	gc_fin_unlock();
-	gc_roots_unlock();
-	pthread_mutex_unlock(&gc.reg_lock);
-	gc_record_pause(p1 - p0);
+	uint64_t m0 = gc_nanotime();
+	mark_start(&ct); /* unlocks reg_lock */
 
-	/* concurrent mark, then mark termination */
-	unsigned stops = 1;
-	uint64_t stw2 = 0, mark_end;
 	size_t after = 0;
 	for (;;) {
 		gc_wait_mark_idle();
 		pthread_mutex_lock(&gc.reg_lock);
-		gc_fin_lock();
-		uint64_t q0 = gc_nanotime();
-		gc_stop_world();
-		stops++;
-		for (gc_thread_t *t = gc.threads; t; t = t->next)
-			if (t->wbuf)
-				wb_flush(&t->wbuf);
-		bool done = gc_pool_idle();
-		if (done) {
-			wb = NULL;
-			if (gc_fin_check(&wb)) {
-				wb_flush(&wb);
-				done = false;
-			}
-		}
-		if (!done) {
-			gc_start_world();
-			uint64_t q1 = gc_nanotime();
-			gc_fin_unlock();
-			pthread_mutex_unlock(&gc.reg_lock);
-			gc_record_pause(q1 - q0);
+		ct.flush_rounds++;
+		bool found = flush_ragged();
+		pthread_mutex_unlock(&gc.reg_lock);
+		if (found || !gc_pool_idle())
 			continue;
-		}
-		mark_end = q0;
-		sa_gc_barrier_on = 0;
-		atomic_store(&gc.phase, GC_OFF);
-		atomic_fetch_add(&gc.sweepgen, 2);
-		/* every span becomes unswept: O(1) per class (the unswept lists are empty: the
-		 * previous sweep finished before mark start) */
-		for (unsigned i = 0; i < GC_NCLASSES; i++) {
-			gc_central_t *c = &gc_centrals[i];
-			pthread_mutex_lock(&c->lock);
-			if (c->unswept == NULL && c->unswept2 == NULL) {
-				c->unswept = c->partial;
-				c->unswept2 = c->full;
-				c->partial = c->full = NULL;
-			} else {
-				for (int l = 0; l < 2; l++) {
-					mspan_t **head = l ? &c->full : &c->partial;
-					while (*head) {
-						mspan_t *s = *head;
-						*head = s->next;
-						s->prev = NULL;
-						s->next = c->unswept;
-						if (c->unswept)
-							c->unswept->prev = s;
-						c->unswept = s;
-					}
-				}
-			}
-			pthread_mutex_unlock(&c->lock);
-		}
-		for (gc_thread_t *t = gc.threads; t; t = t->next) {
-			atomic_fetch_add(&gc.marked, t->black);
-			t->black = 0;
-			gc_cache_steal(t);
-		}
-		after = atomic_load(&gc.heap_marked) + atomic_load(&gc.heap_alloc);
-		gc_pacer_mark_done();
-		atomic_store(&gc.heap_marked, atomic_load(&gc.marked));
-		atomic_store(&gc.heap_alloc, 0);
-		pacer_set();
-		gc_start_world();
-		uint64_t q1 = gc_nanotime();
+		pthread_mutex_lock(&gc.reg_lock);
+		gc_fin_lock();
+		uint64_t q0 = gc_nanotime(), q1;
+		ct.ttsp = gc_stop_world(&q1);
+		ct.stops++;
+		workbuf_t *taken = NULL;
+		bool done = mark_termination(&ct, &after, &taken);
+		uint64_t q2 = gc_nanotime();
+		uint64_t q3 = gc_start_world();
 		gc_fin_unlock();
 		pthread_mutex_unlock(&gc.reg_lock);
-		gc_record_pause(q1 - q0);
-		stw2 = q1 - q0;
-		break;
+		/* a released thread that slept may be queued on this CPU, behind the sweep that
+		 * follows: let it run first */
+		sched_yield();
+		while (taken) {
+			workbuf_t *b = taken;
+			taken = b->next;
+			b->next = NULL;
+			wb_flush(&b);
+		}
+		gc_record_ttsp(ct.ttsp);
+		gc_record_pause(q3 - q1);
+		ct.stopped = q3 - q1;
+		ct.t_start = q3 - q2;
+		if (done) {
+			ct.mark = q0 - m0;
+			break;
+		}
 	}
+	atomic_fetch_add(&gc.mark_done, 1);
+	gc_futex_wake(&gc.mark_done);
+	atomic_store(&gc.globals_bytes, ct.globals_bytes);
 	pthread_mutex_unlock(&gc.cycle_lock);
 	uint64_t cpu = atomic_load(&gc.mark_cpu_ns) - cpu0;
 	if (sa_gc_config.gctrace)
-		trace(n, p1 - p0, mark_end - p1, stw2, cpu, before, after, atomic_load(&gc.heap_marked),
-		      atomic_load(&gc.goal), stops);
+		trace(n, &ct, cpu, before, after, atomic_load(&gc.heap_marked), atomic_load(&gc.goal));
 	gc_fin_start_if_needed();
 	/* concurrent sweep (the background sweeper) */
 	gc_sweep_all();
@@ -395,6 +523,9 @@ void sa_gc_stats(sa_gc_stats_t *o)
 	pthread_mutex_unlock(&gc.reg_lock);
 	o->percent = atomic_load(&gc.percent);
 	o->mark_workers = gc.nworkers;
+	o->ttsp_max_ns = atomic_load(&gc.ttsp_max_ns);
+	o->thread_pause_max_ns = atomic_load(&gc.thread_pause_max_ns);
+	o->globals_bytes = atomic_load(&gc.globals_bytes);
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -427,6 +558,8 @@ void gc_report(FILE *f)
 		fprintf(f, "  gc stops          %llu, total %.3f ms; p50 %.1f us, p90 %.1f us, p99 %.1f us, max %.1f us (last %llu)\n",
 			s.pauses, (double)s.pause_total_ns / 1e6, (double)p[n / 2] / 1e3, (double)p[n * 9 / 10] / 1e3,
 			(double)p[n * 99 / 100] / 1e3, (double)s.pause_max_ns / 1e3, (unsigned long long)n);
+	fprintf(f, "  gc stop latency   max time to stop %.1f us, max park seen by a thread %.1f us; globals %llu KB\n",
+		(double)s.ttsp_max_ns / 1e3, (double)s.thread_pause_max_ns / 1e3, s.globals_bytes >> 10);
 	fprintf(f, "  gc mark cpu       %.3f s, %.2f%% of the CPUs since the collector started; %llu assists\n",
 		(double)s.mark_cpu_ns / 1e9, el > 0 ? 100.0 * (double)s.mark_cpu_ns / 1e9 / (el * (double)(ncpu > 0 ? ncpu : 1)) : 0,
 		s.assists);

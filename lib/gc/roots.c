@@ -1,9 +1,17 @@
-/* roots.c — global roots and finalizers.
+/* roots.c — roots (registered regions and the globals) and finalizers.
  *
- * Roots: memory regions outside the GC heap (globals, malloc memory) that hold GC pointers,
- * registered with sa_gc_root_add and scanned conservatively, once, while the world is stopped
- * at mark start. Later pointer stores into a root must go through sa_gc_store, as stores into
- * GC objects do; then that one scan is enough (the deletion barrier keeps the snapshot).
+ * Roots: memory outside the GC heap that holds GC pointers. Registered regions
+ * (sa_gc_root_add: malloc memory, or anything else) and the globals — the writable PT_LOAD
+ * segments (.data, .bss) of the program and of every loaded shared object, found with
+ * dl_iterate_phdr, minus RELRO (read-only once relocated) and minus spanalloc's own state
+ * (skipped whole when spanalloc is a shared object) — are scanned conservatively, once per
+ * cycle, at mark start, concurrently with the program (SPANALLOC_GC_SCAN_GLOBALS=0 leaves
+ * the globals out). That is correct because every pointer store into a root during a cycle
+ * goes through sa_gc_store, as stores into GC objects do, as Go's stores into globals carry
+ * the write barrier: a pointer a root held at mark start is either read by the scan or shaded
+ * by the deletion half of the barrier that overwrote it, and a pointer stored later is shaded
+ * by the insertion half. Not roots: thread-local (__thread) variables, and memory from
+ * malloc that was not registered.
  *
  * Finalizers (Go's SetFinalizer, simplified): an entry (object, function, argument) lives in a
  * table. At mark start the object's contents (not the object) and the argument are shaded, so
@@ -16,6 +24,7 @@
 #include "gc.h"
 
 #include <errno.h>
+#include <link.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,12 +97,121 @@ void gc_fin_fork_child(void)
 	pthread_mutex_init(&roots_lock, NULL);
 }
 
-/* World stopped (roots lock and registry lock held): shade every root. */
+/* ---- globals ---- */
+typedef struct range {
+	uintptr_t lo, hi;
+} range_t;
+
+/* spanalloc's own state, skipped when spanalloc is linked into the program (as a shared
+ * object it is skipped whole): none of it is a root, and sa_arenas alone is 16 MB. Only the
+ * large tables and the ones that hold GC heap addresses (gc.heap_lo) matter. */
+static size_t own_ranges(range_t *r)
+{
+	size_t n = 0;
+	r[n++] = (range_t){(uintptr_t)&gc, (uintptr_t)(&gc + 1)};
+	r[n++] = (range_t){(uintptr_t)gc_centrals, (uintptr_t)(gc_centrals + GC_NCLASSES)};
+	r[n++] = (range_t){(uintptr_t)sa_arenas, (uintptr_t)sa_arenas + sizeof sa_arenas};
+	r[n++] = (range_t){(uintptr_t)sa_mcentrals, (uintptr_t)sa_mcentrals + sizeof sa_mcentrals};
+	r[n++] = (range_t){(uintptr_t)&sa_mheap, (uintptr_t)(&sa_mheap + 1)};
+	for (size_t i = 1; i < n; i++) /* by address */
+		for (size_t j = i; j > 0 && r[j].lo < r[j - 1].lo; j--) {
+			range_t x = r[j];
+			r[j] = r[j - 1];
+			r[j - 1] = x;
+		}
+	return n;
+}
+
+typedef struct gscan {
+	workbuf_t **wb;
+	size_t bytes;
+	range_t skip[8];
+	size_t nskip;
+} gscan_t;
+
+/* Scan [lo, hi) minus the ranges in skip (sorted, disjoint). */
+static void scan_minus(gscan_t *g, uintptr_t lo, uintptr_t hi, const range_t *skip, size_t nskip)
+{
+	for (size_t i = 0; i < nskip && lo < hi; i++) {
+		if (skip[i].hi <= lo || skip[i].lo >= hi)
+			continue;
+		if (skip[i].lo > lo) {
+			gc_scan_range(lo, skip[i].lo, g->wb);
+			g->bytes += skip[i].lo - lo;
+		}
+		lo = skip[i].hi;
+	}
+	if (lo < hi) {
+		gc_scan_range(lo, hi, g->wb);
+		g->bytes += hi - lo;
+	}
+}
+
+static int phdr_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	(void)size;
+	gscan_t *g = arg;
+	uintptr_t self = (uintptr_t)&gc;
+	range_t relro = {0, 0};
+	bool mine = false;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
+		if (ph->p_type == PT_GNU_RELRO)
+			relro = (range_t){lo & ~(uintptr_t)4095, hi & ~(uintptr_t)4095}; /* whole pages */
+		if (ph->p_type == PT_LOAD && self >= lo && self < hi)
+			mine = true;
+	}
+	/* spanalloc as a shared object (not the program itself, named ""): skip it whole */
+	if (mine && info->dlpi_name && info->dlpi_name[0] != '\0')
+		return 0;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_W))
+			continue;
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
+		/* RELRO (.got, .data.rel.ro) is read-only once relocated: no GC pointer can be
+		 * stored there */
+		range_t skip[9];
+		size_t ns = 0;
+		if (relro.hi > relro.lo)
+			skip[ns++] = relro;
+		if (mine)
+			for (size_t k = 0; k < g->nskip; k++)
+				skip[ns++] = g->skip[k];
+		for (size_t a = 1; a < ns; a++)
+			for (size_t b = a; b > 0 && skip[b].lo < skip[b - 1].lo; b--) {
+				range_t x = skip[b];
+				skip[b] = skip[b - 1];
+				skip[b - 1] = x;
+			}
+		scan_minus(g, lo, hi, skip, ns);
+	}
+	return 0;
+}
+
+/* Mark start, concurrent with the program: shade what the globals point to. Correct because
+ * every pointer store into a global during a cycle goes through sa_gc_store (the rule for
+ * roots): a pointer that was in a global when the cycle began is either still there when this
+ * scan reads it, or was shaded by the deletion half of the barrier that overwrote it. Inside
+ * dl_iterate_phdr the loader's lock is held, so no object is unmapped under the scan. */
+size_t gc_scan_globals(workbuf_t **wb)
+{
+	if (!sa_gc_config.scan_globals)
+		return 0;
+	gscan_t g;
+	memset(&g, 0, sizeof g);
+	g.wb = wb;
+	g.nskip = own_ranges(g.skip);
+	dl_iterate_phdr(phdr_cb, &g);
+	return g.bytes;
+}
+
+/* Mark start, concurrent (roots lock and finalizer lock held): shade every root. */
 void gc_scan_roots(workbuf_t **wb)
 {
 	for (size_t i = 0; i < nroots; i++)
 		gc_scan_range(roots[i].lo, roots[i].hi, wb);
-	/* fin_lock is only taken in crit regions or by the collector: free while stopped */
 	for (fin_t *f = fins; f; f = f->next) {
 		mspan_t *s = spanof((void *)f->obj);
 		if (s && s->gcspan && !s->gcnoscan) {

@@ -1,16 +1,38 @@
 /* stw.c — registered threads and stopping them (DESIGN.md section 5).
  *
  * Threads whose stacks hold GC pointers are registered (sa_gc_thread_register, or implicitly
- * by their first GC allocation; a thread-specific key unregisters them when they exit). The
- * collector stops them with a real-time signal (SIGRTMIN + SPANALLOC_GC_SIGNAL, default +5):
- * the handler notes its stack pointer (the kernel has saved every register in the signal frame,
- * which lies above that pointer on the same stack), acknowledges, and parks on a futex until the
- * world restarts. A thread inside a crit region or inside sa_gc_store's fast path returns from
- * the handler at once; the collector sends the signal again once that one was handled
- * (bdwgc's retry). The handler uses only atomics and futex(2): it is async-signal-safe.
+ * by their first GC allocation; a thread-specific key unregisters them when they exit).
  *
- * The collector holds the registry lock while the world is stopped, so threads register and
- * unregister only between stops. fork: prepare takes the cycle lock and every GC lock; the
+ * Handshakes. The collector talks to each thread through per-thread epochs: it writes a
+ * request (hs_req, and whether the thread must park) and sends a real-time signal (SIGRTMIN +
+ * SPANALLOC_GC_SIGNAL, default +5). The handler serves it: it acknowledges (acked = hs_req)
+ * and, when asked to park, saves its stack pointer (the kernel saved every register in the
+ * signal frame, above that pointer on the same stack; __builtin_unwind_init spills the
+ * callee-saved ones), notes the time, and waits until resume reaches the epoch — spinning
+ * GC_PARK_SPIN_NS first, then on a futex. Built on it:
+ *   gc_ack_all         every thread acknowledges, none parks (mark start: barrier on);
+ *   gc_stack_snapshot  one thread copies its own used stack into the collector's buffer in
+ *                      its handler, then runs on (mark start; a stack deeper than the buffer
+ *                      falls back to gc_suspend_thread: parked alone, copied by the collector);
+ *   gc_take_wbuf       one thread hands its barrier buffer over in its handler (ragged flush);
+ *   gc_stop_world      every thread parks (mark termination, the one global stop).
+ * Serving a request in the handler rather than parking for the collector keeps the thread's
+ * interruption independent of when the collector gets a CPU.
+ * A thread inside a crit region or sa_gc_store's fast path is not interrupted: in crit the
+ * handler leaves stop_pending and crit_exit serves the request; in the store fast path (a
+ * few instructions) the collector re-sends once that signal was handled (bdwgc's retry).
+ * Per-thread epochs let one thread be parked while the others run, and a nested request
+ * (a handler running inside a crit-exit park) sees its own release.
+ *
+ * Measured: a stop lasts from the moment the last thread parked (its own clock) to the
+ * release store; the time to stop (first signal to last acknowledgement) is recorded apart,
+ * since on a loaded machine it is the scheduler's latency, and nothing is held waiting for
+ * it except in the global stop. The collector spins GC_STOP_SPIN_NS for acknowledgements
+ * before sleeping, because a collector that slept must be scheduled again before the stop can
+ * end. The handler uses only atomics, clock_gettime and futex(2): async-signal-safe.
+ *
+ * The collector holds the registry lock during a handshake, so threads register and
+ * unregister only between them. fork: prepare takes the cycle lock and every GC lock; the
  * child keeps only the forking thread and starts its collector threads again when needed.
  */
 #include "gc.h"
@@ -19,6 +41,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -47,22 +70,98 @@ uint64_t gc_thread_cputime(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* Park for the current stop epoch, unless already parked for it. */
-static inline void park(gc_thread_t *t)
+static inline void cpu_relax(void)
 {
-	unsigned e = atomic_load(&gc.stw_epoch);
-	if ((int)(atomic_load(&t->acked) - e) >= 0)
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+/* Serve the thread's pending handshake request, if any: acknowledge it and, when it asks,
+ * park (stack pointer and callee-saved registers saved for the scan) until released. Runs in
+ * the signal handler or at crit exit; async-signal-safe (atomics, futex, clock_gettime). */
+/* HS_STACK: copy [here, stack_hi) — this frame with the callee-saved registers spilled by
+ * __builtin_unwind_init, the handler's, the signal frame with every register, the program's
+ * frames — to the collector's buffer. Reads redzones in ASan builds, as a scan does. */
+__attribute__((noinline, no_sanitize_address)) static void self_copy(gc_thread_t *t)
+{
+	volatile uintptr_t here = 0;
+	__builtin_unwind_init();
+	uintptr_t sp = (uintptr_t)&here & ~(uintptr_t)7;
+	size_t n = t->stack_hi - sp;
+	if (sp < t->stack_lo || sp > t->stack_hi || n > gc.snap_cap) {
+		t->snap_len = SIZE_MAX; /* the collector parks the thread and copies instead */
 		return;
+	}
+	const volatile uintptr_t *src = (const uintptr_t *)sp;
+	uintptr_t *dst = gc.snap;
+	for (size_t i = 0; i < n / 8; i++)
+		dst[i] = src[i];
+	t->snap_tiny = t->tiny;
+	t->snap_len = n;
+}
+
+static inline void ack(gc_thread_t *t, unsigned e)
+{
+	atomic_store(&t->acked, e);
+	atomic_fetch_add(&gc.nacked, 1);
+	gc_futex_wake(&gc.nacked);
+}
+
+static inline void serve(gc_thread_t *t)
+{
+	unsigned e = atomic_load(&t->hs_req);
+	/* claim it: one instruction, so a handler that interrupts this thread (the collector
+	 * re-sends when it cannot tell a crit-exit serve from a dropped signal) either finds the
+	 * request claimed or serves it entirely first. Two serves of one HS_STACK would let the
+	 * second copy overwrite the buffer while the collector scans it. */
+	if ((int)(atomic_exchange(&t->claimed, e) - e) >= 0)
+		return;
+	int kind = atomic_load(&t->hs_kind);
+	if (kind == HS_ACK) {
+		ack(t, e);
+		return;
+	}
+	if (kind == HS_STACK || kind == HS_FLUSH) {
+		/* served by the thread itself: it never waits for the collector to be scheduled */
+		uint64_t t0 = gc_nanotime();
+		if (kind == HS_STACK) {
+			self_copy(t);
+		} else {
+			t->handoff = t->wbuf;
+			t->wbuf = NULL;
+		}
+		uint64_t d = gc_nanotime() - t0;
+		t->served_ns = d;
+		ack(t, e);
+		gc_atomic_max(&gc.thread_pause_max_ns, d);
+		return;
+	}
 	volatile uintptr_t here = 0;
 	__builtin_unwind_init(); /* callee-saved registers onto this frame */
 	t->sp = (uintptr_t)&here;
+	uint64_t t0 = gc_nanotime();
+	atomic_store(&t->parked_ns, t0);
 	atomic_store(&t->acked, e);
 	atomic_fetch_add(&gc.nacked, 1);
 	gc_futex_wake(&gc.nacked);
 	unsigned r;
-	/* >=: a later stop's handler may run nested in this wait and see its own resume */
-	while ((int)((r = atomic_load(&gc.resume_epoch)) - e) < 0)
-		gc_futex_wait(&gc.resume_epoch, r, 0);
+	/* >=: a later request's handler may run nested in this wait (crit-exit path) and see its
+	 * own release. Spin briefly first: most parks last microseconds, and a futex wake-up
+	 * costs a trip through the scheduler, which on a loaded machine is the longest part. */
+	bool spinning = true;
+	for (unsigned spin = 1; (int)((r = atomic_load(&t->resume)) - e) < 0; spin++) {
+		if (spinning) {
+			cpu_relax();
+			if (spin % 64 == 0 && gc_nanotime() - t0 > GC_PARK_SPIN_NS)
+				spinning = false;
+		} else {
+			gc_futex_wait(&t->resume, r, 0);
+		}
+	}
+	gc_atomic_max(&gc.thread_pause_max_ns, gc_nanotime() - t0);
 }
 
 static void stop_handler(int sig, siginfo_t *si, void *uc)
@@ -74,9 +173,9 @@ static void stop_handler(int sig, siginfo_t *si, void *uc)
 	gc_thread_t *t = gc_self;
 	if (t != NULL) {
 		if (t->crit == 0 && sa_gc_in_store == 0)
-			park(t);
+			serve(t);
 		else if (t->crit)
-			t->stop_pending = 1; /* crit_exit parks */
+			t->stop_pending = 1; /* crit_exit serves it */
 		atomic_fetch_add(&t->handled, 1);
 	}
 	errno = saved_errno;
@@ -84,11 +183,12 @@ static void stop_handler(int sig, siginfo_t *si, void *uc)
 
 void gc_park_self(gc_thread_t *t)
 {
-	t->stop_pending = 0;
-	atomic_signal_fence(memory_order_seq_cst);
 	int saved_errno = errno;
-	park(t);
+	serve(t);
 	errno = saved_errno;
+	/* cleared after serving: while it is set the collector does not re-send */
+	atomic_signal_fence(memory_order_seq_cst);
+	t->stop_pending = 0;
 }
 
 void gc_stw_init(void)
@@ -108,47 +208,176 @@ void gc_stw_init(void)
 static void send(gc_thread_t *t)
 {
 	t->sent++;
-	clock_gettime(CLOCK_MONOTONIC, &t->sent_at);
+	t->sent_ns = gc_nanotime();
 	int r = pthread_kill(t->self, gc.sig);
 	if (r != 0)
 		sa_fatal("gc: cannot signal a registered thread (%s); threads must call "
 			 "sa_gc_thread_unregister before they exit", strerror(r));
 }
 
-static uint64_t since(const struct timespec *a)
+static void request(gc_thread_t *t, unsigned e, int kind)
 {
-	struct timespec b;
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	return (uint64_t)(b.tv_sec - a->tv_sec) * 1000000000ULL + (uint64_t)(b.tv_nsec - a->tv_nsec);
+	atomic_store(&t->hs_kind, kind);
+	atomic_store(&t->hs_req, e); /* after hs_kind: serve reads hs_req first */
+	send(t);
 }
 
-/* Registry lock held by the caller. Returns with every registered thread parked. */
-void gc_stop_world(void)
+/* Wait until thread `only` (NULL: every registered thread) acknowledged epoch e. A signal that
+ * arrived inside sa_gc_store's fast path was dropped (the store is a few instructions): send
+ * it again. One that arrived in a crit region is served at crit exit: never re-sent, so a long
+ * crit region is not interrupted over and over. */
+static void wait_acked(gc_thread_t *only, unsigned e)
 {
-	unsigned e = atomic_fetch_add(&gc.stw_epoch, 1) + 1;
-	for (gc_thread_t *t = gc.threads; t; t = t->next)
-		send(t);
-	for (;;) {
+	uint64_t t0 = gc_nanotime();
+	bool spinning = true;
+	for (unsigned round = 0;; round++) {
 		unsigned seen = atomic_load(&gc.nacked);
 		bool all = true;
-		for (gc_thread_t *t = gc.threads; t; t = t->next) {
-			if (atomic_load(&t->acked) == e)
+		for (gc_thread_t *t = only ? only : gc.threads; t; t = only ? NULL : t->next) {
+			if ((int)(atomic_load(&t->acked) - e) >= 0)
 				continue;
 			all = false;
-			/* in a crit region: signal again once the last one was handled */
-			if (atomic_load(&t->handled) == t->sent && since(&t->sent_at) > 2000)
+			if (atomic_load(&t->handled) == t->sent && !t->stop_pending && gc_nanotime() - t->sent_ns > 2000)
 				send(t);
 		}
 		if (all)
 			return;
-		gc_futex_wait(&gc.nacked, seen, 5000);
+		/* Spin a little first: a running thread answers in microseconds, and a collector
+		 * that slept must be scheduled again before the stop can end — parked threads
+		 * wait for that too. Then sleep (the answer wakes us; the timeout re-sends). */
+		if (spinning) {
+			for (int i = 0; i < 64 && atomic_load(&gc.nacked) == seen; i++)
+				cpu_relax();
+			spinning = gc_nanotime() - t0 < GC_STOP_SPIN_NS;
+		} else {
+			gc_futex_wait(&gc.nacked, seen, round < 64 ? 20000 : 200000);
+		}
 	}
 }
 
-void gc_start_world(void)
+static unsigned next_epoch(void)
 {
-	atomic_store(&gc.resume_epoch, atomic_load(&gc.stw_epoch));
-	gc_futex_wake(&gc.resume_epoch);
+	return atomic_fetch_add(&gc.hs_epoch, 1) + 1;
+}
+
+uint64_t gc_stop_world(uint64_t *stopped_at)
+{
+	uint64_t t0 = gc_nanotime(), last = t0;
+	unsigned e = next_epoch();
+	for (gc_thread_t *t = gc.threads; t; t = t->next)
+		request(t, e, HS_PARK);
+	wait_acked(NULL, e);
+	for (gc_thread_t *t = gc.threads; t; t = t->next)
+		if (atomic_load(&t->parked_ns) > last)
+			last = atomic_load(&t->parked_ns);
+	*stopped_at = last;
+	return last - t0;
+}
+
+uint64_t gc_start_world(void)
+{
+	unsigned e = atomic_load(&gc.hs_epoch);
+	for (gc_thread_t *t = gc.threads; t; t = t->next)
+		atomic_store(&t->resume, e);
+	/* the stop ends here: a spinning thread runs on now; the wake-ups below are for the
+	 * sleeping ones (and can hand the CPU to a woken thread before they return) */
+	uint64_t end = gc_nanotime();
+	for (gc_thread_t *t = gc.threads; t; t = t->next)
+		gc_futex_wake(&t->resume);
+	return end;
+}
+
+uint64_t gc_ack_all(void)
+{
+	uint64_t t0 = gc_nanotime();
+	unsigned e = next_epoch();
+	for (gc_thread_t *t = gc.threads; t; t = t->next)
+		request(t, e, HS_ACK);
+	wait_acked(NULL, e);
+	for (gc_thread_t *t = gc.threads; t; t = t->next)
+		atomic_store(&t->resume, e); /* nothing waits: keeps resume == acked for the next park */
+	return gc_nanotime() - t0;
+}
+
+uint64_t gc_suspend_thread(gc_thread_t *t)
+{
+	uint64_t t0 = gc_nanotime();
+	unsigned e = next_epoch();
+	request(t, e, HS_PARK);
+	wait_acked(t, e);
+	return atomic_load(&t->parked_ns) - t0;
+}
+
+/* The parked fallback of gc_stack_snapshot: the collector copies, growing the buffer. */
+__attribute__((no_sanitize_address)) static size_t parked_copy(gc_thread_t *t, uintptr_t *tiny, uint64_t *pause,
+							       uint64_t *ttsp)
+{
+	*ttsp = gc_suspend_thread(t);
+	uint64_t a = atomic_load(&t->parked_ns);
+	uintptr_t sp = t->sp & ~(uintptr_t)7;
+	if (sp < t->stack_lo || sp > t->stack_hi)
+		sa_fatal("gc: a registered thread's stack pointer %#lx is outside its stack", (unsigned long)sp);
+	size_t n = t->stack_hi - sp;
+	if (n > gc.snap_cap) {
+		size_t cap = gc.snap_cap;
+		while (cap < n)
+			cap *= 2;
+		uintptr_t *b = os_map(cap); /* no user-space lock: safe with a thread parked */
+		if (b == NULL)
+			sa_fatal("gc: out of memory for a stack snapshot");
+		munmap(gc.snap, gc.snap_cap);
+		gc.snap = b;
+		gc.snap_cap = cap;
+	}
+	const volatile uintptr_t *src = (const uintptr_t *)sp;
+	for (size_t i = 0; i < n / 8; i++)
+		gc.snap[i] = src[i];
+	*tiny = t->tiny;
+	*pause = gc_resume_thread(t) - a;
+	return n;
+}
+
+size_t gc_stack_snapshot(gc_thread_t *t, uintptr_t *tiny, uint64_t *pause, uint64_t *ttsp)
+{
+	if (gc.snap == NULL) {
+		/* virtual space for the largest stack copied in the handler; pages are touched
+		 * only as deep as stacks are used */
+		gc.snap_cap = GC_SNAP_MAX;
+		gc.snap = os_map(gc.snap_cap);
+		if (gc.snap == NULL)
+			sa_fatal("gc: out of memory for a stack snapshot");
+	}
+	uint64_t t0 = gc_nanotime();
+	unsigned e = next_epoch();
+	request(t, e, HS_STACK);
+	wait_acked(t, e);
+	*ttsp = gc_nanotime() - t0;
+	if (t->snap_len == SIZE_MAX)
+		return parked_copy(t, tiny, pause, ttsp);
+	*tiny = t->snap_tiny;
+	*pause = t->served_ns;
+	return t->snap_len;
+}
+
+workbuf_t *gc_take_wbuf(gc_thread_t *t, uint64_t *pause, uint64_t *ttsp)
+{
+	uint64_t t0 = gc_nanotime();
+	unsigned e = next_epoch();
+	request(t, e, HS_FLUSH);
+	wait_acked(t, e);
+	*ttsp = gc_nanotime() - t0;
+	*pause = t->served_ns;
+	workbuf_t *b = t->handoff;
+	t->handoff = NULL;
+	return b;
+}
+
+uint64_t gc_resume_thread(gc_thread_t *t)
+{
+	atomic_store(&t->resume, atomic_load(&t->hs_req));
+	uint64_t end = gc_nanotime();
+	gc_futex_wake(&t->resume);
+	return end;
 }
 
 static void key_destructor(void *arg)
@@ -193,8 +422,12 @@ static int do_register(int autoreg)
 	t->stack_hi = (uintptr_t)addr + size;
 	t->auto_registered = autoreg;
 	t->registered = 1;
-	/* the stop epoch this thread has "seen": a stop in progress cannot be (we hold the lock) */
-	atomic_store(&t->acked, atomic_load(&gc.stw_epoch));
+	/* the epoch this thread has "served": no handshake is in progress (we hold the lock) */
+	unsigned e = atomic_load(&gc.hs_epoch);
+	atomic_store(&t->hs_req, e);
+	atomic_store(&t->claimed, e);
+	atomic_store(&t->acked, e);
+	atomic_store(&t->resume, e);
 	t->next = gc.threads;
 	if (gc.threads)
 		gc.threads->prev = t;
@@ -299,11 +532,15 @@ static void fork_child(void)
 	if (me) {
 		me->next = me->prev = NULL;
 		me->self = pthread_self();
-		atomic_store(&me->acked, atomic_load(&gc.stw_epoch));
+		unsigned e = atomic_load(&gc.hs_epoch);
+		atomic_store(&me->hs_req, e);
+		atomic_store(&me->claimed, e);
+		atomic_store(&me->acked, e);
+		atomic_store(&me->resume, e);
 		atomic_store(&me->handled, 0);
 		me->sent = 0;
+		me->stop_pending = 0;
 	}
-	atomic_store(&gc.resume_epoch, atomic_load(&gc.stw_epoch));
 	atomic_store(&gc.active_sweeps, 0);
 	gc.nbusy = 0;
 	gc.controller_started = 0;
