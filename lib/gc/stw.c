@@ -90,6 +90,9 @@ __attribute__((noinline, no_sanitize_address)) static void self_copy(gc_thread_t
 	volatile uintptr_t here = 0;
 	__builtin_unwind_init();
 	uintptr_t sp = (uintptr_t)&here & ~(uintptr_t)7;
+	/* hide where sp came from: reading past `here` through a pointer derived from it is
+	 * out of bounds for the compiler, and clang -O2 then read `here` for every word */
+	__asm__ volatile("" : "+r"(sp));
 	size_t n = t->stack_hi - sp;
 	if (sp < t->stack_lo || sp > t->stack_hi || n > gc.snap_cap) {
 		t->snap_len = SIZE_MAX; /* the collector parks the thread and copies instead */
