@@ -20,8 +20,8 @@
  * Pacing: goal = max(4 MB, marked × (1 + GOGC/100)), marked being the bytes marked at mark
  * termination (objects allocated black during the mark included, as Go's heapMarked). The next
  * cycle is triggered when marked + allocated-since leaves a runway before the goal of 1.25 × what
- * the last mark allocated, scaled by the growth of the marked heap (clamped to 60–95% of the way
- * from marked to goal; 70% before the first cycle), so marking usually ends before the goal. Allocating threads assist as Go's: each
+ * the last mark allocated (clamped to 60–95% of the way from marked to goal; 70% before the
+ * first cycle), so marking usually ends before the goal. Allocating threads assist as Go's: each
  * owes scan work for what it allocates while marking, the work still expected (the last
  * cycle's scan work) spread over the heap left before the goal, so the goal holds however
  * slowly the markers run (gc_assist_debt). SPANALLOC_MEMLIMIT caps the goal
@@ -81,20 +81,10 @@ void gc_pacer_mark_start(void)
 	atomic_store(&gc.alloc_at_mark, atomic_load(&gc.heap_alloc));
 }
 
-/* World stopped, gc.marked final, heap_marked still the previous cycle's. The next mark is
- * expected to allocate what this one did, scaled by how much more there is to mark (a heap
- * that doubles each cycle, as one being built does, doubles the mark and what is allocated
- * meanwhile; capped at 4x), so its trigger leaves room for it. */
 void gc_pacer_mark_done(void)
 {
 	size_t a = atomic_load(&gc.heap_alloc), a0 = atomic_load(&gc.alloc_at_mark);
-	size_t during = a > a0 ? a - a0 : 0;
-	size_t prev = atomic_load(&gc.heap_marked), now = atomic_load(&gc.marked);
-	if (prev > 0 && now > prev) {
-		double g = (double)now / (double)prev;
-		during = (size_t)((double)during * (g < 4 ? g : 4));
-	}
-	atomic_store(&gc.last_mark_alloc, during);
+	atomic_store(&gc.last_mark_alloc, a > a0 ? a - a0 : 0);
 }
 
 /* Scan work an allocating thread owes for allocating bytes while the heap is at live (Go's
