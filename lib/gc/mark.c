@@ -8,11 +8,19 @@
  *
  * Any word that points into an allocated GC object keeps it alive: the page map gives the span,
  * the span's divmagic the object index (interior pointers included); a word pointing at a free
- * slot, past the span's last object or outside the GC heap is ignored.
+ * slot (alloc bit clear and at or above freeindex), past the span's last object or outside the
+ * GC heap is ignored.
  *
- * Termination: nbusy counts buffers taken from the pool and not given back. The pool is idle
- * when it holds no full buffer and nbusy is 0; the controller then stops the world and flushes
- * the barrier buffers to confirm (pacer.c).
+ * Throughput (issue 9): a drainer scans objects through a small prefetching FIFO, long ranges
+ * through a prefetch pipeline, large objects as 128 KiB oblets; it hands half its buffer to an
+ * empty pool (balance) so assists find work; marked bytes ride in the buffer (workbuf.marked)
+ * and reach gc.marked when the buffer goes back to the pool, and scan work is added to
+ * gc.scan_work per buffer for the pacer's assist ratio.
+ *
+ * Termination: nbusy counts buffers taken from the pool and not given back (a drain that runs
+ * out of budget gives its buffer back to the full list). The pool is idle when it holds no full
+ * buffer and nbusy is 0; the controller then stops the world and flushes the barrier buffers to
+ * confirm (pacer.c).
  *
  * Marker threads (SPANALLOC_MARK_WORKERS, default 25% of the CPUs, at least 1) are pinned to
  * CPUs (SPANALLOC_MARK_CPUS, default the last ones of the process's affinity mask) and sleep
