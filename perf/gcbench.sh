@@ -9,7 +9,9 @@
 #
 # Usage: perf/gcbench.sh [DEPTH] [RUNS]     (from the build directory, in-tree builds)
 # Environment: REPLACE="N M" (default "16777216 10000000"; REPLACE=off skips the live heap),
-#              IMPLS (default "sagc boehm malloc go"), KEEP=file to keep the raw DATA lines.
+#              IMPLS (default "sagc boehm malloc go"), KEEP=file to keep the raw DATA lines,
+#              LIMIT_MB=M adds two live-heap rows under a memory limit of M MiB: sagc+lim
+#              (SPANALLOC_MEMLIMIT) and go+lim (GOMEMLIMIT), both at GOGC 100.
 # Build first: make perf/gcbench.
 # Columns: wall seconds (whole program), peak RSS (getrusage), GC cycles, max and median stop
 # (spanalloc: each stop-the-world pause, both of every cycle; Boehm: each collection, which
@@ -42,18 +44,24 @@ case " $IMPLS " in *" go "*)
 esac
 libgc=$(ldconfig -p 2>/dev/null | awk '/libgc\.so\.1 /{print $NF; exit}')
 [ -n "$libgc" ] && echo "# Boehm GC: $(readlink -f "$libgc")" || echo "# Boehm GC: libgc.so.1 not found (apt-get install libgc-dev), skipped"
-echo "# $(date -u '+%F %T') UTC, $(nproc) CPUs, load before: $(cut -d' ' -f1-3 /proc/loadavg); binarytrees depth $DEPTH, liveheap ${REPLACE}, $RUNS run(s)"
+echo "# $(date -u '+%F %T') UTC, $(nproc) CPUs, load before: $(cut -d' ' -f1-3 /proc/loadavg); binarytrees depth $DEPTH, liveheap ${REPLACE}, $RUNS run(s)${LIMIT_MB:+, limit rows at $LIMIT_MB MiB}"
 
 one() { # impl args...: run one, keep its DATA line, show its RESULT line
 	impl=$1; shift
-	if [ "$impl" = go ]; then
+	case $impl in
+	go)
 		[ -n "$gobin" ] || return 0
-		"$gobin" "$@" 2>"$tmp/err" >/dev/null || true
-	else
-		perf/gcbench "$impl" "$@" 2>"$tmp/err" >/dev/null || true
-	fi
+		"$gobin" "$@" 2>"$tmp/err" >/dev/null || true ;;
+	go+lim)
+		[ -n "$gobin" ] || return 0
+		GOMEMLIMIT="${LIMIT_MB}MiB" "$gobin" "$@" 2>"$tmp/err" >/dev/null || true ;;
+	sagc+lim)
+		SPANALLOC_MEMLIMIT="${LIMIT_MB}m" perf/gcbench sagc "$@" 2>"$tmp/err" >/dev/null || true ;;
+	*)
+		perf/gcbench "$impl" "$@" 2>"$tmp/err" >/dev/null || true ;;
+	esac
 	if grep -q '^DATA ' "$tmp/err"; then
-		grep '^DATA ' "$tmp/err" >>"$tmp/data"
+		grep '^DATA ' "$tmp/err" | awk -v i="$impl" '{ $2 = i; print }' >>"$tmp/data"
 		grep -E '^(RESULT|LATENCY) ' "$tmp/err" | sed 's/^/  /'
 	else
 		echo "  RESULT $impl $*: failed: $(tail -1 "$tmp/err")"
@@ -66,7 +74,7 @@ while [ "$r" -le "$RUNS" ]; do
 	for m in $IMPLS; do one "$m" "$DEPTH"; done
 	if [ "$REPLACE" != off ]; then
 		# shellcheck disable=SC2086
-		for m in $IMPLS; do one "$m" replace $REPLACE; done
+		for m in $IMPLS ${LIMIT_MB:+sagc+lim go+lim}; do one "$m" replace $REPLACE; done
 	fi
 	r=$((r + 1))
 done
@@ -90,11 +98,11 @@ awk '
 		for (c = 4; c <= 10; c++) v[key, cnt[key], c] = $c
 	}
 	END {
-		printf "%-15s %-7s %5s %9s %12s %7s %13s %13s %12s %9s\n", "workload", "impl", "runs", "time s", "peak RSS MB",
+		printf "%-15s %-8s %5s %9s %12s %7s %13s %13s %12s %9s\n", "workload", "impl", "runs", "time s", "peak RSS MB",
 			"cycles", "max stop ms", "med stop ms", "worst op ms", "ns/op"
 		for (i = 1; i <= k; i++) {
 			split(order[i], w, " ")
-			printf "%-15s %-7s %5d %9s %12s %7s %13s %13s %12s %9s\n", w[1], w[2], cnt[order[i]], med(order[i], 4),
+			printf "%-15s %-8s %5d %9s %12s %7s %13s %13s %12s %9s\n", w[1], w[2], cnt[order[i]], med(order[i], 4),
 				med(order[i], 5), med(order[i], 6), med(order[i], 7), med(order[i], 8), med(order[i], 9), med(order[i], 10)
 		}
 	}' "$tmp/data"

@@ -134,6 +134,16 @@ static NOINLINE void drop_all(void **arr, int n)
 		sa_gc_store(&arr[i], NULL);
 }
 
+/* The array lives only in root_slot[0]: made in a frame of its own, so no stale copy of its
+ * address stays in the test's frame (clang kept one there, and the conservative stack scan
+ * then kept all 100 objects alive). */
+static NOINLINE void make_fin_array(int n, int base)
+{
+	void **arr = sa_gc_alloc((size_t)n * sizeof(void *));
+	sa_gc_store(&root_slot[0], arr);
+	make_fin_objects(arr, n, base);
+}
+
 START_TEST(test_survival)
 {
 	/* held only from this thread's stack */
@@ -151,10 +161,7 @@ START_TEST(test_survival)
 	make_fin_objects(root, 4, 0);
 	/* and garbage with finalizers, from a GC array held in a global root */
 	ck_assert_int_eq(sa_gc_root_add(root_slot, sizeof root_slot), 0);
-	void **arr = sa_gc_alloc(100 * sizeof(void *));
-	sa_gc_store(&root_slot[0], arr);
-	make_fin_objects(arr, 100, 100);
-	arr = NULL;
+	make_fin_array(100, 100);
 	clear_stack();
 	collect(3);
 	fin_settle();
@@ -271,6 +278,52 @@ END_TEST
 
 /* ---- reclamation: a steady-state workload keeps the heap bounded over many cycles ---- */
 static void *steady_root[1];
+
+/* ---- a large conservative object is scanned in oblets (128 KiB work items): objects held
+ * only from its first word, around every oblet boundary and from its last word survive ---- */
+static NOINLINE void fill_big(void **big, size_t words, size_t *at, int nat)
+{
+	for (int k = 0; k < nat; k++) {
+		uintptr_t *o = sa_gc_alloc(48);
+		for (int j = 0; j < 6; j++)
+			o[j] = (uintptr_t)k * 1000 + (uintptr_t)j;
+		ck_assert_uint_lt(at[k], words);
+		sa_gc_store(&big[at[k]], o);
+	}
+}
+
+START_TEST(test_large_oblets)
+{
+	const size_t bytes = ((size_t)1 << 20) + 40 * 1024 + 24; /* 8 oblets and a partial one */
+	const size_t words = bytes / sizeof(void *);
+	void **volatile big = sa_gc_alloc(bytes);
+	ck_assert_ptr_nonnull(big);
+	size_t at[32];
+	int nat = 0;
+	at[nat++] = 0;
+	for (size_t b = 128 * 1024; b < bytes && nat < 30; b += 128 * 1024) {
+		at[nat++] = b / sizeof(void *) - 1; /* last word of one oblet */
+		at[nat++] = b / sizeof(void *);     /* first word of the next */
+	}
+	at[nat++] = words - 1;
+	fill_big(big, words, at, nat);
+	clear_stack();
+	for (int round = 0; round < 5; round++) {
+		/* garbage of the same size class, so a wrongly freed object is reused and changes */
+		for (int i = 0; i < 20000; i++) {
+			uintptr_t *g = sa_gc_alloc(48);
+			g[0] = g[5] = ~(uintptr_t)0;
+		}
+		collect(1);
+	}
+	for (int k = 0; k < nat; k++) {
+		const uintptr_t *o = big[at[k]];
+		ck_assert_ptr_nonnull(o);
+		for (int j = 0; j < 6; j++)
+			ck_assert_uint_eq(o[j], (uintptr_t)k * 1000 + (uintptr_t)j);
+	}
+}
+END_TEST
 
 START_TEST(test_bounded)
 {
@@ -1011,6 +1064,7 @@ int main(void)
 	tcase_add_test(tc, test_zeroed_reuse);
 	tcase_add_test(tc, test_survival);
 	tcase_add_test(tc, test_typed_tiny);
+	tcase_add_test(tc, test_large_oblets);
 	tcase_add_test(tc, test_bounded);
 	tcase_add_test(tc, test_free_rejected);
 	tcase_add_test(tc, test_graph_mutation);

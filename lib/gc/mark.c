@@ -8,11 +8,19 @@
  *
  * Any word that points into an allocated GC object keeps it alive: the page map gives the span,
  * the span's divmagic the object index (interior pointers included); a word pointing at a free
- * slot, past the span's last object or outside the GC heap is ignored.
+ * slot (alloc bit clear and at or above freeindex), past the span's last object or outside the
+ * GC heap is ignored.
  *
- * Termination: nbusy counts buffers taken from the pool and not given back. The pool is idle
- * when it holds no full buffer and nbusy is 0; the controller then stops the world and flushes
- * the barrier buffers to confirm (pacer.c).
+ * Throughput (issue 9): a drainer scans objects through a small prefetching FIFO, long ranges
+ * through a prefetch pipeline, large objects as 128 KiB oblets; it hands half its buffer to an
+ * empty pool (balance) so assists find work; marked bytes ride in the buffer (workbuf.marked)
+ * and reach gc.marked when the buffer goes back to the pool, and scan work is added to
+ * gc.scan_work per buffer for the pacer's assist ratio.
+ *
+ * Termination: nbusy counts buffers taken from the pool and not given back (a drain that runs
+ * out of budget gives its buffer back to the full list). The pool is idle when it holds no full
+ * buffer and nbusy is 0; the controller then stops the world and flushes the barrier buffers to
+ * confirm (pacer.c).
  *
  * Marker threads (SPANALLOC_MARK_WORKERS, default 25% of the CPUs, at least 1) are pinned to
  * CPUs (SPANALLOC_MARK_CPUS, default the last ones of the process's affinity mask) and sleep
@@ -124,14 +132,21 @@ static workbuf_t *take_full(void)
 	return b;
 }
 
-/* Give back a drained (empty) buffer taken by take_full. */
+/* Give back a buffer taken by take_full: to the empty list when drained, else (a drain that
+ * ran out of budget) to the full list. */
 static void give_back(workbuf_t *b)
 {
 	pthread_mutex_lock(&gc.pool_lock);
 	wb_account_locked(b);
-	b->next = gc.empty;
-	gc.empty = b;
-	gc.nempty++;
+	if (b->n) {
+		b->next = gc.full;
+		gc.full = b;
+		gc.nfull++;
+	} else {
+		b->next = gc.empty;
+		gc.empty = b;
+		gc.nempty++;
+	}
 	gc.nbusy--;
 	atomic_fetch_add(&gc.pool_seq, 1);
 	pthread_mutex_unlock(&gc.pool_lock);
@@ -292,12 +307,26 @@ __attribute__((no_sanitize_address)) void gc_scan_range(uintptr_t lo, uintptr_t 
 #undef WORD
 }
 
-/* Scan one grey object; returns the bytes scanned. */
+/* Scan one grey object; returns the bytes scanned.
+ *
+ * A large conservative object is split into oblets of GC_OBLET bytes, as Go's: the work item
+ * for the object start pushes the start of every further oblet and scans the first; an item
+ * inside a large span is an oblet and scans GC_OBLET bytes from there. So no single scan step
+ * (an assist in crit, a marker between two looks at the pool) grows with the object: a 128 MB
+ * pointer array is 1024 items that any marker or assisting thread can take. */
+#define GC_OBLET ((size_t)128 << 10)
 static size_t scanobject(uintptr_t obj, workbuf_t **wb)
 {
 	mspan_t *s = spanof((void *)obj);
 	size_t size = s->elemsize;
 	if (!s->gctyped) {
+		if (s->gclarge && size > GC_OBLET) {
+			uintptr_t end = s->base + size;
+			if (obj == s->base)
+				for (uintptr_t o = obj + GC_OBLET; o < end; o += GC_OBLET)
+					push(o, wb);
+			size = end - obj < GC_OBLET ? end - obj : GC_OBLET;
+		}
 		gc_scan_range(obj, obj + size, wb);
 		return size;
 	}
@@ -335,7 +364,7 @@ static void balance(workbuf_t *b)
 }
 
 /* gcDrain: take buffers from the pool and scan until it is empty or budget bytes are
- * scanned (0: no budget). Returns the bytes scanned. */
+ * scanned (0: no budget; checked after every object). Returns the bytes scanned. */
 static size_t drain(size_t budget)
 {
 	size_t done = 0, before = 0;
@@ -362,6 +391,15 @@ static size_t drain(size_t budget)
 			head = (head + 1) % DRAIN_PREFETCH;
 			cnt--;
 			done += scanobject(p, &b);
+			if (unlikely(budget != 0 && done >= budget)) {
+				/* budget spent mid-buffer: what is left goes back to the pool */
+				while (cnt > 0) {
+					push(ring[head], &b);
+					head = (head + 1) % DRAIN_PREFETCH;
+					cnt--;
+				}
+				break;
+			}
 			if (unlikely((++nscan & 63) == 0) && b->n >= 32 &&
 			    __atomic_load_n(&gc.nfull, __ATOMIC_RELAXED) == 0)
 				balance(b);
@@ -379,7 +417,7 @@ static size_t drain(size_t budget)
 /* An allocating thread helps marking: scan budget bytes (SIZE_MAX: until the pool has no
  * work). In crit, as it takes the pool lock, which the collector takes while the world is
  * stopped; crit is left between chunks of ASSIST_CHUNK bytes so a stop is not held off long. */
-#define ASSIST_CHUNK ((size_t)256 << 10)
+#define ASSIST_CHUNK ((size_t)64 << 10)
 void gc_assist(size_t budget)
 {
 	gc_thread_t *t = gc_self;
