@@ -378,11 +378,14 @@ static void flush_list(mcache_t *c, unsigned cls, size_t n)
 {
 	void *buf[FLUSH_MAX];
 	while (n > 0 && c->head[cls]) {
-		size_t k = 0;
-		while (k < FLUSH_MAX && k < n && c->head[cls]) {
-			buf[k++] = c->head[cls];
-			c->head[cls] = *(void **)c->head[cls];
+		/* the head in a local: a store through an object could alias c->head[cls] */
+		size_t k = 0, lim = n < FLUSH_MAX ? n : FLUSH_MAX;
+		void *h = c->head[cls];
+		while (k < lim && h) {
+			buf[k++] = h;
+			h = *(void **)h;
 		}
+		c->head[cls] = h;
 		c->room[cls] += (int32_t)k;
 		n -= k;
 		mcentral_flush(make_spanclass(cls, true), buf, k);
@@ -405,10 +408,12 @@ static void *thread_refill(unsigned cls)
 	size_t got = mcentral_refill(make_spanclass(cls, true), buf, want);
 	if (got == 0)
 		return NULL;
+	void *h = c->head[cls]; /* in a local: the link stores could alias c->head[cls] */
 	for (size_t i = got - 1; i >= 1; i--) {
-		*(void **)buf[i] = c->head[cls];
-		c->head[cls] = buf[i];
+		*(void **)buf[i] = h;
+		h = buf[i];
 	}
+	c->head[cls] = h;
 	c->room[cls] -= (int32_t)(got - 1);
 	return buf[0];
 }

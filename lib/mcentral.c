@@ -147,38 +147,51 @@ static _Noreturn SA_NOINLINE void flush_fatal(mcentral_t *c, bool twice, void *p
 	sa_fatal("free(): invalid pointer %p: not the start of an object", p);
 }
 
-/* The objects of one span that a flush has collected for one word of its alloc bits. */
-typedef struct flushrun {
-	mspan_t *s;
-	size_t word;                   /* index into s->allocbits */
-	uint64_t mask;                 /* objects of that word being freed */
-	size_t freed;                  /* objects of s freed by words already applied */
-	size_t minidx;                 /* lowest object index freed in s */
-} flushrun_t;
-
-/* Clear the collected word's bits: every one must be set (else a double free). */
-static inline void run_apply_word(mcentral_t *c, flushrun_t *r, spanclass_t sc)
+/* popcount without the libgcc call a plain -O2 x86-64 build makes of __builtin_popcountll */
+static inline unsigned popcount64(uint64_t x)
 {
-	uint64_t *w = &r->s->allocbits[r->word];
-	if (unlikely((*w & r->mask) != r->mask)) {
-		uint64_t bad = r->mask & ~*w;
-		size_t idx = r->word * 64 + (size_t)__builtin_ctzll(bad);
-		flush_fatal(c, true, (void *)(r->s->base + idx * r->s->elemsize), sc);
-	}
-	*w &= ~r->mask;
-	r->freed += (size_t)__builtin_popcountll(r->mask);
-	r->mask = 0;
+#ifdef __POPCNT__
+	return (unsigned)__builtin_popcountll(x);
+#else
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (unsigned)((x * 0x0101010101010101ULL) >> 56);
+#endif
 }
 
-/* Finish span r->s: counts, freeindex, list membership; an empty span goes to the spare slot or
- * back to mheap. */
-static void run_finish(mcentral_t *c, flushrun_t *r, spanclass_t sc)
+/* What a flush has collected for the span it is on: freed counts the objects of words already
+ * applied, minidx the lowest object index among them. */
+typedef struct flushrun {
+	mspan_t *s;
+	size_t freed;
+	size_t minidx;
+} flushrun_t;
+
+/* Clear word `word` of r->s's alloc bits for the objects in mask: every one must be set (else a
+ * double free). The lowest index freed is found here, once per word, not per object. */
+static inline void run_apply_word(mcentral_t *c, flushrun_t *r, size_t word, uint64_t mask, spanclass_t sc)
+{
+	uint64_t *w = &r->s->allocbits[word];
+	if (unlikely((*w & mask) != mask)) {
+		uint64_t bad = mask & ~*w;
+		size_t idx = word * 64 + (size_t)__builtin_ctzll(bad);
+		flush_fatal(c, true, (void *)(r->s->base + idx * r->s->elemsize), sc);
+	}
+	*w &= ~mask;
+	r->freed += popcount64(mask);
+	size_t lo = word * 64 + (size_t)__builtin_ctzll(mask);
+	if (lo < r->minidx)
+		r->minidx = lo;
+}
+
+/* Finish span r->s (its words applied): counts, freeindex, list membership; an empty span goes to
+ * the spare slot or back to mheap. */
+static void run_finish(mcentral_t *c, flushrun_t *r)
 {
 	mspan_t *s = r->s;
 	if (s == NULL)
 		return;
-	if (r->mask)
-		run_apply_word(c, r, sc);
 	r->s = NULL;
 	if (r->freed == 0)
 		return;
@@ -206,7 +219,8 @@ static void run_finish(mcentral_t *c, flushrun_t *r, spanclass_t sc)
  * word of its alloc bits: the span found for one object is tried first for the next (the page map
  * is read once per run), and the bits freed in one word are collected in a mask and cleared, and
  * checked for double frees, with one access to the word. Every object is checked to be the start
- * of an object of its span. */
+ * of an object of its span. The loop keeps the run's state (span geometry, word, mask) in locals:
+ * per object it is a range check, a multiply by the class's divmagic and its check, and a bit. */
 void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 {
 	mcentral_flush_nopoll(sc, objs, n);
@@ -217,15 +231,18 @@ void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
 {
 	mcentral_t *c = NULL;
 	flushrun_t r = {.s = NULL};
-	/* the current span's geometry in locals */
+	/* the current span's geometry, and the word being collected, in locals */
 	uintptr_t base = 0, len = 0;
-	size_t size = 0;
-	uint64_t magic = 0;
+	size_t size = 0, word = 0;
+	uint64_t magic = 0, mask = 0;
 	for (size_t i = 0; i < n; i++) {
 		uintptr_t p = (uintptr_t)objs[i], off = p - base;
-		if (off >= len) {
-			if (c)
-				run_finish(c, &r, sc);
+		if (unlikely(off >= len)) {
+			if (c) {
+				if (mask)
+					run_apply_word(c, &r, word, mask, sc);
+				run_finish(c, &r);
+			}
 			mspan_t *s = spanof(objs[i]);
 			mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][sc];
 			if (want != c) { /* one node's lock at a time */
@@ -236,30 +253,33 @@ void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
 			}
 			if (unlikely(s == NULL || s->spanclass != sc || p < s->base || p >= s->limit))
 				flush_fatal(c, false, objs[i], sc);
-			r = (flushrun_t){.s = s, .word = 0, .mask = 0, .freed = 0, .minidx = SIZE_MAX};
+			r = (flushrun_t){.s = s, .freed = 0, .minidx = SIZE_MAX};
 			base = s->base;
 			len = s->limit - base;
 			size = s->elemsize;
 			magic = s->divmagic;
 			off = p - base;
+			word = 0;
+			mask = 0;
 		}
 		size_t idx = (size_t)((off * magic) >> 32);
 		if (unlikely(off != idx * size))
 			flush_fatal(c, false, objs[i], sc);
-		if (idx / 64 != r.word) {
-			if (r.mask)
-				run_apply_word(c, &r, sc);
-			r.word = idx / 64;
+		if (idx / 64 != word) {
+			if (mask)
+				run_apply_word(c, &r, word, mask, sc);
+			word = idx / 64;
+			mask = 0;
 		}
 		uint64_t bit = 1ULL << (idx % 64);
-		if (unlikely(r.mask & bit)) /* the same object twice in one batch */
+		if (unlikely(mask & bit)) /* the same object twice in one batch */
 			flush_fatal(c, true, objs[i], sc);
-		r.mask |= bit;
-		if (idx < r.minidx)
-			r.minidx = idx;
+		mask |= bit;
 	}
 	if (c) {
-		run_finish(c, &r, sc);
+		if (mask)
+			run_apply_word(c, &r, word, mask, sc);
+		run_finish(c, &r);
 		pthread_mutex_unlock(&c->lock);
 	}
 }

@@ -57,6 +57,20 @@ size_t mspan_take(mspan_t *s, void **out, size_t max)
 			free &= (1ULL << (n % 64)) - 1;
 		uint64_t all = free;
 		uintptr_t wbase = base + w * 64 * size;
+		uint64_t low = free & -free, above = free + low;
+		if (free != 0 && (above & free) == 0) {
+			/* one contiguous run of free objects (a fresh span, or one emptied in order):
+			 * carve it by stride, no per-object bit scan */
+			unsigned first = (unsigned)__builtin_ctzll(free);
+			size_t run = (above == 0 ? 64 : (size_t)__builtin_ctzll(above)) - first;
+			if (run > max - got)
+				run = max - got;
+			uintptr_t p = wbase + first * size;
+			for (size_t k = 0; k < run; k++, p += size)
+				out[got + k] = (void *)p;
+			got += run;
+			free = run + first >= 64 ? 0 : free & (~0ULL << (first + run));
+		}
 		while (free != 0 && got < max) {
 			out[got++] = (void *)(wbase + (size_t)__builtin_ctzll(free) * size);
 			free &= free - 1;
