@@ -185,6 +185,19 @@ static inline void run_apply_word(mcentral_t *c, flushrun_t *r, size_t word, uin
 		r->minidx = lo;
 }
 
+/* Apply a word collected from the inword objects just before op: more objects than bits means
+ * one object came twice in this batch (a double free); find it for the message. */
+static inline void flush_word(mcentral_t *c, flushrun_t *r, size_t word, uint64_t mask, size_t inword,
+			      void **op, spanclass_t sc)
+{
+	if (unlikely(popcount64(mask) != inword))
+		for (void **a = op - inword; a < op; a++)
+			for (void **b = a + 1; b < op; b++)
+				if (*a == *b)
+					flush_fatal(c, true, *a, sc);
+	run_apply_word(c, r, word, mask, sc);
+}
+
 /* Finish span r->s (its words applied): counts, freeindex, list membership; an empty span goes to
  * the spare slot or back to mheap. */
 static void run_finish(mcentral_t *c, flushrun_t *r)
@@ -233,17 +246,17 @@ void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
 	flushrun_t r = {.s = NULL};
 	/* the current span's geometry, and the word being collected, in locals */
 	uintptr_t base = 0, len = 0;
-	size_t size = 0, word = 0;
+	size_t size = 0, word = 0, inword = 0;
 	uint64_t magic = 0, mask = 0;
-	for (size_t i = 0; i < n; i++) {
-		uintptr_t p = (uintptr_t)objs[i], off = p - base;
+	for (void **op = objs, **end = objs + n; op < end; op++) {
+		uintptr_t p = (uintptr_t)*op, off = p - base;
 		if (unlikely(off >= len)) {
 			if (c) {
-				if (mask)
-					run_apply_word(c, &r, word, mask, sc);
+				if (inword)
+					flush_word(c, &r, word, mask, inword, op, sc);
 				run_finish(c, &r);
 			}
-			mspan_t *s = spanof(objs[i]);
+			mspan_t *s = spanof(*op);
 			mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][sc];
 			if (want != c) { /* one node's lock at a time */
 				if (c)
@@ -252,7 +265,7 @@ void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
 				pthread_mutex_lock(&c->lock);
 			}
 			if (unlikely(s == NULL || s->spanclass != sc || p < s->base || p >= s->limit))
-				flush_fatal(c, false, objs[i], sc);
+				flush_fatal(c, false, *op, sc);
 			r = (flushrun_t){.s = s, .freed = 0, .minidx = SIZE_MAX};
 			base = s->base;
 			len = s->limit - base;
@@ -261,24 +274,25 @@ void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
 			off = p - base;
 			word = 0;
 			mask = 0;
+			inword = 0;
 		}
 		size_t idx = (size_t)((off * magic) >> 32);
 		if (unlikely(off != idx * size))
-			flush_fatal(c, false, objs[i], sc);
-		if (idx / 64 != word) {
-			if (mask)
-				run_apply_word(c, &r, word, mask, sc);
+			flush_fatal(c, false, *op, sc);
+		if (unlikely(idx / 64 != word)) {
+			if (inword)
+				flush_word(c, &r, word, mask, inword, op, sc);
 			word = idx / 64;
 			mask = 0;
+			inword = 0;
 		}
-		uint64_t bit = 1ULL << (idx % 64);
-		if (unlikely(mask & bit)) /* the same object twice in one batch */
-			flush_fatal(c, true, objs[i], sc);
-		mask |= bit;
+		/* an object twice in one batch sets its bit once: the count tells (flush_word) */
+		mask |= 1ULL << (idx % 64);
+		inword++;
 	}
 	if (c) {
-		if (mask)
-			run_apply_word(c, &r, word, mask, sc);
+		if (inword)
+			flush_word(c, &r, word, mask, inword, objs + n, sc);
 		run_finish(c, &r);
 		pthread_mutex_unlock(&c->lock);
 	}

@@ -520,6 +520,22 @@ static void double_free_small_release(void *arg)
 	_exit(5);
 }
 
+/* p, q, p: the flush sees p twice in one word of the batch, with another object between */
+static void double_free_small_apart(void *arg)
+{
+	(void)arg;
+	void *p = sa_malloc(64), *q = sa_malloc(64);
+	char addr[64];
+	int n = snprintf(addr, sizeof addr, "%p", p);
+	ssize_t w = write(pipe_addr[1], addr, (size_t)n);
+	(void)w;
+	sa_free(p);
+	sa_free(q);
+	sa_free(p); /* cached twice, q between */
+	sa_release();
+	_exit(5);
+}
+
 static void double_free_large(void *arg)
 {
 	(void)arg;
@@ -559,6 +575,13 @@ START_TEST(test_double_free_release)
 {
 	static const char *const env[] = {"SPANALLOC_DEBUG", NULL, NULL};
 	check_double(double_free_small_release, env, "double free");
+}
+END_TEST
+
+START_TEST(test_double_free_apart)
+{
+	static const char *const env[] = {"SPANALLOC_DEBUG", NULL, NULL};
+	check_double(double_free_small_apart, env, "double free");
 }
 END_TEST
 
@@ -646,6 +669,7 @@ static Suite *api_suite(void)
 	tcase_add_test(tb, test_free_interior_debug);
 	tcase_add_test(tb, test_double_free_debug);
 	tcase_add_test(tb, test_double_free_release);
+	tcase_add_test(tb, test_double_free_apart);
 	tcase_add_test(tb, test_double_free_large);
 	suite_add_tcase(s, tb);
 	TCase *te = tcase_create("env");
