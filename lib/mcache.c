@@ -50,7 +50,7 @@ static pthread_key_t mcache_key;
 static uint8_t class_batch[SA_NUM_SIZE_CLASSES];
 static uint32_t class_max[SA_NUM_SIZE_CLASSES];
 
-#define BATCH_MAX 64
+#define BATCH_MAX 128
 #define CLASS_CAP_MAX 960 /* slots per class and CPU: 66 classes fit 16-bit offsets */
 #define SA_IDLE_MS 1000
 

@@ -233,14 +233,17 @@ static void run_finish(mcentral_t *c, flushrun_t *r)
  * is read once per run), and the bits freed in one word are collected in a mask and cleared, and
  * checked for double frees, with one access to the word. Every object is checked to be the start
  * of an object of its span. The loop keeps the run's state (span geometry, word, mask) in locals:
- * per object it is a range check, a multiply by the class's divmagic and its check, and a bit. */
+ * per object it is a range check, the object's index and its check (a mask and a shift for a
+ * power-of-two size, else a multiply by the class's divmagic and one back), and a bit. Every
+ * object of a batch has the batch's class, so which of the two is known before the loop. */
 void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 {
 	mcentral_flush_nopoll(sc, objs, n);
 	scav_poll(); /* no lock held: the scavenger thread may start */
 }
 
-void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
+static inline __attribute__((always_inline)) void flush_objs(spanclass_t sc, void **objs, size_t n,
+								    const bool pow2, const unsigned shift)
 {
 	mcentral_t *c = NULL;
 	flushrun_t r = {.s = NULL};
@@ -276,9 +279,16 @@ void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
 			mask = 0;
 			inword = 0;
 		}
-		size_t idx = (size_t)((off * magic) >> 32);
-		if (unlikely(off != idx * size))
-			flush_fatal(c, false, *op, sc);
+		size_t idx;
+		if (pow2) {
+			idx = off >> shift;
+			if (unlikely(off & (size - 1)))
+				flush_fatal(c, false, *op, sc);
+		} else {
+			idx = (size_t)((off * magic) >> 32);
+			if (unlikely(off != idx * size))
+				flush_fatal(c, false, *op, sc);
+		}
 		if (unlikely(idx / 64 != word)) {
 			if (inword)
 				flush_word(c, &r, word, mask, inword, op, sc);
@@ -296,6 +306,15 @@ void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
 		run_finish(c, &r);
 		pthread_mutex_unlock(&c->lock);
 	}
+}
+
+void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
+{
+	size_t size = sa_class_to_size[spanclass_sizeclass(sc)];
+	if ((size & (size - 1)) == 0)
+		flush_objs(sc, objs, n, true, (unsigned)__builtin_ctzll(size));
+	else
+		flush_objs(sc, objs, n, false, 0);
 }
 
 /* Give every spare (empty) span, and every cached large span, back to mheap. */

@@ -454,6 +454,19 @@ static void free_interior(void *arg)
 	sa_release(); /* checked where the object reaches its span (at once under SPANALLOC_DEBUG) */
 }
 
+/* a size that is not a power of two: the flush checks the index by divmagic, not by a mask */
+static void free_interior_odd(void *arg)
+{
+	(void)arg;
+	char *p = sa_malloc(48);
+	char addr[64];
+	int n = snprintf(addr, sizeof addr, "%p", (void *)(p + 16));
+	ssize_t w = write(pipe_addr[1], addr, (size_t)n);
+	(void)w;
+	sa_free(p + 16);
+	sa_release();
+}
+
 static void free_interior_large(void *arg)
 {
 	(void)arg;
@@ -480,6 +493,8 @@ static void free_tail(void *arg)
 }
 
 START_TEST(test_free_interior) { check_invalid(free_interior, "not the start of an object"); }
+END_TEST
+START_TEST(test_free_interior_odd) { check_invalid(free_interior_odd, "not the start of an object"); }
 END_TEST
 START_TEST(test_free_interior_large) { check_invalid(free_interior_large, "not the start of an object"); }
 END_TEST
@@ -665,6 +680,7 @@ static Suite *api_suite(void)
 	tcase_add_test(tb, test_free_libc);
 	tcase_add_test(tb, test_free_interior);
 	tcase_add_test(tb, test_free_interior_large);
+	tcase_add_test(tb, test_free_interior_odd);
 	tcase_add_test(tb, test_free_tail);
 	tcase_add_test(tb, test_free_interior_debug);
 	tcase_add_test(tb, test_double_free_debug);
