@@ -251,15 +251,60 @@ static void *gc_alloc(size_t n, bool noscan, bool typed)
 	return alloc_small(t, gc_class(size_to_class(n ? n : 1), typed, noscan));
 }
 
+/* The common case of alloc_small without a call or a stack frame (binary-trees allocates
+ * ~300M objects at depth 20; gc_alloc's frame alone was a dozen instructions of ~70): the
+ * cached span has a free slot in the alloc-bit word freeindex is in, no debug poisoning, the
+ * credit does not reach a flush and, while a cycle marks, the slot is black already (slot_take
+ * blackened the rest of its word when the word's first slot was taken). Anything else returns
+ * NULL and the caller takes gc_alloc, which does it all. sa_gc_barrier_on is read in crit, as
+ * slot_take reads it: mark start cannot come between the test and the take. */
+static inline void *alloc_fast(gc_thread_t *t, unsigned gcc)
+{
+	void *p = NULL;
+	crit_enter(t);
+	mspan_t *s = t->cache[gcc];
+	if (likely(s != NULL && !sa_config.debug)) {
+		size_t i = s->freeindex, n = s->nelems;
+		uint64_t free = i < n ? ~s->allocbits[i / 64] >> (i % 64) : 0;
+		size_t sz = s->elemsize;
+		if (likely(free != 0) && (i += (size_t)__builtin_ctzll(free)) < n &&
+		    likely(t->credit + sz < GC_CREDIT_FLUSH) &&
+		    (likely(!sa_gc_barrier_on) ||
+		     (__atomic_load_n(&s->gcmarkbits[i / 64], __ATOMIC_RELAXED) >> (i % 64) & 1))) {
+			if (sa_gc_barrier_on)
+				t->black += sz;
+			s->alloc_count++;
+			__atomic_store_n(&s->freeindex, (uint16_t)(i + 1), __ATOMIC_RELEASE);
+			t->credit += sz;
+			p = (void *)(s->base + i * sz);
+		}
+	}
+	crit_exit(t);
+	return p;
+}
+
 void *sa_gc_alloc(size_t n)
 {
+	gc_thread_t *t = gc_self;
+	if (likely(t != NULL && n - 1 < SA_SMALL_SIZE_MAX - 8)) {
+		void *p = alloc_fast(t, gc_class(sa_size_to_class8[(n + SA_SMALL_SIZE_DIV - 1) / SA_SMALL_SIZE_DIV], false, false));
+		if (likely(p != NULL))
+			return p;
+	}
 	return gc_alloc(n, false, false);
 }
 
 void *sa_gc_alloc_noscan(size_t n)
 {
-	if (n >= GC_TINY_SIZE || n == 0)
+	if (n >= GC_TINY_SIZE || n == 0) {
+		gc_thread_t *t = gc_self;
+		if (likely(t != NULL && n - 1 < SA_SMALL_SIZE_MAX - 8)) {
+			void *p = alloc_fast(t, gc_class(sa_size_to_class8[(n + SA_SMALL_SIZE_DIV - 1) / SA_SMALL_SIZE_DIV], false, true));
+			if (likely(p != NULL))
+				return p;
+		}
 		return gc_alloc(n, true, false);
+	}
 	gc_thread_t *t = gc_self;
 	if (unlikely(t == NULL))
 		t = gc_thread_get();
