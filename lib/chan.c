@@ -447,15 +447,20 @@ void chan_sync_wait(hchan *c)
 /* Spin on the fast path before taking the lock: when the partner is running on another CPU
  * a slot frees (or fills) within nanoseconds, far sooner than parking and a hand-off would
  * serve us, and the ring keeps both threads lock-free. */
+static inline void ring_spin_wait(unsigned i)
+{
+	if (i < CHAN_RING_SPIN) {
+		chan_cpu_relax();
+		chan_cpu_relax();
+	} else {
+		sched_yield();
+	}
+}
+
 static int ring_spin_put(hchan *c, const void *ep)
 {
 	for (unsigned i = 0; i < CHAN_RING_SPIN + CHAN_RING_YIELDS; i++) {
-		if (i < CHAN_RING_SPIN) {
-			chan_cpu_relax();
-			chan_cpu_relax();
-		} else {
-			sched_yield();
-		}
+		ring_spin_wait(i);
 		int r = ring_put_fast(c, ep);
 		if (r != RING_FULL)
 			return r;
@@ -466,12 +471,7 @@ static int ring_spin_put(hchan *c, const void *ep)
 static int ring_spin_get(hchan *c, void *ep)
 {
 	for (unsigned i = 0; i < CHAN_RING_SPIN + CHAN_RING_YIELDS; i++) {
-		if (i < CHAN_RING_SPIN) {
-			chan_cpu_relax();
-			chan_cpu_relax();
-		} else {
-			sched_yield();
-		}
+		ring_spin_wait(i);
 		int r = ring_get_fast(c, ep);
 		if (r != RING_EMPTY)
 			return r;

@@ -153,20 +153,6 @@ static void give_back(workbuf_t *b)
 	gc_futex_wake(&gc.pool_seq);
 }
 
-/* Give back a buffer taken by take_full that still holds work (a budget ran out). */
-static void give_back_full(workbuf_t *b)
-{
-	pthread_mutex_lock(&gc.pool_lock);
-	wb_account_locked(b);
-	b->next = gc.full;
-	gc.full = b;
-	gc.nfull++;
-	gc.nbusy--;
-	atomic_fetch_add(&gc.pool_seq, 1);
-	pthread_mutex_unlock(&gc.pool_lock);
-	gc_futex_wake(&gc.pool_seq);
-}
-
 bool gc_pool_idle(void)
 {
 	pthread_mutex_lock(&gc.pool_lock);
@@ -404,10 +390,9 @@ static size_t drain(size_t budget)
 			    __atomic_load_n(&gc.nfull, __ATOMIC_RELAXED) == 0)
 				balance(b);
 		}
-		if (b->n > 0)
-			give_back_full(b); /* the budget ran out */
-		else
-			give_back(b); /* scanning may have put a full one in the pool and taken this one */
+		/* to the full list when the budget ran out with work left, else to the empty list
+		 * (scanning may have put a full one in the pool and taken this one) */
+		give_back(b);
 		atomic_fetch_add_explicit(&gc.scan_work, done - before, memory_order_relaxed);
 		before = done;
 	}
