@@ -283,28 +283,28 @@ static inline void *alloc_fast(gc_thread_t *t, unsigned gcc)
 	return p;
 }
 
-void *sa_gc_alloc(size_t n)
+/* sa_gc_alloc and sa_gc_alloc_noscan above the tiny sizes: alloc_fast for the common sizes of a
+ * registered thread, else the general path. */
+static inline __attribute__((always_inline)) void *gc_alloc_sized(size_t n, bool noscan)
 {
 	gc_thread_t *t = gc_self;
 	if (likely(t != NULL && n - 1 < SA_SMALL_SIZE_MAX - 8)) {
-		void *p = alloc_fast(t, gc_class(sa_size_to_class8[(n + SA_SMALL_SIZE_DIV - 1) / SA_SMALL_SIZE_DIV], false, false));
+		void *p = alloc_fast(t, gc_class(sa_size_to_class8[(n + SA_SMALL_SIZE_DIV - 1) / SA_SMALL_SIZE_DIV], false, noscan));
 		if (likely(p != NULL))
 			return p;
 	}
-	return gc_alloc(n, false, false);
+	return gc_alloc(n, noscan, false);
+}
+
+void *sa_gc_alloc(size_t n)
+{
+	return gc_alloc_sized(n, false);
 }
 
 void *sa_gc_alloc_noscan(size_t n)
 {
-	if (n >= GC_TINY_SIZE || n == 0) {
-		gc_thread_t *t = gc_self;
-		if (likely(t != NULL && n - 1 < SA_SMALL_SIZE_MAX - 8)) {
-			void *p = alloc_fast(t, gc_class(sa_size_to_class8[(n + SA_SMALL_SIZE_DIV - 1) / SA_SMALL_SIZE_DIV], false, true));
-			if (likely(p != NULL))
-				return p;
-		}
-		return gc_alloc(n, true, false);
-	}
+	if (n >= GC_TINY_SIZE || n == 0)
+		return gc_alloc_sized(n, true);
 	gc_thread_t *t = gc_self;
 	if (unlikely(t == NULL))
 		t = gc_thread_get();
