@@ -208,8 +208,6 @@ SA_INTERNAL uint64_t gc_stop_world(uint64_t *stopped_at); /* every registered th
 							    * *stopped_at: when the last one parked */
 SA_INTERNAL uint64_t gc_start_world(void);          /* returns when the stop ended (ns) */
 SA_INTERNAL uint64_t gc_ack_all(void);              /* every thread passed a handshake; none parks */
-SA_INTERNAL uint64_t gc_suspend_thread(gc_thread_t *t); /* t alone parked (at t->parked_ns) */
-SA_INTERNAL uint64_t gc_resume_thread(gc_thread_t *t); /* returns when the park ended (ns) */
 /* t copies its used stack to gc.snap itself, in its handler (no park); returns the bytes and
  * sets *tiny, *pause (the copy's time), *ttsp */
 SA_INTERNAL size_t gc_stack_snapshot(gc_thread_t *t, uintptr_t *tiny, uint64_t *pause, uint64_t *ttsp);

@@ -302,13 +302,23 @@ uint64_t gc_ack_all(void)
 	return gc_nanotime() - t0;
 }
 
-uint64_t gc_suspend_thread(gc_thread_t *t)
+/* Park t alone; returns its time to stop (ns). */
+static uint64_t gc_suspend_thread(gc_thread_t *t)
 {
 	uint64_t t0 = gc_nanotime();
 	unsigned e = next_epoch();
 	request(t, e, HS_PARK);
 	wait_acked(t, e);
 	return atomic_load(&t->parked_ns) - t0;
+}
+
+/* Release t parked by gc_suspend_thread; returns when the park ended (ns). */
+static uint64_t gc_resume_thread(gc_thread_t *t)
+{
+	atomic_store(&t->resume, atomic_load(&t->hs_req));
+	uint64_t end = gc_nanotime();
+	gc_futex_wake(&t->resume);
+	return end;
 }
 
 /* The parked fallback of gc_stack_snapshot: the collector copies, growing the buffer. */
@@ -373,14 +383,6 @@ workbuf_t *gc_take_wbuf(gc_thread_t *t, uint64_t *pause, uint64_t *ttsp)
 	workbuf_t *b = t->handoff;
 	t->handoff = NULL;
 	return b;
-}
-
-uint64_t gc_resume_thread(gc_thread_t *t)
-{
-	atomic_store(&t->resume, atomic_load(&t->hs_req));
-	uint64_t end = gc_nanotime();
-	gc_futex_wake(&t->resume);
-	return end;
 }
 
 static void key_destructor(void *arg)
