@@ -14,6 +14,7 @@
 #include "internal.h"
 #include "../numa/numa.h"
 
+#include <errno.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -85,7 +86,7 @@ static long hugetlb_free_pages(void)
 	return strtol(buf, NULL, 10);
 }
 
-void sa_init_slow(void)
+static void init_heap(void)
 {
 	int expected = 0;
 	if (!atomic_compare_exchange_strong(&init_owner, &expected, 1)) {
@@ -103,6 +104,15 @@ void sa_init_slow(void)
 	mcache_init();
 	atomic_store_explicit(&sa_inited, 1, memory_order_release);
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* errno is kept across initialisation: the first call of malloc (or any entry point) reaches it,
+ * and a successful call must leave errno as it found it; the sysfs reads above may set it. */
+void sa_init_slow(void)
+{
+	int e = errno;
+	init_heap();
+	errno = e;
 }
 
 __attribute__((destructor)) static void sa_exit_report(void)

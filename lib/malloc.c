@@ -35,11 +35,7 @@ static inline void *small_alloc(unsigned cls)
 
 void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
 {
-	if (unlikely(!atomic_load_explicit(&sa_inited, memory_order_acquire))) {
-		int e = errno; /* malloc's first call may come here: initialising keeps errno */
-		sa_init_slow();
-		errno = e;
-	}
+	sa_ensure_init(); /* malloc's first call may come here (errno is kept) */
 	if (n > SA_MAX_ALLOC) {
 		errno = ENOMEM;
 		return NULL;

@@ -493,11 +493,7 @@ empty:;
  * errno = ENOMEM. */
 void *mcache_refill(size_t n, uintptr_t cls)
 {
-	if (unlikely(!atomic_load_explicit(&sa_inited, memory_order_acquire))) {
-		int e = errno; /* the first malloc initialises here: keep errno as it was */
-		sa_init_slow();
-		errno = e;
-	}
+	sa_ensure_init(); /* the first malloc initialises here (errno is kept) */
 	cls &= ~SA_CPU_BIT; /* the fast path passes its class byte */
 	if (unlikely(cls == 0)) /* sa_class_of was not filled when the fast path read it */
 		cls = size_to_class(n);

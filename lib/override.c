@@ -41,8 +41,9 @@
  *
  * Initialisation: the first call of any entry point initialises the heap (sa_init_slow), which
  * allocates nothing and calls nothing that allocates before sa_inited is published; errno is
- * preserved across it, so a successful first malloc leaves errno as it found it. malloc reaches
- * it from its slow paths (mcache_refill, sa_malloc_large), the others from ov_init.
+ * preserved across it (sa_init_slow keeps it), so a successful first malloc leaves errno as it
+ * found it. malloc reaches it from its slow paths (mcache_refill, sa_malloc_large), the other
+ * entry points through sa_ensure_init.
  */
 #include "fastpath.h"
 
@@ -57,19 +58,6 @@
 
 /* glibc no longer declares it, but old binaries may still call it. */
 void cfree(void *p);
-
-static SA_NOINLINE void init_keep_errno(void)
-{
-	int e = errno;
-	sa_ensure_init();
-	errno = e;
-}
-
-static inline void ov_init(void)
-{
-	if (unlikely(!atomic_load_explicit(&sa_inited, memory_order_relaxed)))
-		init_keep_errno();
-}
 
 /* malloc and free carry the fast paths themselves (fastpath.h): no call to sa_malloc/sa_free and
  * no initialisation check — the first malloc misses every cache and initialises in its slow path
@@ -91,13 +79,13 @@ SA_EXPORT void cfree(void *p)
 
 SA_EXPORT void *calloc(size_t count, size_t size)
 {
-	ov_init();
+	sa_ensure_init();
 	return sa_calloc(count, size);
 }
 
 SA_EXPORT void *realloc(void *p, size_t n)
 {
-	ov_init();
+	sa_ensure_init();
 	return sa_realloc(p, n);
 }
 
@@ -108,14 +96,14 @@ SA_EXPORT void *reallocarray(void *p, size_t count, size_t size)
 		errno = ENOMEM;
 		return NULL;
 	}
-	ov_init();
+	sa_ensure_init();
 	return sa_realloc(p, n);
 }
 
 /* glibc's _mid_memalign: what memalign, aligned_alloc, valloc and pvalloc share. */
 static void *ov_memalign(size_t align, size_t n)
 {
-	ov_init();
+	sa_ensure_init();
 	if (align <= 8 || (align <= 16 && n > 8))
 		return sa_malloc(n); /* malloc's own alignment is enough (16 bytes above 8 bytes) */
 	if (align > SIZE_MAX / 2 + 1) {
@@ -201,7 +189,7 @@ struct ov_totals {
 
 static void ov_totals(struct ov_totals *t)
 {
-	ov_init();
+	sa_ensure_init();
 	memset(t, 0, sizeof *t);
 	for (unsigned i = 1; i < SA_NUM_SIZE_CLASSES; i++) {
 		sa_class_stats_t cs;
