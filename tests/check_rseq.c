@@ -69,6 +69,18 @@ static size_t total_cached(void)
 	return n;
 }
 
+/* After sa_release nothing is cached and the heap holds the spans and pages it held at the start
+ * (ns0, pg0 from heap_counts). A macro, so Check reports the caller's line. */
+#define ASSERT_HEAP_RETURNED(ns0, pg0)                                                             \
+	do {                                                                                       \
+		sa_release();                                                                      \
+		ck_assert_uint_eq(total_cached(), 0);                                              \
+		size_t ns1_, pg1_;                                                                 \
+		heap_counts(&ns1_, &pg1_);                                                         \
+		ck_assert_uint_eq(ns1_, (ns0));                                                    \
+		ck_assert_uint_eq(pg1_, (pg0));                                                    \
+	} while (0)
+
 static int allowed_cpus(cpu_set_t *set)
 {
 	CPU_ZERO(set);
@@ -237,12 +249,7 @@ START_TEST(test_migration)
 	ck_assert_uint_gt(ops, 20000 * MIG_WORKERS);
 	if (ncpu >= 2)
 		ck_assert_uint_gt(flips, 100);
-	sa_release();
-	ck_assert_uint_eq(total_cached(), 0);
-	size_t ns1, pg1;
-	heap_counts(&ns1, &pg1);
-	ck_assert_uint_eq(ns1, ns0);
-	ck_assert_uint_eq(pg1, pg0);
+	ASSERT_HEAP_RETURNED(ns0, pg0);
 }
 END_TEST
 
@@ -329,12 +336,7 @@ START_TEST(test_oversubscribed_with_signals)
 	if (sa_percpu) /* sequences really were interrupted and restarted */
 		ck_assert_uint_gt(sa_rseq_aborts, 0);
 	fprintf(stderr, "rseq restarts: %lu\n", sa_rseq_aborts);
-	sa_release();
-	ck_assert_uint_eq(total_cached(), 0);
-	size_t ns1, pg1;
-	heap_counts(&ns1, &pg1);
-	ck_assert_uint_eq(ns1, ns0);
-	ck_assert_uint_eq(pg1, pg0);
+	ASSERT_HEAP_RETURNED(ns0, pg0);
 }
 END_TEST
 
@@ -405,12 +407,7 @@ START_TEST(test_producer_consumer)
 	pthread_join(b, &freed);
 	ck_assert_int_eq(errors, 0);
 	ck_assert_int_eq((long)freed, 400000);
-	sa_release();
-	ck_assert_uint_eq(total_cached(), 0);
-	size_t ns1, pg1;
-	heap_counts(&ns1, &pg1);
-	ck_assert_uint_eq(ns1, ns0);
-	ck_assert_uint_eq(pg1, pg0);
+	ASSERT_HEAP_RETURNED(ns0, pg0);
 }
 END_TEST
 
@@ -474,12 +471,7 @@ START_TEST(test_thread_churn_release)
 			ck_assert_uint_eq(mcache_thread_cached(c), 0);
 	}
 	ck_assert_int_eq(errors, 0);
-	sa_release();
-	ck_assert_uint_eq(total_cached(), 0);
-	size_t ns1, pg1;
-	heap_counts(&ns1, &pg1);
-	ck_assert_uint_eq(ns1, ns0);
-	ck_assert_uint_eq(pg1, pg0);
+	ASSERT_HEAP_RETURNED(ns0, pg0);
 }
 END_TEST
 
