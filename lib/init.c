@@ -6,6 +6,14 @@
  * is published before the steps that may call malloc themselves (pthread_atfork), so such a
  * nested call finds the heap ready instead of waiting on itself.
  *
+ * Who initialises: init_owner holds the pid of the process whose thread claimed the work (0:
+ * nobody yet); the others wait for sa_inited. A pid, not a flag, because of fork: a thread that
+ * forks while another thread is half way through initialising leaves the child with a claimed,
+ * never-finished heap and no thread to finish it (the pthread_atfork handlers are not
+ * registered yet). The child sees an owner pid that is not its own, takes the claim over and
+ * builds the heap again from the start (each step overwrites what the parent had begun; at worst
+ * the half-built parts leak address space). In the parent the owner is always the own pid.
+ *
  * fork (DESIGN.md invariant 4): the prepare handler takes every lock in the lock order
  * (mcentral by index, then mheap, then the cache list), so the child gets consistent
  * structures; the child re-initialises the locks, the parent releases them. Only the forking
@@ -21,7 +29,8 @@
 #include <unistd.h>
 
 _Atomic int sa_inited;
-static _Atomic int init_owner;
+static _Atomic pid_t init_owner;
+void (*sa_init_hook)(void); /* tests only: called while the heap is half built */
 
 static void write_line(const char *prefix, const char *fmt, va_list ap)
 {
@@ -88,13 +97,19 @@ static long hugetlb_free_pages(void)
 
 static void init_heap(void)
 {
-	int expected = 0;
-	if (!atomic_compare_exchange_strong(&init_owner, &expected, 1)) {
-		/* another thread is initialising: wait for it (it allocates nothing from us) */
-		while (!atomic_load_explicit(&sa_inited, memory_order_acquire))
-			sched_yield();
-		return;
+	pid_t me = getpid(), owner = 0;
+	while (!atomic_compare_exchange_strong(&init_owner, &owner, me)) {
+		/* another thread is initialising (it allocates nothing from us): wait for it, unless
+		 * it was a thread of the parent process and we are a child forked meanwhile */
+		if (atomic_load_explicit(&sa_inited, memory_order_acquire))
+			return;
+		if (owner != me)
+			continue; /* a forked child: try to take the claim over from the parent's pid */
+		sched_yield();
+		owner = 0;
 	}
+	if (sa_init_hook)
+		sa_init_hook();
 	env_init();
 	sa_numa_init((int)sa_config.numa_fake);
 	/* hugetlb only when the pool has pages: an empty pool would cost a failing mmap */

@@ -450,6 +450,7 @@ extern _Atomic int sa_inited;
 
 SA_INTERNAL void env_init(void);
 SA_INTERNAL void sa_init_slow(void);
+SA_INTERNAL extern void (*sa_init_hook)(void); /* tests: runs while initialisation is claimed */
 static inline void sa_ensure_init(void)
 {
 	if (unlikely(!atomic_load_explicit(&sa_inited, memory_order_acquire)))
