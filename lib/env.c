@@ -77,6 +77,8 @@ static const struct knob knobs[] = {
 	 "the GC stops registered threads with signal SIGRTMIN + N (default 5)"},
 	{"SPANALLOC_GC_SCAN_GLOBALS", K_BOOL, &sa_gc_config.scan_globals, NULL, 0, 0,
 	 "the GC scans the writable segments (.data, .bss) of the program and its shared objects as roots, concurrently (default 1; 0: only registered roots)"},
+	{"SPANALLOC_GC_WHY", K_STR, &sa_gc_config.why, NULL, 0, 0,
+	 "debugging: every GC cycle reports on stderr the roots (stack words, globals, registered roots, tiny blocks, finalizers) that point into the GC object at this address (0x hex or decimal), and whether it stayed marked"},
 };
 
 static bool parse_bool(const char *v, int *out)

@@ -514,6 +514,7 @@ typedef struct sa_gc_config {
 	int gctrace;                   /* SPANALLOC_GCTRACE */
 	size_t signal;                 /* SPANALLOC_GC_SIGNAL: stop signal is SIGRTMIN + this */
 	int scan_globals;              /* SPANALLOC_GC_SCAN_GLOBALS: scan .data/.bss (default 1) */
+	const char *why;               /* SPANALLOC_GC_WHY: report the roots of this object (why.c) */
 } sa_gc_config_t;
 extern sa_gc_config_t sa_gc_config SA_INTERNAL;
 SA_INTERNAL void gc_report(FILE *f);   /* the GC part of sa_stats_print */

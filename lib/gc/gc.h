@@ -228,6 +228,29 @@ SA_INTERNAL void gc_wait_mark_idle(void);
 SA_INTERNAL void gc_assist(size_t budget);
 SA_INTERNAL bool gc_is_marked(uintptr_t p);
 
+SA_INTERNAL mspan_t *gc_object_of(uintptr_t p, size_t *idx); /* the live GC object holding p, or NULL */
+
+/* why.c (SPANALLOC_GC_WHY): controller thread only. The hooks cost one load and branch when the
+ * knob is unset. */
+enum { GC_WHY_STACK, GC_WHY_TINY, GC_WHY_ROOT, GC_WHY_FIN, GC_WHY_GLOBAL, GC_WHY_FINDUE };
+extern int gc_why_on SA_INTERNAL;
+SA_INTERNAL void gc_why_begin(unsigned cycle);  /* mark start: find the object again */
+SA_INTERNAL void gc_why_end(void);              /* mark termination, world stopped: marked? */
+SA_INTERNAL void gc_why_range_slow(int kind, uintptr_t lo, uintptr_t hi, uintptr_t at, const gc_thread_t *t,
+				   unsigned tno);
+SA_INTERNAL void gc_why_word_slow(int kind, uintptr_t w, unsigned tno);
+/* root words [lo, hi) about to be scanned; at: the program's address of lo (stacks are copies) */
+static inline void gc_why_range(int kind, uintptr_t lo, uintptr_t hi, uintptr_t at, const gc_thread_t *t, unsigned tno)
+{
+	if (unlikely(gc_why_on))
+		gc_why_range_slow(kind, lo, hi, at, t, tno);
+}
+static inline void gc_why_word(int kind, uintptr_t w, unsigned tno)
+{
+	if (unlikely(gc_why_on))
+		gc_why_word_slow(kind, w, tno);
+}
+
 /* sweep.c */
 SA_INTERNAL size_t gc_sweep_span(mspan_t *s);   /* returns live objects */
 SA_INTERNAL void gc_sweep_all(void);            /* background sweeper */

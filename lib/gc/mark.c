@@ -207,6 +207,11 @@ bool gc_is_marked(uintptr_t p)
 	return s && (__atomic_load_n(&s->gcmarkbits[i / 64], __ATOMIC_RELAXED) & (1ULL << (i % 64)));
 }
 
+mspan_t *gc_object_of(uintptr_t p, size_t *idx)
+{
+	return find_object(p, idx);
+}
+
 static inline void grey(uintptr_t p, workbuf_t **wb)
 {
 	size_t i;

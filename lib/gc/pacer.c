@@ -256,11 +256,15 @@ static void mark_start(cycle_times_t *ct)
 	gc_record_ttsp(gc_ack_all());
 	uint64_t t1 = gc_nanotime();
 	workbuf_t *wb = NULL;
-	for (gc_thread_t *t = gc.threads; t; t = t->next) {
+	gc_why_begin(atomic_load(&gc.started));
+	unsigned tno = 0;
+	for (gc_thread_t *t = gc.threads; t; t = t->next, tno++) {
 		uintptr_t tiny;
 		uint64_t d, ttsp;
 		size_t n = gc_stack_snapshot(t, &tiny, &d, &ttsp);
+		gc_why_range(GC_WHY_STACK, (uintptr_t)gc.snap, (uintptr_t)gc.snap + n, t->stack_hi - n, t, tno);
 		gc_scan_range((uintptr_t)gc.snap, (uintptr_t)gc.snap + n, &wb);
+		gc_why_word(GC_WHY_TINY, tiny, tno);
 		if (tiny)
 			greyobject(tiny, &wb);
 		gc_record_pause(d);
@@ -344,6 +348,7 @@ static bool mark_termination(cycle_times_t *ct, size_t *after, workbuf_t **taken
 	ct->t_fin = t2 - t1;
 	if (!done)
 		return false;
+	gc_why_end();
 	sa_gc_barrier_on = 0;
 	atomic_store(&gc.phase, GC_OFF);
 	atomic_fetch_add(&gc.sweepgen, 2);

@@ -136,12 +136,14 @@ static void scan_minus(gscan_t *g, uintptr_t lo, uintptr_t hi, const range_t *sk
 		if (skip[i].hi <= lo || skip[i].lo >= hi)
 			continue;
 		if (skip[i].lo > lo) {
+			gc_why_range(GC_WHY_GLOBAL, lo, skip[i].lo, lo, NULL, 0);
 			gc_scan_range(lo, skip[i].lo, g->wb);
 			g->bytes += skip[i].lo - lo;
 		}
 		lo = skip[i].hi;
 	}
 	if (lo < hi) {
+		gc_why_range(GC_WHY_GLOBAL, lo, hi, lo, NULL, 0);
 		gc_scan_range(lo, hi, g->wb);
 		g->bytes += hi - lo;
 	}
@@ -210,17 +212,23 @@ size_t gc_scan_globals(workbuf_t **wb)
 /* Mark start, concurrent (roots lock and finalizer lock held): shade every root. */
 void gc_scan_roots(workbuf_t **wb)
 {
-	for (size_t i = 0; i < nroots; i++)
+	for (size_t i = 0; i < nroots; i++) {
+		gc_why_range(GC_WHY_ROOT, roots[i].lo, roots[i].hi, roots[i].lo, NULL, 0);
 		gc_scan_range(roots[i].lo, roots[i].hi, wb);
+	}
 	for (fin_t *f = fins; f; f = f->next) {
 		mspan_t *s = spanof((void *)f->obj);
 		if (s && s->gcspan && !s->gcnoscan) {
 			uintptr_t base = s->base + mspan_objindex(s, f->obj) * s->elemsize;
+			gc_why_range(GC_WHY_FIN, base, base + s->elemsize, base, NULL, 0);
 			gc_scan_range(base, base + s->elemsize, wb);
 		}
+		gc_why_word(GC_WHY_FIN, (uintptr_t)f->arg, 0);
 		greyobject((uintptr_t)f->arg, wb);
 	}
 	for (fin_t *f = ready; f; f = f->next) {
+		gc_why_word(GC_WHY_FIN, f->obj, 0);
+		gc_why_word(GC_WHY_FIN, (uintptr_t)f->arg, 0);
 		greyobject(f->obj, wb);
 		greyobject((uintptr_t)f->arg, wb);
 	}
@@ -238,6 +246,7 @@ size_t gc_fin_check(workbuf_t **wb)
 			continue;
 		}
 		*pf = f->next;
+		gc_why_word(GC_WHY_FINDUE, f->obj, 0);
 		greyobject(f->obj, wb);
 		f->next = NULL;
 		if (ready_tail)
