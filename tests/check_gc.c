@@ -10,8 +10,10 @@
 #include "sa_check.h"
 #include "gc/gc.h"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/syscall.h>
 #include <time.h>
 
 #define NOINLINE __attribute__((noinline))
@@ -1233,6 +1235,122 @@ START_TEST(test_dead_reclaimed)
 }
 END_TEST
 
+/* ---- the goal holds while the marker is descheduled holding grey objects ---- */
+static _Atomic int stall_on;
+static _Atomic uint64_t stall_until_ns;
+
+/* runs on the marker thread: keeps it off the CPU, mid-drain, for a bounded time (bounded
+ * because it may hold the pool lock, which the test thread's assists then wait for) */
+static void stall_handler(int sig)
+{
+	(void)sig;
+	atomic_store(&stall_on, 1);
+	while (gc_nanotime() < atomic_load(&stall_until_ns)) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	atomic_store(&stall_on, 0);
+}
+
+static pid_t marker_tid(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	if (d == NULL)
+		return -1;
+	pid_t tid = -1;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL && tid < 0) {
+		char path[320], comm[32] = "";
+		snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (f == NULL)
+			continue;
+		if (fgets(comm, sizeof comm, f) && strncmp(comm, "sa-marker", 9) == 0)
+			tid = (pid_t)atoi(e->d_name);
+		fclose(f);
+	}
+	closedir(d);
+	return tid;
+}
+
+/* One marker. A 16 MB tree is live (goal 32 MB); while the next cycle marks it, the marker is
+ * stopped in a signal handler for 150 ms as soon as it holds a buffer (nbusy > 0 with this
+ * thread not assisting) — a descheduled marker on a loaded machine — and this thread allocates
+ * garbage flat out. Its assists find the pool empty: the grey objects are the marker's. The heap
+ * must stay near the goal (allocation throttled to 64 KB per ms past it), not run to 1.5 × goal
+ * as it did when only that backstop throttled. */
+static void stalled_marker_child(void *arg)
+{
+	(void)arg;
+	sa_gc_store(&tree_root, tree_make(19)); /* 2^20 - 1 nodes, 16 MB */
+	clear_stack();
+	sa_gc_collect();
+	sa_gc_stats_t st;
+	sa_gc_stats(&st);
+	size_t goal = st.heap_goal;
+	if (goal < (30u << 20))
+		_exit(50);
+	pid_t tid = marker_tid();
+	if (tid < 0)
+		_exit(51);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = stall_handler;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGRTMIN + 10, &sa, NULL) != 0)
+		_exit(52);
+	/* allocate until a cycle marks and the marker holds a buffer; then stall it */
+	double t0 = now_s();
+	int sent = 0;
+	double peak = 0;
+	size_t peak_heap = 0, peak_goal = 0;
+	while (now_s() - t0 < 20) {
+		for (int i = 0; i < 256; i++)
+			if (sa_gc_alloc(16) == NULL)
+				_exit(53);
+		if (!sent && atomic_load(&gc.phase) == GC_MARK) {
+			pthread_mutex_lock(&gc.pool_lock);
+			long busy = gc.nbusy;
+			pthread_mutex_unlock(&gc.pool_lock);
+			if (busy > 0) {
+				atomic_store(&stall_until_ns, gc_nanotime() + 150000000ULL);
+				if (syscall(SYS_tgkill, getpid(), tid, SIGRTMIN + 10) != 0)
+					_exit(54);
+				sent = 1;
+				t0 = now_s();
+			}
+		}
+		if (sent) {
+			sa_gc_stats(&st); /* the goal of the cycle marking (an earlier one may have moved it) */
+			if (st.heap_goal && (double)st.heap_live / (double)st.heap_goal > peak) {
+				peak = (double)st.heap_live / (double)st.heap_goal;
+				peak_heap = st.heap_live;
+				peak_goal = st.heap_goal;
+			}
+			if (now_s() - t0 > 0.12)
+				break;
+		}
+	}
+	fprintf(stderr, "stalled marker: sent %d, highest heap while stalled %.2f x its goal (%zu MB of %zu MB)\n", sent, peak,
+		peak_heap >> 20, peak_goal >> 20);
+	if (!sent)
+		_exit(55);
+	if (peak > 1.35)
+		_exit(56);
+	while (atomic_load(&stall_on))
+		usleep(1000);
+}
+
+START_TEST(test_goal_holds_marker_stalled)
+{
+	static const char *const env[] = {"SPANALLOC_MARK_WORKERS", "1", "SPANALLOC_GOGC", "100", NULL};
+	child_result_t r;
+	run_child(stalled_marker_child, NULL, env, &r);
+	fprintf(stderr, "%s", r.err);
+	ck_assert_msg(child_exited_ok(&r), "status %#x: %s", r.status, r.err);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("gc");
@@ -1261,6 +1379,7 @@ int main(void)
 	tcase_add_test(tr, test_fork_child_idle);
 	tcase_add_test(tr, test_why);
 	tcase_add_test(tr, test_dead_reclaimed);
+	tcase_add_test(tr, test_goal_holds_marker_stalled);
 	suite_add_tcase(s, tr);
 	return run_suite(s);
 }

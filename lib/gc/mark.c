@@ -431,6 +431,7 @@ void gc_assist(size_t budget)
 static void *worker_main(void *arg)
 {
 	int cpu = (int)(intptr_t)arg;
+	pthread_setname_np(pthread_self(), "sa-marker"); /* for top -H, perf, and the tests */
 	if (cpu >= 0) {
 		cpu_set_t set;
 		CPU_ZERO(&set);

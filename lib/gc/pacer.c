@@ -468,6 +468,7 @@ static void run_cycle(void)
 static void *controller_main(void *arg)
 {
 	(void)arg;
+	pthread_setname_np(pthread_self(), "sa-gc");
 	for (;;) {
 		if (atomic_load(&gc.swept) != atomic_load(&gc.started)) { /* after fork */
 			gc_sweep_all();
