@@ -3,7 +3,8 @@
  * Files: gcalloc.c (GC spans, per-thread caches, tiny and typed allocation), stw.c (thread
  * registry, stopping threads by signal, fork), roots.c (global roots, finalizers), mark.c
  * (work buffers, greyobject, scanobject, marker threads, assists), barrier.c (the hybrid write
- * barrier's slow path), sweep.c (sweeping spans), pacer.c (the cycle, pacing, statistics).
+ * barrier's slow path), sweep.c (sweeping spans), pacer.c (the cycle, pacing, statistics),
+ * why.c (SPANALLOC_GC_WHY: which roots keep an object alive).
  *
  * Crit regions. A registered thread is stopped by a signal at an arbitrary instruction. Code
  * that must not be interrupted by a stop (it changes the thread's cache, allocates black, or
