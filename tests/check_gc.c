@@ -1130,9 +1130,22 @@ static const char *why_section(const char *s, const char *name, char *buf, size_
 	return buf;
 }
 
+/* the knob read from the environment, as a user sets it */
+static void why_env_child(void *arg)
+{
+	(void)arg;
+	if (sa_gc_alloc(16) == NULL)
+		_exit(41);
+	sa_gc_collect();
+}
+
 START_TEST(test_why)
 {
 	child_result_t r;
+	static const char *const env[] = {"SPANALLOC_GC_WHY", "0x1000", NULL};
+	run_child(why_env_child, NULL, env, &r);
+	ck_assert_msg(child_exited_ok(&r) && strstr(r.err, " why 0x1000: not in a live GC object\n"), "status %#x: %s",
+		      r.status, r.err);
 	run_child(why_child, NULL, NULL, &r);
 	ck_assert_msg(child_exited_ok(&r), "status %#x: %s", r.status, r.err);
 	unsigned long g = 0, rt = 0, st = 0;
