@@ -84,7 +84,7 @@ SA_INTERNAL unsigned class_nelems(unsigned sizeclass);
  * Spans
  * ---------------------------------------------------------------------------------------- */
 enum mspan_state { MSPAN_DEAD = 0, MSPAN_IN_USE = 1, MSPAN_CACHED = 2 /* a free large span kept whole (mheap.c) */ };
-enum mspan_list { LIST_NONE = 0, LIST_PARTIAL, LIST_FULL };
+enum mspan_list { LIST_NONE = 0, LIST_PARTIAL, LIST_FULL, LIST_SPARE };
 
 #define SA_BITMAP_WORDS (SA_MAX_OBJS_PER_SPAN / 64)
 
@@ -124,6 +124,9 @@ static inline size_t mspan_objindex(const mspan_t *s, uintptr_t p)
 	return (size_t)(((uint64_t)(p - s->base) * s->divmagic) >> 32);
 }
 SA_INTERNAL size_t mspan_take(mspan_t *s, void **out, size_t max);
+/* The same, linked into a list: **tail gets the first object, each object's first word the next;
+ * *tail ends at the last object's link word (not written). */
+SA_INTERNAL size_t mspan_take_list(mspan_t *s, void ***tail, size_t max);
 SA_INTERNAL bool mspan_give(mspan_t *s, void *p);
 
 /* ------------------------------------------------------------------------------------------
@@ -251,6 +254,8 @@ extern mheap_t sa_mheap;
 SA_INTERNAL mspan_t *mheap_alloc(size_t npages, spanclass_t sc, size_t align_pages);
 SA_INTERNAL mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int node);
 SA_INTERNAL bool mheap_free(mspan_t *s, const void *p);
+SA_INTERNAL size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out, size_t k);
+SA_INTERNAL void mheap_free_spans(mspan_t **v, size_t n);
 SA_INTERNAL void mheap_release_cached_locked(bool only_idle);
 
 /* persistent.c: metadata memory that is never freed (Go's persistentalloc). */
@@ -265,11 +270,17 @@ typedef struct mcentral {
 	pthread_mutex_t lock;
 	mspan_t *partial;              /* spans with a free object */
 	mspan_t *full;                 /* spans with none */
-	mspan_t *spare;                /* at most one empty span kept back from mheap */
-	size_t nspans;
+	mspan_t *spares;               /* empty spans kept back from mheap (a stack, linked by next) */
+	size_t spare_pages;            /* their pages (bounded, mcentral.c) */
+	size_t nspans;                 /* spans of this mcentral: partial, full and spares */
+	uint8_t spare_used;            /* spares taken or given since the scavenger last looked */
 	spanclass_t spanclass;
 	uint8_t node;
 } __attribute__((aligned(SA_CACHE_LINE))) mcentral_t;
+
+#define SPARE_MAX_PAGES 64  /* empty spans kept per mcentral: 512 KiB at most (mcentral.c) */
+#define SPARE_KEEP_PAGES 16 /* what a trim past the bound keeps: the most recent spans */
+#define SPARE_BATCH 16      /* spans taken from mheap at once, at most */
 
 /* One mcentral per heap node and spanclass. A refill takes from the calling CPU's node; a flush
  * returns each object to its span's node (span->node). */
@@ -286,7 +297,13 @@ SA_INTERNAL void mcentral_flush(spanclass_t sc, void **objs, size_t n);
  * that an allocation in the new thread's start-up could want (a per-CPU cache's lock); they
  * call scav_poll() once they hold nothing. */
 SA_INTERNAL void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n);
+/* The per-thread lists' forms: refill links the objects from **tail on (see mspan_take_list);
+ * flush takes the first n objects of the list at head and returns the rest of it. */
+SA_INTERNAL size_t mcentral_refill_list(spanclass_t sc, void ***tail, size_t want);
+SA_INTERNAL void *mcentral_flush_list(spanclass_t sc, void *head, size_t n);
 SA_INTERNAL void mcentral_release_spares(void);
+SA_INTERNAL size_t mcentral_release_idle_spares(void); /* the scavenger: spares unused for an interval */
+SA_INTERNAL size_t mcentral_spare_pages(void);         /* pages on all spare stacks */
 
 /* ------------------------------------------------------------------------------------------
  * mcache: per-CPU object arrays reached through rseq, per-thread free lists as the fallback

@@ -371,25 +371,16 @@ static void mcache_register(mcache_t *c)
 	}
 }
 
-/* Flush up to n objects from the head of list cls. An overflow flushes max/2 + 1 (max is at
- * most 2 * BATCH_MAX), so one buffer of FLUSH_MAX takes it in one mcentral_flush. */
-#define FLUSH_MAX (2 * BATCH_MAX + 2)
+/* Flush up to n objects from the head of list cls: mcentral walks the list itself. */
 static void flush_list(mcache_t *c, unsigned cls, size_t n)
 {
-	void *buf[FLUSH_MAX];
-	while (n > 0 && c->head[cls]) {
-		/* the head in a local: a store through an object could alias c->head[cls] */
-		size_t k = 0, lim = n < FLUSH_MAX ? n : FLUSH_MAX;
-		void *h = c->head[cls];
-		while (k < lim && h) {
-			buf[k++] = h;
-			h = *(void **)h;
-		}
-		c->head[cls] = h;
-		c->room[cls] += (int32_t)k;
-		n -= k;
-		mcentral_flush(make_spanclass(cls, true), buf, k);
-	}
+	size_t k = freelist_count(c, cls);
+	if (k > n)
+		k = n;
+	if (k == 0 || c->head[cls] == NULL)
+		return;
+	c->head[cls] = mcentral_flush_list(make_spanclass(cls, true), c->head[cls], k);
+	c->room[cls] += (int32_t)k;
 }
 
 static void *thread_refill(unsigned cls)
@@ -403,19 +394,19 @@ static void *thread_refill(unsigned cls)
 		c->room[cls]++;
 		return p;
 	}
-	void *buf[BATCH_MAX];
+	/* mcentral links the batch through the objects: first → ... → last, whose link gets the
+	 * (empty) list; the first object is the one returned */
+	void *first, **tail = &first;
 	size_t want = c->max[cls] ? class_batch[cls] : 1;
-	size_t got = mcentral_refill(make_spanclass(cls, true), buf, want);
+	size_t got = mcentral_refill_list(make_spanclass(cls, true), &tail, want);
 	if (got == 0)
 		return NULL;
-	void *h = c->head[cls]; /* in a local: the link stores could alias c->head[cls] */
-	for (size_t i = got - 1; i >= 1; i--) {
-		*(void **)buf[i] = h;
-		h = buf[i];
+	*tail = NULL;
+	if (got > 1) {
+		c->head[cls] = *(void **)first;
+		c->room[cls] -= (int32_t)(got - 1);
 	}
-	c->head[cls] = h;
-	c->room[cls] -= (int32_t)(got - 1);
-	return buf[0];
+	return first;
 }
 
 /* Slow path of free on the per-thread path: list cls went past its bound (or the cache is not

@@ -6,9 +6,17 @@
  * index first, and asks mheap for a new span when none is left. A flush finds each object's
  * span through the page map and clears its alloc bit; a bit already clear is a double free.
  *
- * A span whose objects have all come back keeps one "spare" slot per class, so a class that
- * oscillates around a span boundary does not take pages from mheap and give them back on every
- * batch; a second empty span goes back to mheap at once. sa_release() empties the spare.
+ * Empty spans. A span whose objects have all come back goes on the class's stack of spares
+ * (LIFO, alloc bits clear, still marked with the class in the page map) rather than back to
+ * mheap, and a refill takes spares before it asks mheap, so a class that oscillates (a batch
+ * pattern: many objects live, then all freed, again) does not pay the page allocator per span.
+ * The stack is bounded (SPARE_MAX_PAGES per mcentral): past it, all but the SPARE_KEEP_PAGES most
+ * recent spans go back to mheap together (mheap_free_spans: spans that touch are one run, one
+ * page-bitmap update). A class that keeps asking mheap for spans gets several at once
+ * (mheap_alloc_spans, at most a quarter of its spans and SPARE_BATCH), the extra ones on the
+ * stack. Nothing stays stranded: the scavenger gives back each stack that saw no use for a whole
+ * interval (mcentral_release_idle_spares), and sa_release() empties them all at once. A free of
+ * an object of a spare span is still caught as a double free: its alloc bit is clear.
  *
  * NUMA: there is one mcentral per heap node and spanclass (sa_mcentrals[node][sc]). A refill
  * serves the calling CPU's node (heap_node(): numa/'s node of sched_getcpu(), read once per
@@ -18,8 +26,9 @@
  * takes one node's lock at a time. On one node (or SPANALLOC_NUMA=interleave|off) there is only
  * node 0, and none of this costs anything.
  *
- * Invariants: a span is on exactly one of partial, full or spare while it is in use; a span on
- * full has alloc_count == nelems; a span on partial has 0 < alloc_count < nelems, or is fresh.
+ * Invariants: a span is on exactly one of partial, full or spares while it is in use; a span on
+ * full has alloc_count == nelems; a span on partial has 0 < alloc_count < nelems, or is fresh;
+ * a span on spares has alloc_count == 0 and freeindex == 0; spare_pages is the spares' pages.
  * Lock order: this lock, then mheap.lock; never two mcentrals (of any node) at once.
  */
 #include "internal.h"
@@ -76,11 +85,8 @@ static void set_pageclass(mspan_t *s, unsigned cls)
 		__atomic_store_n(&a->pageclass[first + i], b, __ATOMIC_RELAXED);
 }
 
-static void span_free(mspan_t *s)
-{
-	set_pageclass(s, 0);
-	mheap_free(s, NULL);
-}
+/* Pages on all spare stacks (statistics and the scavenger's "work pending"). */
+static size_t spare_pages_total;
 
 static void list_push(mspan_t **head, mspan_t *s, uint8_t which)
 {
@@ -105,9 +111,80 @@ static void list_remove(mcentral_t *c, mspan_t *s)
 	s->list = LIST_NONE;
 }
 
-/* Take up to want free objects of spanclass sc into out[], from the calling CPU's node.
- * Returns how many (0 only when the heap is exhausted). */
-size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
+static void spare_push(mcentral_t *c, mspan_t *s)
+{
+	s->prev = NULL;
+	s->next = c->spares;
+	s->list = LIST_SPARE;
+	s->freeindex = 0;
+	c->spares = s;
+	c->spare_pages += s->npages;
+	__atomic_add_fetch(&spare_pages_total, s->npages, __ATOMIC_RELAXED);
+}
+
+static mspan_t *spare_pop(mcentral_t *c)
+{
+	mspan_t *s = c->spares;
+	c->spares = s->next;
+	c->spare_pages -= s->npages;
+	__atomic_sub_fetch(&spare_pages_total, s->npages, __ATOMIC_RELAXED);
+	s->next = NULL;
+	s->list = LIST_NONE;
+	c->spare_used = 1;
+	return s;
+}
+
+/* Give the spares beyond the first keep pages (the most recent) back to mheap, in one call.
+ * c's lock held (then mheap.lock: the lock order). */
+static void spare_trim(mcentral_t *c, size_t keep)
+{
+	mspan_t *v[SPARE_MAX_PAGES + 1], **link = &c->spares;
+	size_t kept = 0, n = 0;
+	while (*link && kept + (*link)->npages <= keep) {
+		kept += (*link)->npages;
+		link = &(*link)->next;
+	}
+	for (mspan_t *s = *link, *next; s; s = next) {
+		next = s->next;
+		set_pageclass(s, 0);
+		c->spare_pages -= s->npages;
+		__atomic_sub_fetch(&spare_pages_total, s->npages, __ATOMIC_RELAXED);
+		c->nspans--;
+		v[n++] = s;
+	}
+	*link = NULL;
+	mheap_free_spans(v, n);
+}
+
+/* A span for a refill of c (its lock held): a spare, else new ones from mheap. */
+static mspan_t *refill_span(mcentral_t *c, spanclass_t sc, int node)
+{
+	if (c->spares)
+		return spare_pop(c);
+	unsigned cls = spanclass_sizeclass(sc);
+	size_t npages = sa_class_to_allocnpages[cls];
+	size_t k = c->nspans / 4, kmax = SPARE_MAX_PAGES / 2 / npages;
+	if (kmax > SPARE_BATCH)
+		kmax = SPARE_BATCH;
+	if (k > kmax)
+		k = kmax;
+	mspan_t *v[SPARE_BATCH];
+	size_t got = mheap_alloc_spans(npages, sc, node, v, k ? k : 1);
+	if (got == 0)
+		return NULL;
+	for (size_t i = 0; i < got; i++)
+		set_pageclass(v[i], cls);
+	c->nspans += got;
+	for (size_t i = got; i-- > 1;) /* v[1] on top: the next one taken */
+		spare_push(c, v[i]);
+	return v[0];
+}
+
+/* Take up to want free objects of spanclass sc from the calling CPU's node: into out[], or
+ * (list) linked through the objects from **tail on (mspan_take_list). Returns how many (0 only
+ * when the heap is exhausted). */
+static inline __attribute__((always_inline)) size_t refill(spanclass_t sc, void **out, void ***tail, size_t want,
+							   const bool list)
 {
 	const int node = heap_node();
 	mcentral_t *c = &sa_mcentrals[node][sc];
@@ -116,20 +193,11 @@ size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
 	while (got < want) {
 		mspan_t *s = c->partial;
 		if (s == NULL) {
-			if (c->spare) {
-				s = c->spare;
-				c->spare = NULL;
-			} else {
-				unsigned cls = spanclass_sizeclass(sc);
-				s = mheap_alloc_node(sa_class_to_allocnpages[cls], sc, 1, node);
-				if (s == NULL)
-					break;
-				set_pageclass(s, cls);
-				c->nspans++;
-			}
+			if ((s = refill_span(c, sc, node)) == NULL)
+				break;
 			list_push(&c->partial, s, LIST_PARTIAL);
 		}
-		got += mspan_take(s, out + got, want - got);
+		got += list ? mspan_take_list(s, tail, want - got) : mspan_take(s, out + got, want - got);
 		if (s->alloc_count == s->nelems) {
 			list_remove(c, s);
 			list_push(&c->full, s, LIST_FULL);
@@ -139,195 +207,260 @@ size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
 	return got;
 }
 
+size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
+{
+	return refill(sc, out, NULL, want, false);
+}
+
+size_t mcentral_refill_list(spanclass_t sc, void ***tail, size_t want)
+{
+	return refill(sc, NULL, tail, want, true);
+}
+
 static _Noreturn SA_NOINLINE void flush_fatal(mcentral_t *c, bool twice, void *p, spanclass_t sc)
 {
-	pthread_mutex_unlock(&c->lock);
+	if (c)
+		pthread_mutex_unlock(&c->lock);
 	if (twice)
 		sa_fatal("free(): double free or corruption: %p was not allocated (spanclass %u)", p, (unsigned)sc);
 	sa_fatal("free(): invalid pointer %p: not the start of an object", p);
 }
 
-/* popcount without the libgcc call a plain -O2 x86-64 build makes of __builtin_popcountll */
-static inline unsigned popcount64(uint64_t x)
-{
-#ifdef __POPCNT__
-	return (unsigned)__builtin_popcountll(x);
-#else
-	x = x - ((x >> 1) & 0x5555555555555555ULL);
-	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
-	return (unsigned)((x * 0x0101010101010101ULL) >> 56);
-#endif
-}
-
-/* What a flush has collected for the span it is on: freed counts the objects of words already
- * applied, minidx the lowest object index among them. */
-typedef struct flushrun {
+/* A flush's state: the mcentral whose lock it holds, the span it is applying objects to (its
+ * geometry in the struct, so the loop tests one offset against len), what it freed there. */
+typedef struct flushctx {
+	mcentral_t *c;
 	mspan_t *s;
-	size_t freed;
-	size_t minidx;
-} flushrun_t;
+	uintptr_t base, len;           /* s->base, s->limit - s->base; len 0 before the first span */
+	size_t nelems, freed, minidx;
+	spanclass_t sc;
+} flushctx_t;
 
-/* Clear word `word` of r->s's alloc bits for the objects in mask: every one must be set (else a
- * double free). The lowest index freed is found here, once per word, not per object. */
-static inline void run_apply_word(mcentral_t *c, flushrun_t *r, size_t word, uint64_t mask, spanclass_t sc)
+/* Done with span x->s: counts, freeindex, list membership; an empty span goes on the spares. */
+static void finish_span(flushctx_t *x)
 {
-	uint64_t *w = &r->s->allocbits[word];
-	if (unlikely((*w & mask) != mask)) {
-		uint64_t bad = mask & ~*w;
-		size_t idx = word * 64 + (size_t)__builtin_ctzll(bad);
-		flush_fatal(c, true, (void *)(r->s->base + idx * r->s->elemsize), sc);
-	}
-	*w &= ~mask;
-	r->freed += popcount64(mask);
-	size_t lo = word * 64 + (size_t)__builtin_ctzll(mask);
-	if (lo < r->minidx)
-		r->minidx = lo;
-}
-
-/* Apply a word collected from the inword objects just before op: more objects than bits means
- * one object came twice in this batch (a double free); find it for the message. */
-static inline void flush_word(mcentral_t *c, flushrun_t *r, size_t word, uint64_t mask, size_t inword,
-			      void **op, spanclass_t sc)
-{
-	if (unlikely(popcount64(mask) != inword))
-		for (void **a = op - inword; a < op; a++)
-			for (void **b = a + 1; b < op; b++)
-				if (*a == *b)
-					flush_fatal(c, true, *a, sc);
-	run_apply_word(c, r, word, mask, sc);
-}
-
-/* Finish span r->s (its words applied): counts, freeindex, list membership; an empty span goes to
- * the spare slot or back to mheap. */
-static void run_finish(mcentral_t *c, flushrun_t *r)
-{
-	mspan_t *s = r->s;
-	if (s == NULL)
+	mspan_t *s = x->s;
+	mcentral_t *c = x->c;
+	if (s == NULL || x->freed == 0)
 		return;
-	r->s = NULL;
-	if (r->freed == 0)
-		return;
-	if (r->minidx < s->freeindex)
-		s->freeindex = (uint16_t)r->minidx;
+	if (x->minidx < s->freeindex)
+		s->freeindex = (uint16_t)x->minidx;
 	s->needzero = 1;
 	if (s->list == LIST_FULL) {
 		list_remove(c, s);
 		list_push(&c->partial, s, LIST_PARTIAL);
 	}
-	s->alloc_count = (uint16_t)(s->alloc_count - r->freed);
+	s->alloc_count = (uint16_t)(s->alloc_count - x->freed);
 	if (s->alloc_count == 0) {
 		list_remove(c, s);
-		if (c->spare == NULL) {
-			c->spare = s;
-		} else {
-			c->nspans--;
-			span_free(s);
-		}
+		if (c->spares == NULL)
+			scav_note_free(); /* the scavenger gives idle spares back: it must run */
+		spare_push(c, s);
+		c->spare_used = 1;
+		if (c->spare_pages > SPARE_MAX_PAGES)
+			spare_trim(c, SPARE_KEEP_PAGES);
 	}
 }
 
-/* Return n objects of spanclass sc to their spans, each to its span's node. Batches mostly hold
- * runs of objects of one span (a cache gives back what it took together), often of one 64-object
- * word of its alloc bits: the span found for one object is tried first for the next (the page map
- * is read once per run), and the bits freed in one word are collected in a mask and cleared, and
- * checked for double frees, with one access to the word. Every object is checked to be the start
- * of an object of its span. The loop keeps the run's state (span geometry, word, mask) in locals:
- * per object it is a range check, the object's index and its check (a mask and a shift for a
- * power-of-two size, else a multiply by the class's divmagic and one back), and a bit. Every
- * object of a batch has the batch's class, so which of the two is known before the loop. */
-void mcentral_flush(spanclass_t sc, void **objs, size_t n)
+/* Make the span holding p current (finishing the previous one), taking its node's mcentral lock
+ * (one node's lock at a time). p must lie in a span of the flush's class. */
+static SA_NOINLINE void switch_span(flushctx_t *x, uintptr_t p)
 {
-	mcentral_flush_nopoll(sc, objs, n);
-	scav_poll(); /* no lock held: the scavenger thread may start */
+	finish_span(x);
+	mspan_t *s = spanof((void *)p);
+	mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][x->sc];
+	if (want != x->c) {
+		if (x->c)
+			pthread_mutex_unlock(&x->c->lock);
+		x->c = want;
+		pthread_mutex_lock(&want->lock);
+	}
+	if (unlikely(s == NULL || s->spanclass != x->sc || p < s->base || p >= s->limit))
+		flush_fatal(x->c, false, (void *)p, x->sc);
+	x->s = s;
+	x->base = s->base;
+	x->len = s->limit - s->base;
+	x->nelems = s->nelems;
+	x->freed = 0;
+	x->minidx = SIZE_MAX;
 }
 
-static inline __attribute__((always_inline)) void flush_objs(spanclass_t sc, void **objs, size_t n,
-								    const bool pow2, const unsigned shift)
+/* Clear the alloc bits of k objects at lo, lo + size, ... (a run the flush found): one check and
+ * one store per bitmap word. A bit already clear is a double free. A run may go on into the next
+ * span of the class (spans that touch, with no tail between them). */
+static inline __attribute__((always_inline)) void apply_run(flushctx_t *x, uintptr_t lo, size_t k, size_t size,
+							    uint64_t magic, const bool pow2, const unsigned shift)
 {
-	mcentral_t *c = NULL;
-	flushrun_t r = {.s = NULL};
-	/* the current span's geometry, and the word being collected, in locals */
-	uintptr_t base = 0, len = 0;
-	size_t size = 0, word = 0, inword = 0;
-	uint64_t magic = 0, mask = 0;
-	for (void **op = objs, **end = objs + n; op < end; op++) {
-		uintptr_t p = (uintptr_t)*op, off = p - base;
-		if (unlikely(off >= len)) {
-			if (c) {
-				if (inword)
-					flush_word(c, &r, word, mask, inword, op, sc);
-				run_finish(c, &r);
-			}
-			mspan_t *s = spanof(*op);
-			mcentral_t *want = &sa_mcentrals[s && s->node < sa_heap_nodes ? s->node : 0][sc];
-			if (want != c) { /* one node's lock at a time */
-				if (c)
-					pthread_mutex_unlock(&c->lock);
-				c = want;
-				pthread_mutex_lock(&c->lock);
-			}
-			if (unlikely(s == NULL || s->spanclass != sc || p < s->base || p >= s->limit))
-				flush_fatal(c, false, *op, sc);
-			r = (flushrun_t){.s = s, .freed = 0, .minidx = SIZE_MAX};
-			base = s->base;
-			len = s->limit - base;
-			size = s->elemsize;
-			magic = s->divmagic;
-			off = p - base;
-			word = 0;
-			mask = 0;
-			inword = 0;
+	for (;;) {
+		uintptr_t off = lo - x->base;
+		if (unlikely(off >= x->len)) {
+			switch_span(x, lo);
+			off = lo - x->base;
 		}
 		size_t idx;
 		if (pow2) {
 			idx = off >> shift;
 			if (unlikely(off & (size - 1)))
-				flush_fatal(c, false, *op, sc);
+				flush_fatal(x->c, false, (void *)lo, x->sc);
 		} else {
 			idx = (size_t)((off * magic) >> 32);
 			if (unlikely(off != idx * size))
-				flush_fatal(c, false, *op, sc);
+				flush_fatal(x->c, false, (void *)lo, x->sc);
 		}
-		if (unlikely(idx / 64 != word)) {
-			if (inword)
-				flush_word(c, &r, word, mask, inword, op, sc);
-			word = idx / 64;
-			mask = 0;
-			inword = 0;
+		size_t m = x->nelems - idx < k ? x->nelems - idx : k;
+		size_t i = idx, left = m;
+		do {
+			size_t b = i % 64, cnt = 64 - b < left ? 64 - b : left;
+			uint64_t mask = (cnt == 64 ? ~0ULL : (1ULL << cnt) - 1) << b;
+			uint64_t *w = &x->s->allocbits[i / 64];
+			if (unlikely((*w & mask) != mask)) {
+				size_t bad = (i & ~(size_t)63) + (size_t)__builtin_ctzll(mask & ~*w);
+				flush_fatal(x->c, true, (void *)(x->base + bad * size), x->sc);
+			}
+			*w &= ~mask;
+			i += cnt;
+			left -= cnt;
+		} while (left);
+		x->freed += m;
+		if (idx < x->minidx)
+			x->minidx = idx;
+		if ((k -= m) == 0)
+			return;
+		lo += m * size;
+	}
+}
+
+/* Return n objects of spanclass sc to their spans, each to its span's node: from the array objs
+ * or (list) from the list at head linked through the objects' first words. Returns what follows
+ * the n objects in the list (NULL for the array).
+ *
+ * A batch mostly holds runs of objects at a constant stride of ±size (a cache gives back what
+ * it took together, often in the order it was handed out or its reverse). The loop finds each
+ * such run with one load and compare per object, then applies it to the span at once
+ * (apply_run): one bitmap word check and store per 64 objects, the run's first object checked to
+ * be the start of an object of a span of this class, and the run's end checked against the
+ * span's. Objects out of order are runs of one. Every object's link is read before its run is
+ * applied: once the bits are clear (and the lock dropped) another thread may take it. Every
+ * object of a batch has the batch's class, so a power-of-two size (index by shift) or not
+ * (multiply by the class's divmagic) is known before the loop. */
+static inline __attribute__((always_inline)) void *flush_objs(spanclass_t sc, void **objs, void *head, size_t n,
+							      const bool list, const bool pow2, const unsigned shift)
+{
+	unsigned cls = spanclass_sizeclass(sc);
+	const size_t size = sa_class_to_size[cls];
+	const uint64_t magic = sa_class_to_divmagic[cls];
+	flushctx_t x = {.c = NULL, .s = NULL, .base = 0, .len = 0, .sc = sc};
+	void **op = objs, **end = objs + n;
+	void *nx = head;
+	size_t left = n;
+	while (list ? left != 0 && nx != NULL : op < end) {
+		uintptr_t p0, q;
+		intptr_t d = 0;
+		size_t k = 1;
+		if (list) {
+			/* cur runs one object ahead: the loop is a load, an add, a count and a compare */
+			p0 = q = (uintptr_t)nx;
+			nx = *(void **)p0;
+			size_t rem = left - 1;
+			if (rem != 0) {
+				d = (intptr_t)((uintptr_t)nx - p0);
+				if (d == (intptr_t)size || d == -(intptr_t)size) {
+					uintptr_t cur = (uintptr_t)nx;
+					do {
+						nx = *(void **)cur;
+						cur += (uintptr_t)d;
+					} while (--rem != 0 && (uintptr_t)nx == cur);
+					q = cur - (uintptr_t)d;
+				}
+			}
+			k = left - rem;
+			left = rem;
+		} else {
+			p0 = q = (uintptr_t)*op++;
+			if (op < end) {
+				d = (intptr_t)((uintptr_t)*op - p0);
+				if (d == (intptr_t)size || d == -(intptr_t)size) {
+					void **first = op;
+					do
+						q += (uintptr_t)d;
+					while (++op < end && (uintptr_t)*op == q + (uintptr_t)d);
+					k += (size_t)(op - first);
+				}
+			}
 		}
-		/* an object twice in one batch sets its bit once: the count tells (flush_word) */
-		mask |= 1ULL << (idx % 64);
-		inword++;
+		apply_run(&x, d < 0 ? q : p0, k, size, magic, pow2, shift);
 	}
-	if (c) {
-		if (inword)
-			flush_word(c, &r, word, mask, inword, objs + n, sc);
-		run_finish(c, &r);
-		pthread_mutex_unlock(&c->lock);
+	if (x.c) {
+		finish_span(&x);
+		pthread_mutex_unlock(&x.c->lock);
 	}
+	return list ? nx : NULL;
 }
 
 void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)
 {
 	size_t size = sa_class_to_size[spanclass_sizeclass(sc)];
 	if ((size & (size - 1)) == 0)
-		flush_objs(sc, objs, n, true, (unsigned)__builtin_ctzll(size));
+		flush_objs(sc, objs, NULL, n, false, true, (unsigned)__builtin_ctzll(size));
 	else
-		flush_objs(sc, objs, n, false, 0);
+		flush_objs(sc, objs, NULL, n, false, false, 0);
 }
 
-/* Give every spare (empty) span, and every cached large span, back to mheap. */
+void mcentral_flush(spanclass_t sc, void **objs, size_t n)
+{
+	mcentral_flush_nopoll(sc, objs, n);
+	scav_poll(); /* no lock held: the scavenger thread may start */
+}
+
+void *mcentral_flush_list(spanclass_t sc, void *head, size_t n)
+{
+	size_t size = sa_class_to_size[spanclass_sizeclass(sc)];
+	void *rest;
+	if ((size & (size - 1)) == 0)
+		rest = flush_objs(sc, NULL, head, n, true, true, (unsigned)__builtin_ctzll(size));
+	else
+		rest = flush_objs(sc, NULL, head, n, true, false, 0);
+	scav_poll();
+	return rest;
+}
+
+/* Give back every spare stack that saw no refill or flush since the previous call (the
+ * scavenger's wake, before it takes mheap.lock), so empty spans do not stay out of the page
+ * heap (and out of the scavenger's reach) in a class nobody uses any more. Returns the pages. */
+size_t mcentral_release_idle_spares(void)
+{
+	size_t pages = 0;
+	if (__atomic_load_n(&spare_pages_total, __ATOMIC_RELAXED) == 0)
+		return 0;
+	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++) {
+		mcentral_t *c = &sa_mcentrals[i / SA_NUM_SPAN_CLASSES][i % SA_NUM_SPAN_CLASSES];
+		if (__atomic_load_n(&c->spares, __ATOMIC_RELAXED) == NULL)
+			continue;
+		pthread_mutex_lock(&c->lock);
+		if (c->spare_used) {
+			c->spare_used = 0;
+		} else {
+			pages += c->spare_pages;
+			spare_trim(c, 0);
+		}
+		pthread_mutex_unlock(&c->lock);
+	}
+	return pages;
+}
+
+size_t mcentral_spare_pages(void)
+{
+	return __atomic_load_n(&spare_pages_total, __ATOMIC_RELAXED);
+}
+
+/* Give every spare (empty) span, and every cached large span, back to mheap (sa_release). */
 void mcentral_release_spares(void)
 {
 	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++) {
 		mcentral_t *c = &sa_mcentrals[i / SA_NUM_SPAN_CLASSES][i % SA_NUM_SPAN_CLASSES];
 		pthread_mutex_lock(&c->lock);
-		if (c->spare) {
-			span_free(c->spare);
-			c->spare = NULL;
-			c->nspans--;
-		}
+		if (c->spares)
+			spare_trim(c, 0);
 		pthread_mutex_unlock(&c->lock);
 	}
 	pthread_mutex_lock(&sa_mheap.lock);

@@ -388,6 +388,90 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 	return s;
 }
 
+/* Up to k spans of npages pages each for spanclass sc (≠ 0) on heap node `node`, cut from one
+ * free run of k * npages pages when there is one (one search, one page-bitmap and summary update
+ * for all of them), else one span as mheap_alloc_node. mcentral takes several at once for a class
+ * that keeps asking, so the per-span cost of the page allocator is shared. Returns how many were
+ * put in out[] (0: no memory). needzero is the run's: set on all when any page may be dirty. */
+size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out, size_t k)
+{
+	if (node < 0 || node >= sa_heap_nodes)
+		node = 0;
+	if (k <= 1 || sa_config.memlimit)
+		goto one;
+	int saved_errno = errno;
+	pthread_mutex_lock(&sa_mheap.lock);
+	uintptr_t base = find_run(k * npages, node);
+	/* records first: a run whose records cannot all be had is not taken */
+	size_t got = 0;
+	if (base != 0)
+		for (; got < k; got++)
+			if ((out[got] = span_record_alloc()) == NULL)
+				break;
+	if (base == 0 || got < k || !arena_commit(base, k * npages)) {
+		while (got > 0)
+			span_record_free(out[--got]);
+		pthread_mutex_unlock(&sa_mheap.lock);
+		errno = saved_errno;
+		goto one;
+	}
+	uint8_t dirty = set_run(base, k * npages, true);
+	uint8_t nd = (uint8_t)arena_of(base)->node;
+	for (size_t i = 0; i < k; i++) {
+		mspan_t *s = out[i];
+		s->base = base + i * npages * SA_PAGE_SIZE;
+		s->npages = npages;
+		s->node = nd;
+		s->state = MSPAN_IN_USE;
+		s->needzero = dirty;
+		mspan_init_small(s, sc);
+		pagemap_set_span(s->base, npages, s);
+	}
+	sa_mheap.pages_inuse += k * npages;
+	sa_mheap.nspans_inuse += k;
+	pthread_mutex_unlock(&sa_mheap.lock);
+	errno = saved_errno;
+	return k;
+one:
+	out[0] = mheap_alloc_node(npages, sc, 1, node);
+	return out[0] != NULL;
+}
+
+/* Give n small-object spans (no live object, pageclass cleared) back at once, under one lock:
+ * spans that touch in address order are freed as one run, so their page bits and summaries are
+ * updated once. v[] is sorted here (insertion sort: a flush empties spans in address order, so
+ * it is nearly sorted already). */
+void mheap_free_spans(mspan_t **v, size_t n)
+{
+	for (size_t i = 1; i < n; i++) {
+		mspan_t *x = v[i];
+		size_t j = i;
+		for (; j > 0 && v[j - 1]->base > x->base; j--)
+			v[j] = v[j - 1];
+		v[j] = x;
+	}
+	pthread_mutex_lock(&sa_mheap.lock);
+	uintptr_t run = 0, end = 0;
+	for (size_t i = 0; i < n; i++) {
+		mspan_t *s = v[i];
+		pagemap_set_span(s->base, s->npages, NULL);
+		if (s->base != end) {
+			if (run)
+				set_run(run, (end - run) >> SA_PAGE_SHIFT, false);
+			run = s->base;
+		}
+		end = s->base + s->npages * SA_PAGE_SIZE;
+		sa_mheap.pages_inuse -= s->npages;
+		sa_mheap.nspans_inuse--;
+		span_record_free(s);
+	}
+	if (run)
+		set_run(run, (end - run) >> SA_PAGE_SHIFT, false);
+	if (n)
+		scav_note_free();
+	pthread_mutex_unlock(&sa_mheap.lock);
+}
+
 /* Give a span's pages back to the heap. The span must hold no live object. When p is given
  * (a large object being freed), check under the lock that s still owns p: false means p was
  * freed already. */

@@ -42,14 +42,21 @@ void mspan_init_large(mspan_t *s)
 	s->allocbits[0] = 1;
 }
 
-/* Hand out up to max free objects into out[]; returns how many. One 64-bit word of alloc bits at
- * a time (Go's allocCache idea): the word's free bits are peeled off with ctz, and the bits taken
- * are set with one store per word. */
-size_t mspan_take(mspan_t *s, void **out, size_t max)
+/* Hand out up to max free objects, one 64-bit word of alloc bits at a time (Go's allocCache
+ * idea): the word's free bits are peeled off with ctz, and the bits taken are set with one store
+ * per word. A contiguous run of free objects (a fresh span, or one emptied in order) is carved by
+ * stride with no per-object bit scan. Two outputs, one body: into the array out[] (per-CPU
+ * slabs, tests), or linked into a list through the objects' first words (the per-thread lists),
+ * so a refill writes each object's link once instead of filling an array and linking it after.
+ * In list mode *tail is where the next object's address goes; it is advanced to the last
+ * object's link word (left unwritten). */
+static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out, void ***tail, size_t max,
+							 const bool list)
 {
 	size_t got = 0, i = s->freeindex;
 	const size_t n = s->nelems, size = s->elemsize;
 	const uintptr_t base = s->base;
+	void **link = list ? *tail : NULL;
 	while (got < max && i < n) {
 		size_t w = i / 64;
 		uint64_t free = ~s->allocbits[w] & (~0ULL << (i % 64));
@@ -59,20 +66,40 @@ size_t mspan_take(mspan_t *s, void **out, size_t max)
 		uintptr_t wbase = base + w * 64 * size;
 		uint64_t low = free & -free, above = free + low;
 		if (free != 0 && (above & free) == 0) {
-			/* one contiguous run of free objects (a fresh span, or one emptied in order):
-			 * carve it by stride, no per-object bit scan */
 			unsigned first = (unsigned)__builtin_ctzll(free);
 			size_t run = (above == 0 ? 64 : (size_t)__builtin_ctzll(above)) - first;
 			if (run > max - got)
 				run = max - got;
 			uintptr_t p = wbase + first * size;
-			for (size_t k = 0; k < run; k++, p += size)
-				out[got + k] = (void *)p;
+			if (list) {
+				/* link each object to the next by stride; the last one's link is the tail */
+				uintptr_t last = p + (run - 1) * size;
+				*link = (void *)p;
+				for (; p + 4 * size <= last; p += 4 * size) { /* four links a step */
+					*(void **)p = (void *)(p + size);
+					*(void **)(p + size) = (void *)(p + 2 * size);
+					*(void **)(p + 2 * size) = (void *)(p + 3 * size);
+					*(void **)(p + 3 * size) = (void *)(p + 4 * size);
+				}
+				for (; p != last; p += size)
+					*(void **)p = (void *)(p + size);
+				link = (void **)last;
+			} else {
+				for (size_t k = 0; k < run; k++, p += size)
+					out[got + k] = (void *)p;
+			}
 			got += run;
 			free = run + first >= 64 ? 0 : free & (~0ULL << (first + run));
 		}
 		while (free != 0 && got < max) {
-			out[got++] = (void *)(wbase + (size_t)__builtin_ctzll(free) * size);
+			void *p = (void *)(wbase + (size_t)__builtin_ctzll(free) * size);
+			if (list) {
+				*link = p;
+				link = (void **)p;
+			} else {
+				out[got] = p;
+			}
+			got++;
 			free &= free - 1;
 		}
 		s->allocbits[w] |= all & ~free;
@@ -84,7 +111,19 @@ size_t mspan_take(mspan_t *s, void **out, size_t max)
 	}
 	s->freeindex = (uint16_t)(i < n ? i : n);
 	s->alloc_count = (uint16_t)(s->alloc_count + got);
+	if (list)
+		*tail = link;
 	return got;
+}
+
+size_t mspan_take(mspan_t *s, void **out, size_t max)
+{
+	return take(s, out, NULL, max, false);
+}
+
+size_t mspan_take_list(mspan_t *s, void ***tail, size_t max)
+{
+	return take(s, NULL, tail, max, true);
 }
 
 /* Return object p to its span. False when p was not allocated: a double free. */

@@ -317,7 +317,10 @@ static void *scav_main(void *arg)
 		/* CPUs nobody has run a slow path on for a second give their cached objects back
 		 * (DESIGN.md invariant 5); this takes mcentral locks, so before mheap.lock */
 		mcache_drain_idle();
-		bool cpu_cached = mcache_percpu_bytes() > 0;
+		/* empty spans mcentral kept back and nobody took for an interval go to mheap (the
+		 * same lock order), where this pass can return their pages */
+		mcentral_release_idle_spares();
+		bool cpu_cached = mcache_percpu_bytes() > 0 || mcentral_spare_pages() > 0;
 		pthread_mutex_lock(&sa_mheap.lock);
 		decay_peak_locked(t0);
 		mheap_release_cached_locked(true); /* large spans nobody reused for an interval */

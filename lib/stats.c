@@ -18,8 +18,8 @@ void stats_class(unsigned cls, sa_class_stats_t *out)
 		mcentral_t *c = &sa_mcentrals[k / 2][make_spanclass(cls, k % 2)];
 		pthread_mutex_lock(&c->lock);
 		for (int l = 0; l < 3; l++) {
-			mspan_t *s = l == 0 ? c->partial : l == 1 ? c->full : c->spare;
-			for (; s; s = l == 2 ? NULL : s->next) {
+			mspan_t *s = l == 0 ? c->partial : l == 1 ? c->full : c->spares;
+			for (; s; s = s->next) {
 				spans++;
 				alloc += s->alloc_count;
 			}

@@ -431,15 +431,18 @@ START_TEST(test_mcentral_refill_flush)
 		ck_assert_uint_eq(npartial, want_partial);
 		/* flush one object of a full span: the span moves to partial */
 		mcentral_flush(sc, objs, 1);
-		ck_assert_uint_eq(spanof(objs[0])->list, ne > 1 ? LIST_PARTIAL : LIST_NONE);
+		ck_assert_uint_eq(spanof(objs[0])->list, ne > 1 ? LIST_PARTIAL : LIST_SPARE);
 		mcentral_flush(sc, objs + 1, want - 1);
 		ck_assert_ptr_null(sa_mcentral[sc].partial);
 		ck_assert_ptr_null(sa_mcentral[sc].full);
-		ck_assert_ptr_nonnull(sa_mcentral[sc].spare); /* one empty span kept back */
+		/* the three empty spans are kept back as spares (3 spans are under the bound) */
+		ck_assert_ptr_nonnull(sa_mcentral[sc].spares);
+		ck_assert_uint_eq(sa_mcentral[sc].spare_pages, 3 * sa_class_to_allocnpages[cls]);
 		heap_counts(&ns1, &pg1);
-		ck_assert_uint_eq(ns1, ns0 + 1);
+		ck_assert_uint_eq(ns1, ns0 + 3);
 		mcentral_release_spares();
-		ck_assert_ptr_null(sa_mcentral[sc].spare);
+		ck_assert_ptr_null(sa_mcentral[sc].spares);
+		ck_assert_uint_eq(sa_mcentral[sc].spare_pages, 0);
 		ck_assert_uint_eq(sa_mcentral[sc].nspans, 0);
 		heap_counts(&ns1, &pg1);
 		ck_assert_uint_eq(ns1, ns0);
@@ -457,7 +460,7 @@ START_TEST(test_mcentral_spare_reuse)
 	ck_assert_uint_eq(mcentral_refill(sc, objs, 8), 8);
 	mspan_t *s = spanof(objs[0]);
 	mcentral_flush(sc, objs, 8);
-	ck_assert_ptr_eq(sa_mcentral[sc].spare, s);
+	ck_assert_ptr_eq(sa_mcentral[sc].spares, s);
 	size_t ns0, pg0, ns1, pg1;
 	heap_counts(&ns0, &pg0);
 	ck_assert_uint_eq(mcentral_refill(sc, objs, 1), 1);
@@ -491,6 +494,197 @@ START_TEST(test_mcentral_double_flush)
 	run_child(flush_twice, NULL, NULL, &r);
 	ck_assert_msg(child_aborted(&r), "status %#x, stderr: %s", r.status, r.err);
 	ck_assert_ptr_nonnull(strstr(r.err, "double free"));
+}
+END_TEST
+
+
+/* The spare stack is bounded: a class that empties many spans keeps at most SPARE_MAX_PAGES of
+ * them, the rest go back to mheap together; spans taken from mheap several at a time are whole,
+ * distinct and of the class; the scavenger's idle pass gives the spares back (the first pass
+ * after use only notes the use), and then mheap has every page again. */
+START_TEST(test_mcentral_spares_bounded)
+{
+	/* the idle passes below are the test's own: no background scavenger making its own */
+	setenv("SPANALLOC_SCAVENGE", "off", 1);
+	sa_ensure_init();
+	static const unsigned classes[] = {1, 4, 31, 50};
+	for (size_t ci = 0; ci < sizeof classes / sizeof classes[0]; ci++) {
+		unsigned cls = classes[ci];
+		spanclass_t sc = make_spanclass(cls, true);
+		size_t np = sa_class_to_allocnpages[cls], ne = class_nelems(cls);
+		size_t nsp = 3 * SPARE_MAX_PAGES / np + 5, want = nsp * ne;
+		void **objs = malloc(want * sizeof *objs);
+		ck_assert_ptr_nonnull(objs);
+		size_t ns0, pg0, ns1, pg1;
+		heap_counts(&ns0, &pg0);
+		for (size_t got = 0; got < want;) {
+			size_t b = want - got < 128 ? want - got : 128;
+			ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
+			got += b;
+		}
+		/* spans come from mheap several at a time once the class has a few: the ones not
+		 * yet used wait on the spare stack, at most half its bound */
+		size_t total = sa_mcentral[sc].nspans;
+		ck_assert_uint_ge(total, nsp);
+		ck_assert_uint_eq((total - nsp) * np, sa_mcentral[sc].spare_pages);
+		ck_assert_uint_le(sa_mcentral[sc].spare_pages, SPARE_MAX_PAGES / 2);
+		if (np * 8 <= SPARE_MAX_PAGES / 2) /* batches of several were possible: some were taken */
+			ck_assert_uint_gt(total, nsp);
+		heap_counts(&ns1, &pg1);
+		ck_assert_uint_eq(ns1, ns0 + total);
+		ck_assert_uint_eq(pg1, pg0 + total * np);
+		for (size_t i = 0; i < want; i++) {
+			mspan_t *s = spanof(objs[i]);
+			ck_assert_ptr_nonnull(s);
+			ck_assert_uint_eq(s->spanclass, sc);
+			ck_assert_uint_eq(s->npages, np);
+			ck_assert_uint_eq(s->alloc_count, ne);
+			ck_assert_uint_eq(((uintptr_t)objs[i] - s->base) % sa_class_to_size[cls], 0);
+		}
+		mcentral_flush(sc, objs, want);
+		ck_assert_ptr_null(sa_mcentral[sc].partial);
+		ck_assert_ptr_null(sa_mcentral[sc].full);
+		size_t sp = sa_mcentral[sc].spare_pages, nspare = 0;
+		ck_assert_uint_gt(sp, 0);
+		ck_assert_uint_le(sp, SPARE_MAX_PAGES);
+		for (mspan_t *s = sa_mcentral[sc].spares; s; s = s->next) {
+			ck_assert_uint_eq(s->list, LIST_SPARE);
+			ck_assert_uint_eq(s->alloc_count, 0);
+			nspare++;
+		}
+		ck_assert_uint_eq(nspare * np, sp);
+		ck_assert_uint_eq(sa_mcentral[sc].nspans, nspare);
+		heap_counts(&ns1, &pg1);
+		ck_assert_uint_eq(ns1, ns0 + nspare);
+		ck_assert_uint_eq(pg1, pg0 + sp);
+		ck_assert_uint_ge(mcentral_spare_pages(), sp);
+		/* the scavenger's pass: the first sees the stack used, the second gives it back */
+		mcentral_release_idle_spares();
+		ck_assert_uint_eq(sa_mcentral[sc].spare_pages, sp);
+		mcentral_release_idle_spares();
+		ck_assert_ptr_null(sa_mcentral[sc].spares);
+		ck_assert_uint_eq(sa_mcentral[sc].spare_pages, 0);
+		ck_assert_uint_eq(sa_mcentral[sc].nspans, 0);
+		heap_counts(&ns1, &pg1);
+		ck_assert_uint_eq(ns1, ns0);
+		ck_assert_uint_eq(pg1, pg0);
+		free(objs);
+	}
+}
+END_TEST
+
+/* Flush finds runs of objects at a stride of ±size in any order and mix: descending runs,
+ * ascending ones, runs across adjacent spans, single objects, from an array and from a list.
+ * Every object comes back (the spans end empty), for a power-of-two class and another. */
+START_TEST(test_mcentral_flush_runs)
+{
+	sa_ensure_init();
+	static const unsigned classes[] = {4, 5, 31};
+	for (size_t ci = 0; ci < sizeof classes / sizeof classes[0]; ci++) {
+		unsigned cls = classes[ci];
+		spanclass_t sc = make_spanclass(cls, true);
+		size_t ne = class_nelems(cls), want = 3 * ne;
+		void **objs = malloc(want * sizeof *objs), **batch = malloc(want * sizeof *batch);
+		ck_assert_ptr_nonnull(objs);
+		ck_assert_ptr_nonnull(batch);
+		for (size_t got = 0; got < want;) {
+			size_t b = want - got < 128 ? want - got : 128;
+			ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
+			got += b;
+		}
+		qsort(objs, want, sizeof *objs, cmp_ptr);
+		uint64_t rng = 11 + cls;
+		for (int round = 0; round < 2; round++) {
+			/* pieces of random length, each ascending or descending, pieces shuffled */
+			size_t n = 0, i = 0;
+			while (i < want) {
+				size_t len = 1 + rng_below(&rng, 100);
+				if (len > want - i)
+					len = want - i;
+				bool down = rng_below(&rng, 2);
+				for (size_t k = 0; k < len; k++)
+					batch[n++] = objs[down ? i + len - 1 - k : i + k];
+				i += len;
+			}
+			for (size_t k = 0; k + 1 < n; k += 2 + rng_below(&rng, 400)) { /* swap a few */
+				void *t = batch[k];
+				batch[k] = batch[n - 1 - k];
+				batch[n - 1 - k] = t;
+			}
+			if (round == 0) {
+				mcentral_flush(sc, batch, n);
+			} else {
+				for (size_t k = 0; k + 1 < n; k++)
+					*(void **)batch[k] = batch[k + 1];
+				*(void **)batch[n - 1] = (void *)0x1234; /* what follows the n objects */
+				ck_assert_ptr_eq(mcentral_flush_list(sc, batch[0], n), (void *)0x1234);
+			}
+			ck_assert_ptr_null(sa_mcentral[sc].partial);
+			ck_assert_ptr_null(sa_mcentral[sc].full);
+			for (mspan_t *s = sa_mcentral[sc].spares; s; s = s->next) {
+				ck_assert_uint_eq(s->alloc_count, 0);
+				for (size_t w = 0; w < SA_BITMAP_WORDS; w++)
+					ck_assert_uint_eq(s->allocbits[w], 0);
+			}
+			if (round == 0) { /* the same three spans, the same objects again */
+				for (size_t got = 0; got < want;) {
+					size_t b = want - got < 128 ? want - got : 128;
+					ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
+					got += b;
+				}
+				qsort(objs, want, sizeof *objs, cmp_ptr);
+				for (size_t k = 1; k < want; k++)
+					ck_assert_ptr_ne(objs[k], objs[k - 1]);
+			}
+		}
+		mcentral_release_spares();
+		ck_assert_uint_eq(sa_mcentral[sc].nspans, 0);
+		free(objs);
+		free(batch);
+	}
+}
+END_TEST
+
+/* A batch of object pointers for a flush that must abort; arg selects the case. */
+static void flush_bad(void *arg)
+{
+	int which = (int)(intptr_t)arg;
+	sa_ensure_init();
+	spanclass_t sc = make_spanclass(5, true);
+	size_t size = sa_class_to_size[5];
+	void *o[8];
+	if (mcentral_refill(sc, o, 8) != 8)
+		_exit(3);
+	qsort(o, 8, sizeof o[0], cmp_ptr);
+	if ((uintptr_t)o[7] - (uintptr_t)o[0] != 7 * size)
+		_exit(5);
+	if (which == 0) { /* a run, then one of its objects again */
+		void *b[5] = {o[0], o[1], o[2], o[3], o[1]};
+		mcentral_flush(sc, b, 5);
+	} else if (which == 1) { /* the whole span back (it becomes a spare), then one again */
+		mcentral_flush(sc, o, 8);
+		if (sa_mcentral[sc].spares == NULL)
+			_exit(6);
+		mcentral_flush(sc, o + 3, 1);
+	} else if (which == 2) { /* a descending run, then the same run ascending */
+		void *b[6] = {o[5], o[4], o[3], o[3], o[4], o[5]};
+		mcentral_flush(sc, b, 6);
+	} else { /* a run whose next element is inside an object, not at its start */
+		void *b[3] = {o[0], o[1], (char *)o[2] + 8};
+		mcentral_flush(sc, b, 3);
+	}
+	_exit(4);
+}
+
+START_TEST(test_mcentral_flush_bad)
+{
+	static const char *const want[] = {"double free", "double free", "double free", "invalid pointer"};
+	for (int i = 0; i < 4; i++) {
+		child_result_t r;
+		run_child(flush_bad, (void *)(intptr_t)i, NULL, &r);
+		ck_assert_msg(child_aborted(&r), "case %d: status %#x, stderr: %s", i, r.status, r.err);
+		ck_assert_msg(strstr(r.err, want[i]) != NULL, "case %d: stderr: %s", i, r.err);
+	}
 }
 END_TEST
 
@@ -547,6 +741,9 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(tm, test_mcentral_refill_flush);
 	tcase_add_test(tm, test_mcentral_spare_reuse);
 	tcase_add_test(tm, test_mcentral_double_flush);
+	tcase_add_test(tm, test_mcentral_spares_bounded);
+	tcase_add_test(tm, test_mcentral_flush_runs);
+	tcase_add_test(tm, test_mcentral_flush_bad);
 	tcase_add_test(tm, test_spans_back_after_release);
 	suite_add_tcase(s, tm);
 	return s;
