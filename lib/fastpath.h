@@ -5,8 +5,9 @@
  * malloc(n), n ≤ 4096: class byte = sa_class_of[n] (one byte load), then pop the current CPU's
  * slab of that class in a restartable sequence (SA_PERCPU_POP), or, in per-thread mode, the
  * thread's list head[cls]. Anything else (a bigger size, an empty cache) goes out of line.
- * free(p): the arena index gives p's heaparena; its pageclass byte gives the size class of the
- * malloc span on p's page (0: not a small malloc object — NULL, a large or GC object, a foreign
+ * free(p): the arena index gives p's heaparena's pageclass bytes (sa_pageclass_base, biased by
+ * the arena's first page number, so no mask); p's page's byte gives the size class of the
+ * malloc span on it (0: not a small malloc object — NULL, a large or GC object, a foreign
  * pointer, a free page); then push on the CPU's slab or the thread's list.
  * Class bytes: in per-CPU mode both tables hold class | SA_CPU_BIT (internal.h), in per-thread
  * mode the plain class, so the sign of the byte chooses the path (the mode is fixed at init,
@@ -107,14 +108,17 @@ static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 {
 	uintptr_t ai = (uintptr_t)p >> SA_ARENA_SHIFT;
 	if (likely(ai < SA_ARENA_L2_ENTRIES)) {
-		heaparena_t *a = atomic_load_explicit(&sa_arenas[ai], memory_order_acquire);
-		if (likely(a != NULL)) {
-			uintptr_t cb = __atomic_load_n(&a->pageclass[((uintptr_t)p >> SA_PAGE_SHIFT) &
-								     (SA_PAGES_PER_ARENA - 1)],
+		uintptr_t pc = sa_pageclass_base(ai);
+		if (likely(pc != 0)) {
+			uintptr_t cb = __atomic_load_n((uint8_t *)(pc + ((uintptr_t)p >> SA_PAGE_SHIFT)),
 						      __ATOMIC_RELAXED);
-			/* one test for both questions (compilers test the byte twice) */
-			__asm__ goto("testb %b[cb], %b[cb]\n\tje %l[slow]\n\tjs %l[cpu]"
-				     : : [cb] "r"(cb) : "cc" : slow, cpu);
+			/* one compare for the thread path: cb - 1 is negative for 0 (not a small
+			 * malloc object) and for per-CPU bytes. Byte 0 takes the per-CPU push, whose
+			 * header 0 is never open (zero in every CPU's region, locked in the guard
+			 * regions; in per-thread mode the thread's unregistered rseq area has cpu_id -1
+			 * and sa_slabs puts a zero header there): the push fails and
+			 * mcache_percpu_free_slow sends byte 0 to sa_free_slow. */
+			__asm__ goto("cmpb $1, %b[cb]\n\tjs %l[cpu]" : : [cb] "r"(cb) : "cc" : cpu);
 			sa_small_free_thread(p, cb);
 			return;
 		cpu:
@@ -122,7 +126,6 @@ static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 			return;
 		}
 	}
-slow:
 	sa_free_slow(p);
 }
 

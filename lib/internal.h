@@ -172,16 +172,27 @@ typedef struct heaparena {
 	uint8_t pageclass[SA_PAGES_PER_ARENA];
 } heaparena_t;
 
-/* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go). It
- * lives in .bss, so the fast path indexes it without loading a pointer first; the kernel backs
- * only the pages that hold entries. */
-extern heaparena_t *_Atomic sa_arenas[SA_ARENA_L2_ENTRIES] SA_INTERNAL;
+/* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go), kept in
+ * the second half of sa_arenas; the first half holds the class-byte bases (sa_pageclass_base
+ * below), which free's fast path indexes with no offset. It lives in .bss, so the fast path
+ * indexes it without loading a pointer first; the kernel backs only the pages that hold entries.
+ * One array for both, so whoever skips sa_arenas (the GC's root scan) skips both halves. */
+extern heaparena_t *_Atomic sa_arenas[2 * SA_ARENA_L2_ENTRIES] SA_INTERNAL;
+
+/* The first half of sa_arenas, per arena index: arena->pageclass - (arena base >> SA_PAGE_SHIFT)
+ * as an address, 0 where there is no arena; p's class byte is at that + (p >> SA_PAGE_SHIFT)
+ * (free's fast path: one mask fewer than through the heaparena). Published before the arena's
+ * entry, never removed. */
+static inline uintptr_t sa_pageclass_base(uintptr_t ai)
+{
+	return (uintptr_t)atomic_load_explicit(&sa_arenas[ai], memory_order_acquire);
+}
 
 static inline heaparena_t *arena_of(uintptr_t p)
 {
 	if (unlikely((p >> SA_ADDR_BITS) != 0))
 		return NULL;
-	return atomic_load_explicit(&sa_arenas[p >> SA_ARENA_SHIFT], memory_order_acquire);
+	return atomic_load_explicit(&sa_arenas[SA_ARENA_L2_ENTRIES + (p >> SA_ARENA_SHIFT)], memory_order_acquire);
 }
 /* The span owning address p, or NULL when p is in no span spanalloc handed out. Two dependent
  * loads, no lock. */
@@ -437,6 +448,7 @@ SA_INTERNAL int rseq_init(const char **why);  /* enum rseq_mode; sets sa_rseq_of
 SA_INTERNAL bool rseq_register_thread(void);  /* RSEQ_MODE_OWN: this thread; false on failure */
 SA_INTERNAL void rseq_unregister_thread(void);
 SA_INTERNAL int rseq_current_cpu(void);       /* cpu_id of the thread's area, -1 when unknown */
+SA_INTERNAL void rseq_idle_area(void);        /* per-thread mode: sa_rseq_off at an unregistered area */
 SA_INTERNAL bool rseq_fence_cpu(int cpu);     /* restart rseq sequences running on cpu */
 SA_INTERNAL bool rseq_fence_init(void);       /* MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ */
 SA_INTERNAL uint32_t rseq_possible_cpus(void);/* highest possible CPU + 1, 0 when unknown */

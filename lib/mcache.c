@@ -498,6 +498,10 @@ void *mcache_refill(size_t n, uintptr_t cls)
  * in this thread). */
 void mcache_percpu_free_slow(unsigned cls, void *p)
 {
+	if (cls == 0) { /* not a small malloc object: see sa_free_fast */
+		sa_free_slow(p);
+		return;
+	}
 	cls &= ~SA_CPU_BIT; /* the fast path passes its class byte */
 	int cpu = thread_cpu();
 	if (cpu < 0) {
@@ -525,6 +529,17 @@ still_full:;
 }
 
 /* ---- set-up, release, statistics -------------------------------------------------------- */
+/* Where free's fast path sends byte 0 in per-thread mode (see sa_free_fast): the push reads the
+ * header of class index 0 in the region of CPU -1 (the thread's unregistered rseq area,
+ * rseq_idle_area), which is this zero header: current 0, end 0, so the push fails. */
+static cpuhdr_t idle_hdr;
+
+static void percpu_fallback(void)
+{
+	rseq_idle_area();
+	sa_slabs = (char *)((uintptr_t)&idle_hdr + ((uintptr_t)1 << SA_SLAB_SHIFT));
+}
+
 static void percpu_init(void)
 {
 	if (sa_config.debug) {
@@ -613,6 +628,8 @@ void mcache_init(void)
 		class_max[i] = sa_config.debug || per_class == 0 ? 0 : (uint32_t)(2 * class_batch[i]);
 	}
 	percpu_init();
+	if (!sa_percpu)
+		percpu_fallback();
 	/* after the mode is known: per-CPU class bytes carry SA_CPU_BIT */
 	for (size_t n = 0; n <= SA_DIRECT_MAX; n++)
 		sa_class_of[n] = (uint8_t)(size_to_class(n) | sa_cpu_bit);

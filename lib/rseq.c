@@ -85,6 +85,14 @@ int rseq_init(const char **why)
 	return rseq_mode;
 }
 
+/* Per-thread mode: point sa_rseq_off at the thread's own area, never registered then, so its
+ * cpu_id stays RSEQ_CPU_ID_UNINITIALIZED (-1): a per-CPU sequence reached for a byte-0 free
+ * reads the locked guard header (mcache.c) and goes to its slow path. */
+void rseq_idle_area(void)
+{
+	sa_rseq_off = (long)((char *)&own_rseq - thread_pointer());
+}
+
 int rseq_current_cpu(void)
 {
 	uint32_t cpu;

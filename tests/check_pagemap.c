@@ -8,6 +8,7 @@
 #include "sa_check.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 static int a_global;
 
@@ -688,6 +689,30 @@ START_TEST(test_mcentral_flush_bad)
 }
 END_TEST
 
+
+/* Nothing stays on the spare stacks: after a burst of small objects is freed, the background
+ * scavenger gives the empty spans kept back to mheap once nobody uses them (here within a few
+ * of its 10 ms intervals; CPU caches drain after a second idle, so allow for that). */
+START_TEST(test_spares_returned_by_scavenger)
+{
+	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=10,cpu=50", 1);
+	sa_ensure_init();
+	enum { N = 200000 };
+	void **p = malloc(N * sizeof *p);
+	ck_assert_ptr_nonnull(p);
+	for (size_t i = 0; i < N; i++)
+		ck_assert_ptr_nonnull(p[i] = sa_malloc(48));
+	for (size_t i = 0; i < N; i++)
+		sa_free(p[i]);
+	free(p);
+	ck_assert_uint_gt(mcentral_spare_pages(), 0); /* kept back at first */
+	for (int t = 0; t < 2000 && mcentral_spare_pages() != 0; t++)
+		usleep(10000);
+	ck_assert_uint_eq(mcentral_spare_pages(), 0);
+	ck_assert_int_ne(scav_thread_tid(), 0);
+}
+END_TEST
+
 /* Objects freed through the public API: all spans back in mheap after sa_release. */
 START_TEST(test_spans_back_after_release)
 {
@@ -744,6 +769,7 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(tm, test_mcentral_spares_bounded);
 	tcase_add_test(tm, test_mcentral_flush_runs);
 	tcase_add_test(tm, test_mcentral_flush_bad);
+	tcase_add_test(tm, test_spares_returned_by_scavenger);
 	tcase_add_test(tm, test_spans_back_after_release);
 	suite_add_tcase(s, tm);
 	return s;
