@@ -47,10 +47,13 @@ char *sa_slabs;
 uint32_t sa_ncpu;
 
 static pthread_key_t mcache_key;
-static uint8_t class_batch[SA_NUM_SIZE_CLASSES];
+static uint16_t class_batch[SA_NUM_SIZE_CLASSES];
+/* the per-CPU path's batch: class_batch, but at most half of what a CPU may hold of the class
+ * (SPANALLOC_CPU_CACHE_BYTES), so a refill fits and an overflow leaves objects cached */
+static uint16_t cpu_batch[SA_NUM_SIZE_CLASSES];
 static uint32_t class_max[SA_NUM_SIZE_CLASSES];
 
-#define BATCH_MAX 128
+#define BATCH_MAX 256
 #define CLASS_CAP_MAX 960 /* slots per class and CPU: 66 classes fit 16-bit offsets */
 #define SA_IDLE_MS 1000
 
@@ -182,7 +185,7 @@ static size_t steal(unsigned cpu, unsigned cls, size_t need)
 	size_t got = 0;
 	for (unsigned d = SA_NUM_SIZE_CLASSES - 1; d >= 1 && got < need; d--)
 		if (d != cls)
-			got += take_unused(cpu, d, need - got, class_batch[d]);
+			got += take_unused(cpu, d, need - got, cpu_batch[d]);
 	for (unsigned i = 0; i < SA_NUM_SIZE_CLASSES - 1 && got < need; i++) {
 		unsigned d = cs->victim = (unsigned)(cs->victim % (SA_NUM_SIZE_CLASSES - 1)) + 1;
 		if (d == cls)
@@ -461,10 +464,10 @@ empty:;
 	 * all but one straight back: spans then empty and refill on every malloc (perf/bench phase
 	 * made 6.7x the per-thread path's span allocations). Ask for capacity first; without it,
 	 * take one object. (A racy read: the sequence below re-checks everything.) */
-	size_t want = class_batch[cls];
+	size_t want = cpu_batch[cls];
 	cpuhdr_t *h = hdr((unsigned)cpu, cls);
 	unsigned b = ld16(&h->begin);
-	if (b == SA_HDR_LOCKED || (ld16(&h->end) <= b && grow((unsigned)cpu, cls, class_batch[cls]) == 0))
+	if (b == SA_HDR_LOCKED || (ld16(&h->end) <= b && grow((unsigned)cpu, cls, cpu_batch[cls]) == 0))
 		want = 1;
 	size_t got = mcentral_refill(sc, buf, want);
 	if (got == 0)
@@ -472,7 +475,7 @@ empty:;
 	size_t k = 1;
 	if (got > k) {
 		k += push_batch(cls, buf + k, got - k);
-		if (k < got && grow((unsigned)cpu, cls, class_batch[cls]) > 0)
+		if (k < got && grow((unsigned)cpu, cls, cpu_batch[cls]) > 0)
 			k += push_batch(cls, buf + k, got - k);
 		if (k < got) /* no room (capacity spent, CPU changed, or a drain): give back */
 			mcentral_flush(sc, buf + k, got - k);
@@ -516,14 +519,14 @@ void mcache_percpu_free_slow(unsigned cls, void *p)
 	SA_PERCPU_PUSH(p, cls | SA_CPU_BIT, full); /* registered just now */
 	return;
 full:
-	if (grow((unsigned)cpu, cls, class_batch[cls]) > 0) {
+	if (grow((unsigned)cpu, cls, cpu_batch[cls]) > 0) {
 		SA_PERCPU_PUSH(p, cls | SA_CPU_BIT, still_full);
 		return;
 	}
 still_full:;
 	/* at capacity: send a batch (and p) back to mcentral */
 	void *buf[BATCH_MAX + 1];
-	size_t n = pop_batch(cls, buf, class_batch[cls]);
+	size_t n = pop_batch(cls, buf, cpu_batch[cls]);
 	buf[n++] = p;
 	mcentral_flush(make_spanclass(cls, true), buf, n);
 }
@@ -574,9 +577,11 @@ static void percpu_init(void)
 	fence_ok = true;
 	unsigned off = SA_SLAB_HDRS; /* the headers take the first slots */
 	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
+		size_t lim = sa_config.cpu_cache_bytes / 2 / sa_class_to_size[c];
+		cpu_batch[c] = (uint16_t)(lim < 1 ? 1 : lim < class_batch[c] ? lim : class_batch[c]);
 		size_t cap = sa_config.cpu_cache_bytes / 4 / sa_class_to_size[c];
-		if (cap < 2u * class_batch[c])
-			cap = 2u * class_batch[c];
+		if (cap < 2u * cpu_batch[c])
+			cap = 2u * cpu_batch[c];
 		if (cap > CLASS_CAP_MAX)
 			cap = CLASS_CAP_MAX;
 		class_begin[c] = (uint16_t)off;
@@ -624,7 +629,7 @@ void mcache_init(void)
 		size_t size = sa_class_to_size[i];
 		size_t per_class = sa_config.mcache_class_bytes;
 		size_t b = per_class / 2 / size;
-		class_batch[i] = (uint8_t)(b < 1 ? 1 : b > BATCH_MAX ? BATCH_MAX : b);
+		class_batch[i] = (uint16_t)(b < 1 ? 1 : b > BATCH_MAX ? BATCH_MAX : b);
 		class_max[i] = sa_config.debug || per_class == 0 ? 0 : (uint32_t)(2 * class_batch[i]);
 	}
 	percpu_init();

@@ -153,6 +153,13 @@ static void spare_trim(mcentral_t *c, size_t keep)
 		v[n++] = s;
 	}
 	*link = NULL;
+	/* the stack holds the most recent first; spans usually empty in address order, so the
+	 * reverse is (nearly) sorted for mheap_free_spans's insertion sort */
+	for (size_t i = 0; i < n / 2; i++) {
+		mspan_t *t = v[i];
+		v[i] = v[n - 1 - i];
+		v[n - 1 - i] = t;
+	}
 	mheap_free_spans(v, n);
 }
 
@@ -366,10 +373,27 @@ static inline __attribute__((always_inline)) void *flush_objs(spanclass_t sc, vo
 				d = (intptr_t)((uintptr_t)nx - p0);
 				if (d == (intptr_t)size || d == -(intptr_t)size) {
 					uintptr_t cur = (uintptr_t)nx;
-					do {
+					/* two objects a step while two are left: one count per two */
+					for (; rem >= 2; rem -= 2) {
 						nx = *(void **)cur;
 						cur += (uintptr_t)d;
-					} while (--rem != 0 && (uintptr_t)nx == cur);
+						if ((uintptr_t)nx != cur) {
+							rem--;
+							goto run_end;
+						}
+						nx = *(void **)cur;
+						cur += (uintptr_t)d;
+						if ((uintptr_t)nx != cur) {
+							rem -= 2;
+							goto run_end;
+						}
+					}
+					if (rem != 0) { /* rem 1: the last object of the n */
+						nx = *(void **)cur;
+						cur += (uintptr_t)d;
+						rem--;
+					}
+				run_end:
 					q = cur - (uintptr_t)d;
 				}
 			}

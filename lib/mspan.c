@@ -75,11 +75,16 @@ static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out,
 				/* link each object to the next by stride; the last one's link is the tail */
 				uintptr_t last = p + (run - 1) * size;
 				*link = (void *)p;
-				for (; p + 4 * size <= last; p += 4 * size) { /* four links a step */
-					*(void **)p = (void *)(p + size);
-					*(void **)(p + size) = (void *)(p + 2 * size);
-					*(void **)(p + 2 * size) = (void *)(p + 3 * size);
-					*(void **)(p + 3 * size) = (void *)(p + 4 * size);
+				/* four links a step, each object's address made once from the one before */
+				for (const uintptr_t stop = last - 4 * size; p <= stop;) {
+					uintptr_t q = p + size;
+					*(void **)p = (void *)q;
+					p = q + size;
+					*(void **)q = (void *)p;
+					q = p + size;
+					*(void **)p = (void *)q;
+					p = q + size;
+					*(void **)q = (void *)p;
 				}
 				for (; p != last; p += size)
 					*(void **)p = (void *)(p + size);
