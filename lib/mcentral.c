@@ -373,26 +373,35 @@ static inline __attribute__((always_inline)) void *flush_objs(spanclass_t sc, vo
 				d = (intptr_t)((uintptr_t)nx - p0);
 				if (d == (intptr_t)size || d == -(intptr_t)size) {
 					uintptr_t cur = (uintptr_t)nx;
-					/* two objects a step while two are left: one count per two */
-					for (; rem >= 2; rem -= 2) {
+					/* four objects a step while four are left (one count per four),
+					 * then one at a time; each object: its link must be the next address */
+#define FLUSH_STEP(k)                                   \
+	nx = *(void **)cur;                             \
+	cur += (uintptr_t)d;                            \
+	if ((uintptr_t)nx != cur) {                     \
+		rem -= (k);                             \
+		goto run_end;                           \
+	}
+					for (; rem >= 4; rem -= 4) {
+						FLUSH_STEP(1)
+						FLUSH_STEP(2)
+						FLUSH_STEP(3)
 						nx = *(void **)cur;
 						cur += (uintptr_t)d;
 						if ((uintptr_t)nx != cur) {
+							rem -= 4;
+							goto run_end;
+						}
+					}
+					for (; rem != 0; rem--) { /* the last of the n: no compare after it */
+						nx = *(void **)cur;
+						cur += (uintptr_t)d;
+						if (rem > 1 && (uintptr_t)nx != cur) {
 							rem--;
 							goto run_end;
 						}
-						nx = *(void **)cur;
-						cur += (uintptr_t)d;
-						if ((uintptr_t)nx != cur) {
-							rem -= 2;
-							goto run_end;
-						}
 					}
-					if (rem != 0) { /* rem 1: the last object of the n */
-						nx = *(void **)cur;
-						cur += (uintptr_t)d;
-						rem--;
-					}
+#undef FLUSH_STEP
 				run_end:
 					q = cur - (uintptr_t)d;
 				}

@@ -31,10 +31,11 @@ PATHS = {
     ("malloc", "per-CPU"): [False, True, False],
     ("malloc", "per-thread"): [False, False, False],
     # free(p) of a small object, cache not full: arena index range (ja), arena present (je),
-    # class byte zero (je), sign (js), then the push's fullness check (jae on the slab, js on
+    # class byte - 1 negative (js: a per-CPU byte, or byte 0, which the per-CPU push's closed
+    # header 0 sends to the slow path), then the push's fullness check (jae on the slab, js on
     # the list's room counter)
-    ("free", "per-CPU"): [False, False, False, True, False],
-    ("free", "per-thread"): [False, False, False, False, False],
+    ("free", "per-CPU"): [False, False, True, False],
+    ("free", "per-thread"): [False, False, False, False],
 }
 # The caller's side of a pair, identical for every allocator and counted by callgrind.sh's
 # subtraction too (perf/rseqbench's cg_pair_loop minus cg_pair_empty): the size moved into

@@ -638,6 +638,27 @@ START_TEST(test_mcentral_flush_runs)
 					ck_assert_ptr_ne(objs[k], objs[k - 1]);
 			}
 		}
+		/* a list that goes on past the n objects at the same stride: the flush stops at
+		 * exactly n (every count modulo the 4-object steps) and returns the rest */
+		for (size_t n = 1; n <= 11; n++) {
+			for (size_t got = 0; got < want;) {
+				size_t b = want - got < 128 ? want - got : 128;
+				ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
+				got += b;
+			}
+			qsort(objs, want, sizeof *objs, cmp_ptr);
+			for (size_t k = 0; k + 1 < want; k++) /* descending, as a list of frees */
+				*(void **)objs[want - 1 - k] = objs[want - 2 - k];
+			*(void **)objs[0] = NULL;
+			ck_assert_ptr_eq(mcentral_flush_list(sc, objs[want - 1], n), objs[want - 1 - n]);
+			for (size_t k = 0; k < want; k++) {
+				mspan_t *s = spanof(objs[k]);
+				size_t idx = mspan_objindex(s, (uintptr_t)objs[k]);
+				bool set = (s->allocbits[idx / 64] >> (idx % 64)) & 1;
+				ck_assert_msg(set == (k < want - n), "n %zu object %zu: bit %d", n, k, (int)set);
+			}
+			ck_assert_ptr_null(mcentral_flush_list(sc, objs[want - 1 - n], want - n));
+		}
 		mcentral_release_spares();
 		ck_assert_uint_eq(sa_mcentral[sc].nspans, 0);
 		free(objs);
