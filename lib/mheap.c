@@ -388,11 +388,13 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 	return s;
 }
 
-/* Up to k spans of npages pages each for spanclass sc (≠ 0) on heap node `node`, cut from one
- * free run of k * npages pages when there is one (one search, one page-bitmap and summary update
- * for all of them), else one span as mheap_alloc_node. mcentral takes several at once for a class
- * that keeps asking, so the per-span cost of the page allocator is shared. Returns how many were
- * put in out[] (0: no memory). needzero is the run's: set on all when any page may be dirty. */
+/* Up to k spans of npages pages each for spanclass sc (≠ 0) on heap node `node`: the first placed
+ * as mheap_alloc_node places one (find_run), the others on the free pages right after it, as far
+ * as they are free and in the same 2 MiB chunk, so placement and packing are what single spans would get, but
+ * the page bitmap and its summaries are updated once for all of them. mcentral takes several at
+ * once for a class that keeps asking, so the per-span cost of the page allocator is shared.
+ * Returns how many were put in out[] (0: no memory). needzero is the run's: set on all when any
+ * page may be dirty. */
 size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out, size_t k)
 {
 	if (node < 0 || node >= sa_heap_nodes)
@@ -401,7 +403,18 @@ size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out,
 		goto one;
 	int saved_errno = errno;
 	pthread_mutex_lock(&sa_mheap.lock);
-	uintptr_t base = find_run(k * npages, node);
+	uintptr_t base = find_run(npages, node);
+	if (base != 0) {
+		const heaparena_t *a = arena_of(base);
+		/* not past the first span's 2 MiB chunk: spilling into the next one could commit
+		 * (or fault in) a fresh chunk while resident free chunks wait elsewhere */
+		size_t first = (base - a->base) >> SA_PAGE_SHIFT, n = 1;
+		const size_t chunk_end = (first / SA_CHUNK_PAGES + 1) * SA_CHUNK_PAGES;
+		while (n < k && first + (n + 1) * npages <= chunk_end &&
+		       palloc_is_free(&a->palloc, first + n * npages, npages))
+			n++;
+		k = n;
+	}
 	/* records first: a run whose records cannot all be had is not taken */
 	size_t got = 0;
 	if (base != 0)
