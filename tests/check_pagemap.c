@@ -367,6 +367,54 @@ static int cmp_ptr(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+
+/* mheap_alloc_spans: spans placed as single spans would be (the first by the packing rule), the
+ * rest right after it, contiguous, all of the class and mapped; never past the first one's
+ * 2 MiB chunk (a chunk with 5 free pages at its end gives 5 spans, not 16 spilling into the
+ * next chunk); mheap_free_spans gives them all back in one call. */
+START_TEST(test_mheap_alloc_spans)
+{
+	sa_ensure_init();
+	size_t ns0, pg0, ns1, pg1;
+	heap_counts(&ns0, &pg0);
+	mspan_t *big = mheap_alloc(SA_CHUNK_PAGES - 5, 0, SA_CHUNK_PAGES); /* a chunk, 5 pages left */
+	ck_assert_ptr_nonnull(big);
+	spanclass_t sc = make_spanclass(4, true);
+	ck_assert_uint_eq(sa_class_to_allocnpages[4], 1);
+	mspan_t *v[16], *all[64];
+	size_t n = mheap_alloc_spans(1, sc, 0, v, 16);
+	ck_assert_uint_eq(n, 5);
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_uint_eq(v[i]->base, big->base + (SA_CHUNK_PAGES - 5 + i) * SA_PAGE_SIZE);
+		ck_assert_uint_eq(v[i]->spanclass, sc);
+		ck_assert_uint_eq(v[i]->alloc_count, 0);
+		assert_run_mapped(v[i]);
+		all[i] = v[i];
+	}
+	size_t total = n;
+	while (total + 16 <= 64) {
+		n = mheap_alloc_spans(1, sc, 0, v, 16);
+		ck_assert_uint_ge(n, 1);
+		for (size_t i = 0; i < n; i++) {
+			ck_assert_uint_eq(v[i]->base, v[0]->base + i * SA_PAGE_SIZE);
+			ck_assert_uint_eq(v[i]->base >> SA_CHUNK_SHIFT, v[0]->base >> SA_CHUNK_SHIFT);
+			assert_run_mapped(v[i]);
+			all[total++] = v[i];
+		}
+	}
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0 + 1 + total);
+	ck_assert_uint_eq(pg1, pg0 + SA_CHUNK_PAGES - 5 + total);
+	mheap_free_spans(all, total);
+	for (size_t i = 0; i < total; i++)
+		assert_run_unmapped(all[i]->base, 1); /* the record is dead, its base still read */
+	mheap_free(big, NULL);
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(pg1, pg0);
+}
+END_TEST
+
 /* mcentral_refill: distinct objects of the right class inside spans of that class; the memory
  * of each is its own (a pattern per object survives); mcentral_flush returns them all; the
  * spans go back to mheap (one spare kept until sa_release). */
@@ -780,6 +828,7 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(th, test_mheap_aligned);
 	tcase_add_test(th, test_mheap_coalesce);
 	tcase_add_test(th, test_mheap_random);
+	tcase_add_test(th, test_mheap_alloc_spans);
 	suite_add_tcase(s, th);
 	TCase *tm = tcase_create("spans_mcentral");
 	tcase_set_timeout(tm, 60);
