@@ -110,8 +110,12 @@ static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 	if (likely(ai < SA_ARENA_L2_ENTRIES)) {
 		uintptr_t pc = sa_pageclass_base(ai);
 		if (likely(pc != 0)) {
-			uintptr_t cb = __atomic_load_n((uint8_t *)(pc + ((uintptr_t)p >> SA_PAGE_SHIFT)),
-						      __ATOMIC_RELAXED);
+			/* one movzbl (clang makes a relaxed atomic byte load a mov and a movzbl); it
+			 * depends on pc, so it cannot move above that acquire load */
+			uintptr_t cb;
+			__asm__ volatile("movzbl (%[pc],%[pg]), %k[cb]"
+					 : [cb] "=r"(cb)
+					 : [pc] "r"(pc), [pg] "r"((uintptr_t)p >> SA_PAGE_SHIFT));
 			/* one compare for the thread path: cb - 1 is negative for 0 (not a small
 			 * malloc object) and for per-CPU bytes. Byte 0 takes the per-CPU push, whose
 			 * header 0 is never open (zero in every CPU's region, locked in the guard
