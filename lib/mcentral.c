@@ -3,8 +3,10 @@
  * mcentral keeps the spans of one spanclass on two lists, as Go's: partial (at least one free
  * object) and full (none). Caches refill from it and flush to it in batches, so its lock is
  * taken once per batch, not per object. A refill takes objects from partial spans, lowest
- * index first, and asks mheap for a new span when none is left. A flush finds each object's
- * span through the page map and clears its alloc bit; a bit already clear is a double free.
+ * index first, into an array (per-CPU slabs) or linked into a list (per-thread lists), and
+ * takes a spare or asks mheap when no partial span is left. A flush (flush_objs) finds runs of
+ * objects at a stride of ±size, each run's span through the page map, and clears the run's alloc
+ * bits a word at a time; a bit already clear is a double free.
  *
  * Empty spans. A span whose objects have all come back goes on the class's stack of spares
  * (LIFO, alloc bits clear, still marked with the class in the page map) rather than back to
