@@ -13,8 +13,10 @@
  * mode the plain class, so the sign of the byte chooses the path (the mode is fixed at init,
  * before any span exists) and the byte indexes the slab header or the list directly. Every check that needs
  * the span record (foreign pointer, not the start of an object, double free) runs off the fast
- * path: the 0 class byte sends the odd cases to sa_free_slow, and objects are validated against
- * their span when they reach it (mcentral_flush).
+ * path: the 0 class byte sends the odd cases to sa_free_slow (free tests cb - 1 < 0, which takes
+ * byte 0 along with the per-CPU bytes to the per-CPU push; header 0 is never open, so the push
+ * fails and its slow path passes byte 0 on), and objects are validated against their span when
+ * they reach it (mcentral_flush).
  *
  * Initialisation: before sa_init_slow ran, sa_class_of is all zero, class 0 is never cached (its
  * per-thread list stays empty, its per-CPU header is locked) and sa_percpu is 0, so the first

@@ -352,7 +352,9 @@ static inline size_t freelist_count(const mcache_t *c, unsigned cls)
 /* Class c's header is at index c | SA_CPU_BIT. In per-CPU mode the fast paths' class bytes
  * (sa_class_of, heaparena.pageclass) carry this bit, so one sign test on the byte picks the
  * per-CPU or the per-thread path (whose lists are indexed by the plain class) with no load of
- * sa_percpu; the headers take indices 0 .. SA_CPU_BIT + SA_NUM_SIZE_CLASSES - 1. */
+ * sa_percpu; the headers take indices 0 .. SA_CPU_BIT + SA_NUM_SIZE_CLASSES - 1. Header 0 is never
+ * open (zero: current 0, end 0; locked in the guard regions): free's fast path sends class byte 0
+ * (not a small malloc object) to the per-CPU push, which fails there (fastpath.h). */
 #define SA_CPU_BIT 0x80u
 #define SA_SLAB_HDRS (SA_CPU_BIT + SA_NUM_SIZE_CLASSES)
 typedef struct cpuhdr {
