@@ -44,19 +44,25 @@
 #include <time.h>
 #include <unistd.h>
 
-/* How long a thread spins before it sleeps, in pause instructions (about 25 ns each on this
- * VM). Spinning pays when the partner is running on another core and answers within a
- * microsecond or so (a ping-pong); it is waste when threads outnumber cores and the partner is
- * not running at all. So the budget adapts per thread, as glibc's adaptive mutexes do: a wait
- * that ended while spinning doubles it (up to CHAN_SPIN_MAX), a wait that had to sleep halves it
- * (down to CHAN_SPIN_MIN), and every CHAN_SPIN_PROBE-th wait spins the maximum to notice when
- * spinning pays again. 256 pauses (6 µs) cover a round trip many times over; beyond that the
- * yields below serve better. */
+/* How long a parked thread spins before it yields and then sleeps (chan_park). First
+ * CHAN_SPIN_POLL polls of its wake word without pause (about 0.3-0.5 µs: a partner running on
+ * another CPU answers a ping-pong within that), then pause-spaced polls (20-50 ns each on this
+ * VM) for a per-thread budget learned from recent waits: CHAN_SPIN_SLACK times the polls the
+ * last wait that ended spinning took, halved by a wait that had to yield or sleep, within
+ * [CHAN_SPIN_MIN, CHAN_SPIN_MAX]; every CHAN_SPIN_PROBE-th wait spins the maximum to notice
+ * when spinning pays again. 256 pauses (6-12 µs) cover a round trip many times over; beyond
+ * that the yields below serve better. */
+#ifndef CHAN_SPIN_POLL
+#define CHAN_SPIN_POLL 256
+#endif
 #ifndef CHAN_SPIN_MAX
 #define CHAN_SPIN_MAX 256
 #endif
 #ifndef CHAN_SPIN_MIN
 #define CHAN_SPIN_MIN 32
+#endif
+#ifndef CHAN_SPIN_SLACK
+#define CHAN_SPIN_SLACK 4
 #endif
 #ifndef CHAN_SPIN_PROBE
 #define CHAN_SPIN_PROBE 8
@@ -124,9 +130,8 @@ struct hchan;
 typedef struct sudog {
 	struct sudog *next, *prev;     /* waitq links */
 	struct chang *g;               /* the waiting thread */
-	struct hchan *c;
 	void *elem;                    /* send: source; recv: destination (may be NULL) */
-	int caseidx;                   /* select: index into the caller's cases */
+	int caseidx;                   /* select: index into the caller's cases (and its channel) */
 	bool isrecv;
 	bool queued;                   /* on c's recvq or sendq */
 	bool success;                  /* an element was communicated (false: woken by close) */
@@ -192,17 +197,25 @@ typedef struct hchan hchan;
 
 typedef struct chang {
 	/* The first cache line is all a partner touches when it completes a plain send or
-	 * receive: the claim word, the wake word, param and sg[0] (48 bytes). */
+	 * receive: the claim word, the wake word, param, inl and sg[0] (40 bytes). A hand-off
+	 * then moves one line to the partner and back, plus the channel's lock line: a small
+	 * element travels in inl, not through the waiting thread's stack (chan.c). */
 	_Atomic uint32_t selectdone;   /* 0 until a claimer wins it (see Claiming above) */
 	_Atomic uint32_t wake;         /* 0 waiting, 1 woken, 2 asleep on the futex */
 	sudog *param;                  /* the sudog that completed, or NULL when timed out */
-	sudog sg[CHAN_TLS_CASES];
+	/* sg[0].elem points here for elements of up to 8 bytes on channels whose elements hold
+	 * no GC pointers (TLS is not scanned): a parked sender's element, copied in before it
+	 * parks; a parked receiver's, written by the sender and copied out after the wake-up. */
+	uint64_t inl;
+	sudog sg[CHAN_TLS_CASES];      /* sg[0]: a plain send or receive, or select's first case */
 	uint64_t rng;                  /* xorshift state for select's poll order */
 	uint32_t spin;                 /* adaptive spin budget (0: not yet set) */
 	uint32_t probe;                /* waits since the last full-budget spin */
 	uint32_t order[2 * CHAN_TLS_CASES];
 } chang;
-_Static_assert(sizeof(sudog) == 48, "sudog no longer fits the first line of chang");
+_Static_assert(sizeof(sudog) == 40, "sudog no longer fits the first line of chang");
+_Static_assert(offsetof(chang, sg) + sizeof(sudog) <= SA_CACHE_LINE,
+	       "the hand-off no longer fits the first line of chang");
 
 SA_INTERNAL chang *chan_getg(void);
 SA_INTERNAL uint32_t chan_fastrandn(chang *g, uint32_t n);

@@ -228,7 +228,6 @@ int sa_select(sa_select_case_t *cases, size_t ncases, long long timeout_ns)
 		sudog *sg = &sgs[k];
 		hchan *c = cases[i].chan;
 		sg->g = g;
-		sg->c = c;
 		sg->elem = cases[i].elem;
 		sg->caseidx = (int)i;
 		sg->isrecv = cases[i].dir == SA_SELECT_RECV;
@@ -246,8 +245,10 @@ int sa_select(sa_select_case_t *cases, size_t ncases, long long timeout_ns)
 	sellock(cases, lockorder, norder);
 	for (size_t k = 0; k < norder; k++) {
 		sudog *sg = &sgs[k];
-		if (sg != winner)
-			waitq_remove(sg->isrecv ? &sg->c->recvq : &sg->c->sendq, sg);
+		if (sg != winner) {
+			hchan *c = cases[sg->caseidx].chan;
+			waitq_remove(sg->isrecv ? &c->recvq : &c->sendq, sg);
+		}
 	}
 	selunlock(cases, lockorder, norder);
 
