@@ -181,7 +181,8 @@ void chan_ready(sudog *sg)
 	g->param = sg;
 	/* The release publishes the element, success and param. From here on g may be gone:
 	 * the futex call only names the address, and a stale wake is harmless (every wait
-	 * re-checks its condition). */
+	 * re-checks its condition). A thread still spinning or yielding (wake 0) sees the
+	 * store by itself: only one that announced its sleep (2) costs a FUTEX_WAKE. */
 	if (atomic_exchange_explicit(&g->wake, 1, memory_order_release) == 2)
 		chan_futex(&g->wake, FUTEX_WAKE_PRIVATE, 1, NULL);
 }
@@ -201,6 +202,13 @@ const struct timespec *chan_deadline(long long timeout_ns, struct timespec *ts)
 	return ts;
 }
 
+static inline uint64_t chan_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static bool deadline_passed(const struct timespec *d)
 {
 	struct timespec now;
@@ -210,17 +218,7 @@ static bool deadline_passed(const struct timespec *d)
 
 bool chan_park(chang *g, const struct timespec *deadline)
 {
-	/* Poll first, without pause: when the partner is running on another CPU it answers
-	 * within a few hundred ns (a hand-off is one cache line there and back, and the
-	 * channel's lock line), and a pause instruction costs 20-50 ns on this VM — as much
-	 * as a line transfer — so polling flat out sees the wake-up soonest. Plain loads also
-	 * keep the hypervisor's pause-loop exiting out of it. */
-	for (int i = 0; i < CHAN_SPIN_POLL; i++)
-		if (atomic_load_explicit(&g->wake, memory_order_relaxed) == 1) {
-			atomic_thread_fence(memory_order_acquire);
-			return true;
-		}
-	/* Then spin with pauses, for a budget learned from recent waits: a wait that ended
+	/* Spin first, for a budget learned from recent waits: a wait that ended
 	 * while spinning sets the next budget to CHAN_SPIN_SLACK times what it took (so the
 	 * spin covers the partner's usual answer time, whatever its work between messages),
 	 * a wait that had to yield or sleep halves it: the partner was not running, and
@@ -243,10 +241,28 @@ bool chan_park(chang *g, const struct timespec *deadline)
 		chan_cpu_relax();
 	}
 	g->spin = budget / 2 > CHAN_SPIN_MIN ? budget / 2 : CHAN_SPIN_MIN;
-	for (int i = 0; i < CHAN_PARK_YIELDS; i++) {
-		sched_yield();
-		if (atomic_load_explicit(&g->wake, memory_order_acquire) == 1)
-			return true;
+	/* Yield a few times: on a machine with more runnable threads than CPUs the partner is
+	 * often runnable but not running, and a yield lets it run without a futex wake-up on
+	 * either side. But a yield that kept us off the CPU for long gave it to a thread that
+	 * does not answer us (a CPU hog), and every further yield would hand it another slice —
+	 * milliseconds per wait. So one long yield sends us to the futex at once and skips the
+	 * yields of the next CHAN_NOYIELD_WAITS waits: a sleeper woken by its partner is
+	 * scheduled promptly, a yielder only when the hog's slice ends. */
+	if (g->noyield > 0) {
+		g->noyield--;
+	} else {
+		uint64_t t0 = chan_now_ns();
+		for (int i = 0; i < CHAN_PARK_YIELDS; i++) {
+			sched_yield();
+			if (atomic_load_explicit(&g->wake, memory_order_acquire) == 1)
+				return true;
+			uint64_t t1 = chan_now_ns();
+			if (t1 - t0 > CHAN_YIELD_LONG_NS) {
+				g->noyield = CHAN_NOYIELD_WAITS;
+				break;
+			}
+			t0 = t1;
+		}
 	}
 	for (;;) {
 		uint32_t w = 0;

@@ -44,17 +44,14 @@
 #include <time.h>
 #include <unistd.h>
 
-/* How long a parked thread spins before it yields and then sleeps (chan_park). First
- * CHAN_SPIN_POLL polls of its wake word without pause (about 0.3-0.5 µs: a partner running on
- * another CPU answers a ping-pong within that), then pause-spaced polls (20-50 ns each on this
- * VM) for a per-thread budget learned from recent waits: CHAN_SPIN_SLACK times the polls the
- * last wait that ended spinning took, halved by a wait that had to yield or sleep, within
- * [CHAN_SPIN_MIN, CHAN_SPIN_MAX]; every CHAN_SPIN_PROBE-th wait spins the maximum to notice
- * when spinning pays again. 256 pauses (6-12 µs) cover a round trip many times over; beyond
- * that the yields below serve better. */
-#ifndef CHAN_SPIN_POLL
-#define CHAN_SPIN_POLL 256
-#endif
+/* How long a parked thread spins before it yields and then sleeps (chan_park), in pause-spaced
+ * polls of its wake word (20-50 ns each on this VM). The budget is per thread and learned from
+ * recent waits: CHAN_SPIN_SLACK times the polls the last wait that ended spinning took, halved
+ * by a wait that had to yield or sleep, within [CHAN_SPIN_MIN, CHAN_SPIN_MAX]; every
+ * CHAN_SPIN_PROBE-th wait spins the maximum to notice when spinning pays again. 256 pauses
+ * (5-12 µs) cover a round trip many times over; beyond that the yields below serve better.
+ * (Polling without pause first was measured and lost: 170 against 152 ns per round trip —
+ * the poller keeps pulling back the line the waker is writing.) */
 #ifndef CHAN_SPIN_MAX
 #define CHAN_SPIN_MAX 256
 #endif
@@ -89,6 +86,15 @@
  * (spin floor 7-17 µs, Go 0.41 µs in the same runs). */
 #ifndef CHAN_PARK_YIELDS
 #define CHAN_PARK_YIELDS 16
+#endif
+/* A yield in chan_park that kept us off the CPU longer than this gave it to a thread that does
+ * not answer us (a CPU hog): stop yielding, sleep on the futex instead, and skip the yields of
+ * the next CHAN_NOYIELD_WAITS waits. */
+#ifndef CHAN_YIELD_LONG_NS
+#define CHAN_YIELD_LONG_NS 50000
+#endif
+#ifndef CHAN_NOYIELD_WAITS
+#define CHAN_NOYIELD_WAITS 1024
 #endif
 /* Cases a select can wait on using the thread-local sudogs; more take an sa_malloc block. */
 #define CHAN_TLS_CASES 8
@@ -211,6 +217,7 @@ typedef struct chang {
 	uint64_t rng;                  /* xorshift state for select's poll order */
 	uint32_t spin;                 /* adaptive spin budget (0: not yet set) */
 	uint32_t probe;                /* waits since the last full-budget spin */
+	uint32_t noyield;              /* waits left that sleep without yielding first */
 	uint32_t order[2 * CHAN_TLS_CASES];
 } chang;
 _Static_assert(sizeof(sudog) == 40, "sudog no longer fits the first line of chang");
@@ -276,6 +283,7 @@ static inline void chan_elemclear(const hchan *c, void *dst)
 SA_INTERNAL void chan_gc_thread(hchan *c);
 /* Wake the thread of a claimed sudog (no lock needed; do it after unlocking). */
 SA_INTERNAL void chan_ready(sudog *sg);
+
 /* Prepare g for a new wait (before its sudogs are queued). */
 SA_INTERNAL void chan_prepark(chang *g);
 /* Wait until woken or until *deadline (CLOCK_MONOTONIC, NULL: none). Returns true when a

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,6 +182,96 @@ START_TEST(test_unbuffered_rendezvous)
 	pthread_join(t, NULL);
 	ck_assert_int_eq(a.rc, SA_CHAN_OK);
 	sa_chan_free(c);
+}
+END_TEST
+
+/* A parked plain send or receive of an element of up to 8 bytes passes it through the thread's
+ * chang (g->inl) instead of its own memory. The edges of that: odd sizes copy exactly elemsize
+ * bytes (the destination's next bytes stay), close zeroes just the element, a timeout leaves
+ * the destination alone, a NULL destination discards; 9 bytes takes the direct path. */
+struct inl_arg {
+	sa_chan_t *c;
+	unsigned char *buf; /* 16 bytes */
+	int rc;
+	long long timeout;
+	bool send;
+};
+
+static void *inl_thread(void *p)
+{
+	struct inl_arg *a = p;
+	if (a->send)
+		a->rc = sa_chan_send(a->c, a->buf);
+	else if (a->timeout)
+		a->rc = sa_chan_recv_timeout(a->c, a->buf, a->timeout);
+	else
+		a->rc = sa_chan_recv(a->c, a->buf);
+	return NULL;
+}
+
+static void check_bytes(const unsigned char *b, size_t n, unsigned char v, unsigned char rest)
+{
+	for (size_t i = 0; i < 16; i++)
+		ck_assert_uint_eq(b[i], i < n ? v : rest);
+}
+
+START_TEST(test_inline_elements)
+{
+	static const size_t sizes[] = {1, 3, 8, 9};
+	for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+		size_t n = sizes[k];
+		sa_chan_t *c = sa_chan_make(n, 0);
+		unsigned char buf[16], mine[16];
+		pthread_t t;
+
+		/* a parked receiver: exactly n bytes arrive */
+		memset(buf, 0xaa, sizeof buf);
+		struct inl_arg a = {.c = c, .buf = buf};
+		pthread_create(&t, NULL, inl_thread, &a);
+		wait_parked(c, 1, 0);
+		memset(mine, (int)(0x10 + n), sizeof mine);
+		ck_assert_int_eq(sa_chan_send(c, mine), SA_CHAN_OK);
+		pthread_join(t, NULL);
+		ck_assert_int_eq(a.rc, SA_CHAN_OK);
+		check_bytes(buf, n, (unsigned char)(0x10 + n), 0xaa);
+
+		/* a parked sender: its element, n bytes, reaches our destination */
+		memset(buf, (int)(0x20 + n), sizeof buf);
+		a = (struct inl_arg){.c = c, .buf = buf, .send = true};
+		pthread_create(&t, NULL, inl_thread, &a);
+		wait_parked(c, 0, 1);
+		memset(mine, 0x55, sizeof mine);
+		ck_assert_int_eq(sa_chan_recv(c, mine), SA_CHAN_OK);
+		pthread_join(t, NULL);
+		ck_assert_int_eq(a.rc, SA_CHAN_OK);
+		check_bytes(mine, n, (unsigned char)(0x20 + n), 0x55);
+
+		/* a parked receiver with a NULL destination discards the element */
+		a = (struct inl_arg){.c = c, .buf = NULL};
+		pthread_create(&t, NULL, inl_thread, &a);
+		wait_parked(c, 1, 0);
+		ck_assert_int_eq(sa_chan_send(c, mine), SA_CHAN_OK);
+		pthread_join(t, NULL);
+		ck_assert_int_eq(a.rc, SA_CHAN_OK);
+
+		/* a timeout leaves the destination as it was */
+		memset(buf, 0xaa, sizeof buf);
+		a = (struct inl_arg){.c = c, .buf = buf, .timeout = 1000000};
+		pthread_create(&t, NULL, inl_thread, &a);
+		pthread_join(t, NULL);
+		ck_assert_int_eq(a.rc, ETIMEDOUT);
+		check_bytes(buf, 0, 0, 0xaa);
+
+		/* close: the parked receiver gets n zero bytes, the rest stays */
+		a = (struct inl_arg){.c = c, .buf = buf};
+		pthread_create(&t, NULL, inl_thread, &a);
+		wait_parked(c, 1, 0);
+		ck_assert_int_eq(sa_chan_close(c), SA_CHAN_OK);
+		pthread_join(t, NULL);
+		ck_assert_int_eq(a.rc, SA_CHAN_CLOSED);
+		check_bytes(buf, n, 0, 0xaa);
+		ck_assert_int_eq(sa_chan_free(c), 0);
+	}
 }
 END_TEST
 
@@ -856,6 +947,7 @@ static Suite *chan_suite(void)
 	tc = tcase_create("threads");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_unbuffered_rendezvous);
+	tcase_add_test(tc, test_inline_elements);
 	tcase_add_test(tc, test_fifo_waiters);
 	tcase_add_test(tc, test_mpmc_buffered);
 	tcase_add_test(tc, test_mpmc_unbuffered);
