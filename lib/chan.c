@@ -620,6 +620,16 @@ static inline bool chan_inline(const hchan *c)
 	return c->elemsize != 0 && c->elemsize <= sizeof(uint64_t) && c->kind != CHAN_GC_SCAN;
 }
 
+/* Copy an inline element (1-8 bytes): 8 is the common size (a pointer, a long), and a fixed
+ * 8-byte copy is one load and one store where memcpy of a variable size is a call. */
+static inline void chan_inl_copy(void *dst, const void *src, size_t n)
+{
+	if (likely(n == 8))
+		memcpy(dst, src, 8);
+	else
+		memcpy(dst, src, n);
+}
+
 /* Keep p in a register or stack slot up to here: a GC channel must stay reachable from the
  * stack of a thread parked on it (its sudog, in TLS, is not scanned). */
 #define CHAN_KEEPALIVE(p) __asm__ __volatile__("" : : "r"(p) : "memory")
@@ -694,7 +704,7 @@ static int chansend_slow(hchan *c, const void *ep, long long timeout_ns)
 	sg->g = g;
 	if (chan_inline(c)) {
 		/* the partner then reads the element from the line it claims us in */
-		memcpy(&g->inl, ep, c->elemsize);
+		chan_inl_copy(&g->inl, ep, c->elemsize);
 		sg->elem = &g->inl;
 	} else {
 		sg->elem = (void *)ep;
@@ -805,7 +815,7 @@ static int chanrecv_slow(hchan *c, void *ep, long long timeout_ns)
 	}
 	/* closechan zeroed our destination (or inl) when it woke us without an element */
 	if (inl)
-		memcpy(ep, &g->inl, c->elemsize);
+		chan_inl_copy(ep, &g->inl, c->elemsize);
 	return sg->success ? SA_CHAN_OK : SA_CHAN_CLOSED;
 }
 
