@@ -4,7 +4,11 @@
  * channels, and buffered ones whenever a thread waits or the channel is closed, run Go's
  * algorithm under the channel lock. A send, with the lock held, tries in order:
  *   1. a receiver parked on recvq: claim it, copy our element straight into its destination
- *      (the direct hand-off: the element never touches the buffer), wake it;
+ *      (the direct hand-off: the element never touches the buffer), wake it. For a plain
+ *      receive of an element of up to 8 bytes that destination is g->inl, in the line holding
+ *      the receiver's wake word, and the receiver copies it out once awake: the sender then
+ *      writes one line of the receiver's, not also one of its stack (a parked sender likewise
+ *      leaves a small element in its g->inl, see chan_inline);
  *   2. a free buffer slot;
  *   3. otherwise park: put a sudog pointing at our element on sendq, unlock, sleep.
  * A receive mirrors it: a parked sender (if the buffer is full, take the oldest buffered element

@@ -4,8 +4,9 @@
  * Vocabulary is Go's runtime/chan.go:
  *   hchan    the channel: a lock, the ring buffer (dataqsiz slots, qcount full, recvx the next
  *            slot to read, sendx the next to write) and two wait queues, recvq and sendq.
- *   sudog    one waiting operation: which thread (its chang, Go's g), which channel, where the
- *            element lives (elem), and the outcome (success). A blocked send or receive uses one
+ *   sudog    one waiting operation: which thread (its chang, Go's g), where the element lives
+ *            (elem), and the outcome (success); unlike Go's it does not name its channel (the
+ *            waiter knows it; select finds it through caseidx). A blocked send or receive uses one
  *            sudog; a blocked select uses one per case. Sudogs live in thread-local storage
  *            (or, for large selects, in an sa_malloc block) because a thread waits on at most
  *            one operation at a time.
