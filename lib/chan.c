@@ -250,8 +250,8 @@ bool chan_park(chang *g, const struct timespec *deadline)
 	 * either side. But a yield that kept us off the CPU for long gave it to a thread that
 	 * does not answer us (a CPU hog), and every further yield would hand it another slice —
 	 * milliseconds per wait. So one long yield sends us to the futex at once and skips the
-	 * yields of the next CHAN_NOYIELD_WAITS waits: a sleeper woken by its partner is
-	 * scheduled promptly, a yielder only when the hog's slice ends. */
+	 * yields of the next CHAN_NOYIELD_WAITS waits that get this far: a sleeper woken by its
+	 * partner is scheduled promptly, a yielder only when the hog's slice ends. */
 	if (g->noyield > 0) {
 		g->noyield--;
 	} else {

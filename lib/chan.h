@@ -90,7 +90,7 @@
 #endif
 /* A yield in chan_park that kept us off the CPU longer than this gave it to a thread that does
  * not answer us (a CPU hog): stop yielding, sleep on the futex instead, and skip the yields of
- * the next CHAN_NOYIELD_WAITS waits. */
+ * the next CHAN_NOYIELD_WAITS waits that outlast the spin. */
 #ifndef CHAN_YIELD_LONG_NS
 #define CHAN_YIELD_LONG_NS 50000
 #endif
