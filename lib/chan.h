@@ -219,8 +219,8 @@ typedef struct chang {
 	uint32_t spin;                 /* adaptive spin budget (0: not yet set) */
 	uint32_t probe;                /* waits since the last full-budget spin */
 	uint32_t noyield;              /* waits left that sleep without yielding first */
-	struct chang *partner;         /* the thread we last completed a parked operation of:
-					* likely the next one too (chan.c, chansend_slow) */
+	struct chang *partner[2];      /* send, recv: the parked thread our last one completed
+					* (NULL: it found none); likely the next one's too */
 	uint32_t order[2 * CHAN_TLS_CASES];
 } chang;
 _Static_assert(sizeof(sudog) == 40, "sudog no longer fits the first line of chang");
