@@ -99,10 +99,18 @@ void chan_lock_slow(_Atomic uint32_t *l)
 /* Line-aligned so that no other thread-local variable of the owner shares the line a partner
  * writes (chan.h: chang's first line). */
 static __thread chang chan_g __attribute__((aligned(SA_CACHE_LINE)));
+/* In the shared library chan_g is reached through __tls_get_addr (a call through the PLT),
+ * twice per parked operation; this pointer to it is initial-exec, one load from the thread
+ * pointer, and only 8 bytes of the static TLS that initial-exec variables take (chang is
+ * ~450 bytes; a dlopen'ed library gets little static TLS). */
+static __thread chang *chan_gp __attribute__((tls_model("initial-exec")));
 
 chang *chan_getg(void)
 {
-	return &chan_g;
+	chang *g = chan_gp;
+	if (unlikely(g == NULL))
+		chan_gp = g = &chan_g;
+	return g;
 }
 
 /* xorshift64*: only select's poll order depends on it, so quality needs are modest; seeded
