@@ -22,6 +22,7 @@ sa_config_t sa_config = {
 	.mcache_class_bytes = (size_t)64 << 10,
 	.rseq = 1, /* per-CPU caches where rseq works; measured in README "Per-CPU caches" */
 	.cpu_cache_bytes = (size_t)4 << 20,
+	.prefault = 4, /* 8 MiB of runway: README "Garbage collector", issue 9's worst operation */
 };
 
 enum kind { K_BOOL, K_ENUM, K_SIZE, K_STR };
@@ -65,6 +66,8 @@ static const struct knob knobs[] = {
 	 "scavenger madvise batches through io_uring (on) or madvise(2) (off); falls back to madvise(2)"},
 	{"SPANALLOC_MEMLIMIT", K_SIZE, &sa_config.memlimit, NULL, 0, SA_MAX_ALLOC,
 	 "soft memory limit in bytes (k/m/g suffix; 0 = none): allocation scavenges before mapping past it"},
+	{"SPANALLOC_PREFAULT", K_SIZE, &sa_config.prefault, NULL, 0, 64,
+	 "wholly free 2 MiB chunks a background thread keeps committed and pre-faulted (MADV_POPULATE_WRITE) ahead of heap growth, so no allocation pays a fresh huge page's first touch (default 4; 0 = off)"},
 	{"SPANALLOC_GOGC", K_STR, &sa_gc_config.gogc, NULL, 0, 0,
 	 "GC heap growth before the next cycle, percent of the live heap (default 100), or off"},
 	{"SPANALLOC_MARK_WORKERS", K_SIZE, &sa_gc_config.mark_workers, NULL, 0, 64,

@@ -84,6 +84,7 @@ static void fork_child(void)
 	pthread_mutex_init(&sa_mheap.lock, NULL);
 	mcentral_fork_child();
 	scav_fork_child();
+	prefault_fork_child();
 }
 
 /* Free pages in the 2 MiB hugetlb pool, or 0. */

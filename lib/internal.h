@@ -165,6 +165,10 @@ typedef struct heaparena {
 	uint8_t backing[SA_CHUNKS_PER_ARENA];
 	uint32_t zeroed_base;              /* pages at or above have never been handed out */
 	uint32_t collapsed;                /* bit per THP chunk the scavenger asked to MADV_COLLAPSE */
+	uint32_t runway;                   /* bit per chunk pre-faulted ahead of demand (prefault.c) */
+	uint32_t prefaulting;              /* bit per chunk the prefault thread is populating */
+	uint32_t zerochunk;                /* bit per chunk: every free page of it reads zero (a
+					    * scavenged chunk pre-faulted again; mheap.c set_run) */
 	int node;                          /* heap node (0 .. sa_heap_nodes-1), see mheap */
 	/* page → size class of the malloc span on it (mcentral sets it when a span joins a class
 	 * and clears it when the span goes back to mheap); 0 for anything else: free pages, large
@@ -257,6 +261,10 @@ typedef struct mheap {
 	size_t released;               /* bytes ever returned to the kernel */
 	size_t madv_batches, madv_ranges, uring_batches, uring_fallbacks;
 	size_t scav_inflight;          /* pages marked in use while the scavenger advises them */
+	/* pre-faulted runway (prefault.c), under lock */
+	size_t runway_chunks;          /* chunks with their runway bit set */
+	size_t prefaulted, prefault_fails; /* chunks populated by the thread; populate failures */
+	size_t runway_hits, runway_misses; /* wholly free chunks taken from the runway / not */
 } mheap_t;
 
 extern mheap_t sa_mheap;
@@ -474,6 +482,7 @@ typedef struct sa_config {
 	int madvise;                   /* 0 MADV_DONTNEED, 1 MADV_FREE */
 	int uring;                     /* 0 off (plain madvise), 1 on (IORING_OP_MADVISE batches) */
 	size_t memlimit;               /* SPANALLOC_MEMLIMIT bytes, 0 = none */
+	size_t prefault;               /* SPANALLOC_PREFAULT: chunks kept pre-faulted, 0 = off */
 } sa_config_t;
 
 extern sa_config_t sa_config;
@@ -529,6 +538,27 @@ SA_INTERNAL size_t scav_resident(void);  /* mheap.lock held */
  * for whatever io_uring could not do. Returns how many ranges were advised successfully. */
 SA_INTERNAL size_t uring_madvise_batch(const scav_range_t *r, size_t n, size_t *fallbacks, bool *used_uring);
 SA_INTERNAL void uring_fork_child(void);
+/* Under mheap.lock: whether the prefault thread may make new_resident more bytes resident and
+ * add new_chunks chunks to the runway without putting resident memory over the scavenger's goal (so the
+ * scavenger never has to return what the runway just faulted in). */
+SA_INTERNAL bool scav_runway_ok_locked(size_t new_resident, size_t new_chunks);
+
+/* ------------------------------------------------------------------------------------------
+ * pre-faulted runway (prefault.c)
+ * ---------------------------------------------------------------------------------------- */
+/* No lock held: wholly free chunks were taken; the runway wants refilling (at most a futex
+ * wake, and only on the span slow path). */
+SA_INTERNAL void prefault_kick(void);
+/* No lock held (called from scav_poll): start the thread if a kick asked for it. */
+SA_INTERNAL void prefault_poll(void);
+/* No lock held: bring node's runway up to SPANALLOC_PREFAULT chunks now, on the calling thread.
+ * Returns the chunks populated. (The thread's step; tests call it directly.) */
+SA_INTERNAL size_t prefault_fill(int node);
+SA_INTERNAL void prefault_fork_child(void);
+/* mheap.c, for prefault.c (mheap.lock held): the rank of wholly free chunk ci (0 resident,
+ * 1 partly scavenged, 2 uncommitted) and reserving arenas for node. */
+SA_INTERNAL unsigned mheap_chunk_rank(const heaparena_t *a, unsigned ci);
+SA_INTERNAL bool mheap_grow_locked(size_t npages, int node);
 extern int sa_uring_inject SA_INTERNAL;  /* tests: 1 init fails, 2 submit fails, 3 every op fails */
 
 /* ------------------------------------------------------------------------------------------

@@ -128,8 +128,9 @@ static uintptr_t find_first(size_t n, int node)
 	return 0;
 }
 
-/* Rank of wholly free chunk ci: 0 resident, 1 committed but (partly) scavenged, 2 uncommitted. */
-static unsigned empty_rank(const heaparena_t *a, unsigned ci)
+/* Rank of wholly free chunk ci: 0 resident, 1 committed but (partly) scavenged, 2 uncommitted.
+ * prefault.c ranks the chunks it prepares the same way, so its runway is what comes next here. */
+unsigned mheap_chunk_rank(const heaparena_t *a, unsigned ci)
 {
 	if (!(a->committed & (1u << ci)))
 		return 2;
@@ -154,7 +155,7 @@ static uintptr_t find_packed(size_t n, int node)
 			if (a->palloc.chunk[ci].max < n)
 				continue;
 			unsigned f = a->palloc.chunk_free[ci];
-			unsigned key = f * 4 + (f == SA_CHUNK_PAGES ? empty_rank(a, ci) : 0);
+			unsigned key = f * 4 + (f == SA_CHUNK_PAGES ? mheap_chunk_rank(a, ci) : 0);
 			if (key < best_key) {
 				best_key = key;
 				best = a;
@@ -221,10 +222,32 @@ static uintptr_t find_run(size_t n, int node)
 	return b;
 }
 
+/* Pages [first, first+cnt) of arena a are being handed out: every chunk they touch that was
+ * wholly free leaves the runway (prefault.c), or was a miss when it was not on it. Returns
+ * whether a wholly free chunk was taken (the runway wants refilling). */
+static bool runway_take(heaparena_t *a, size_t first, size_t cnt)
+{
+	bool fresh = false;
+	for (size_t c = first / SA_CHUNK_PAGES; c <= (first + cnt - 1) / SA_CHUNK_PAGES; c++) {
+		if (a->palloc.chunk_free[c] != SA_CHUNK_PAGES)
+			continue;
+		fresh = true;
+		if (a->runway & (1u << c)) {
+			a->runway &= ~(1u << c);
+			sa_mheap.runway_chunks--;
+			sa_mheap.runway_hits++;
+		} else {
+			sa_mheap.runway_misses++;
+		}
+	}
+	return fresh;
+}
+
 /* Mark pages [base, base + n pages) used or free, arena by arena. Returns whether any page
  * may be dirty: below its arena's zeroed_base and not scavenged (with MADV_DONTNEED). Pages
- * handed out lose their scav bit: they are resident again once touched. */
-static bool set_run(uintptr_t base, size_t n, bool used)
+ * handed out lose their scav bit: they are resident again once touched. *fresh (when used) is
+ * set when a wholly free chunk was taken. */
+static bool set_run(uintptr_t base, size_t n, bool used, bool *fresh)
 {
 	bool dirty = false;
 	const bool scav_zero = scav_zeroes();
@@ -232,7 +255,16 @@ static bool set_run(uintptr_t base, size_t n, bool used)
 		heaparena_t *a = arena_of(base);
 		size_t first = (base - a->base) >> SA_PAGE_SHIFT;
 		size_t cnt = SA_PAGES_PER_ARENA - first < n ? SA_PAGES_PER_ARENA - first : n;
+		if (used && runway_take(a, first, cnt))
+			*fresh = true;
 		palloc_set(&a->palloc, first, cnt, used);
+		/* zerochunk: the chunks' free pages are all zero (prefault.c); a free makes them dirty */
+		uint32_t cmask = 0;
+		for (size_t c = first / SA_CHUNK_PAGES; c <= (first + cnt - 1) / SA_CHUNK_PAGES; c++)
+			cmask |= 1u << c;
+		const bool zc = (a->zerochunk & cmask) == cmask;
+		if (!used)
+			a->zerochunk &= ~cmask;
 		if (used) {
 			size_t below = first < a->zeroed_base
 					       ? (a->zeroed_base - first < cnt ? a->zeroed_base - first : cnt)
@@ -240,7 +272,7 @@ static bool set_run(uintptr_t base, size_t n, bool used)
 			size_t scav_below = below ? palloc_scav_take(&a->palloc, first, below) : 0;
 			size_t scav_above = below < cnt ? palloc_scav_take(&a->palloc, first + below, cnt - below) : 0;
 			sa_mheap.scavenged -= (scav_below + scav_above) * SA_PAGE_SIZE;
-			if (below && (!scav_zero || scav_below < below))
+			if (below && !zc && (!scav_zero || scav_below < below))
 				dirty = true;
 			if (first + cnt > a->zeroed_base)
 				a->zeroed_base = (uint32_t)(first + cnt);
@@ -251,7 +283,7 @@ static bool set_run(uintptr_t base, size_t n, bool used)
 	return dirty;
 }
 
-static bool grow(size_t npages, int node)
+bool mheap_grow_locked(size_t npages, int node)
 {
 	size_t n = (npages + SA_PAGES_PER_ARENA - 1) / SA_PAGES_PER_ARENA;
 	uintptr_t hint = 0;
@@ -299,7 +331,7 @@ static mspan_t *large_cache_take(size_t npages, int node)
 static void free_pages_locked(mspan_t *s)
 {
 	pagemap_set_span(s->base, s->npages, NULL);
-	set_run(s->base, s->npages, false);
+	set_run(s->base, s->npages, false, NULL);
 	sa_mheap.pages_inuse -= s->npages;
 	sa_mheap.nspans_inuse--;
 	span_record_free(s);
@@ -353,7 +385,7 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 		scav_memlimit_locked(want * SA_PAGE_SIZE); /* may drop and retake the lock */
 	uintptr_t base = find_run(want, node);
 	if (base == 0) {
-		if (!grow(want, node) || (base = find_run(want, node)) == 0) {
+		if (!mheap_grow_locked(want, node) || (base = find_run(want, node)) == 0) {
 			pthread_mutex_unlock(&sa_mheap.lock);
 			return NULL;
 		}
@@ -367,7 +399,8 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 		pthread_mutex_unlock(&sa_mheap.lock);
 		return NULL;
 	}
-	s->needzero = set_run(base, npages, true);
+	bool fresh = false;
+	s->needzero = set_run(base, npages, true, &fresh);
 	s->base = base;
 	s->npages = npages;
 	s->node = (uint8_t)arena_of(base)->node;
@@ -384,6 +417,8 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 		sa_mheap.nlarge++;
 	}
 	pthread_mutex_unlock(&sa_mheap.lock);
+	if (fresh && sa_config.prefault)
+		prefault_kick(); /* no lock held; at most a futex wake, once per 2 MiB of growth */
 	errno = saved_errno;
 	return s;
 }

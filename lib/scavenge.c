@@ -67,6 +67,17 @@ static void pick_chunk(heaparena_t *a, unsigned ci, bool whole, int flags, pick_
 		       size_t *bytes, size_t max_bytes)
 {
 	palloc_t *pa = &a->palloc;
+	/* The prefault thread's chunks: never one it is populating (that would undo its work
+	 * while it runs); runway chunks only for sa_release and the memory limit — the background
+	 * scavenger's goal counts the runway in (excess_locked), so it has no reason to. */
+	if (a->prefaulting & (1u << ci))
+		return;
+	if (a->runway & (1u << ci)) {
+		if (!(flags & SCAV_DENSE))
+			return;
+		a->runway &= ~(1u << ci);
+		sa_mheap.runway_chunks--;
+	}
 	size_t w0 = ci * CHUNK_WORDS, used = 0, unscav = 0;
 	for (size_t w = w0; w < w0 + CHUNK_WORDS; w++) {
 		used += (size_t)__builtin_popcountll(pa->bits[w]);
@@ -283,17 +294,31 @@ static void decay_peak_locked(uint64_t now)
 	}
 }
 
-/* Bytes above the retained goal (mheap.lock held). */
-static size_t excess_locked(void)
+/* The retained goal with `runway` chunks of pre-faulted runway (mheap.lock held): the recent
+ * in-use bytes plus retain%, plus the runway (bounded by SPANALLOC_PREFAULT chunks; prefault.c),
+ * under 95% of the memory limit. */
+static size_t goal_locked(size_t runway)
 {
 	size_t inuse = inuse_recent_locked();
-	size_t goal = inuse + inuse / 100 * retain_pct;
+	size_t goal = inuse + inuse / 100 * retain_pct + runway * SA_CHUNK_SIZE;
 	if (sa_config.memlimit && sa_config.memlimit / 100 * 95 < goal)
 		goal = sa_config.memlimit / 100 * 95;
 	if (goal < SA_CHUNK_SIZE)
 		goal = SA_CHUNK_SIZE;
+	return goal;
+}
+
+/* Bytes above the retained goal (mheap.lock held). */
+static size_t excess_locked(void)
+{
+	size_t goal = goal_locked(sa_mheap.runway_chunks);
 	size_t res = scav_resident();
 	return res > goal ? res - goal : 0;
+}
+
+bool scav_runway_ok_locked(size_t new_resident, size_t new_chunks)
+{
+	return scav_resident() + new_resident <= goal_locked(sa_mheap.runway_chunks + new_chunks);
 }
 
 static void sleep_ns(uint64_t ns)
@@ -379,6 +404,7 @@ void scav_note_free(void)
 
 void scav_poll(void)
 {
+	prefault_poll(); /* the same kind of safe point starts the prefault thread */
 	if (likely(!atomic_load_explicit(&want_start, memory_order_relaxed)) ||
 	    atomic_load_explicit(&started, memory_order_relaxed))
 		return;

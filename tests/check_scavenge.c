@@ -6,6 +6,7 @@
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,7 +86,8 @@ START_TEST(test_release_zeroes)
 		p[i] = q;
 	}
 	heap_counts(&scav, &rel, NULL);
-	ck_assert_uint_lt(scav, (size_t)8 << 20);
+	/* sa_release returned the prefault runway's chunks as well: those may be what is left */
+	ck_assert_uint_lt(scav, ((size_t)8 << 20) + sa_config.prefault * SA_CHUNK_SIZE);
 	check_consistent();
 	for (int i = 0; i < N; i++)
 		sa_free(p[i]);
@@ -102,6 +104,9 @@ START_TEST(test_madv_free_not_zero)
 {
 	sa_free(sa_malloc(8));
 	sa_config.madvise = 1;
+	/* no runway: its chunks, never handed out and so rightly not zeroed, would take some of
+	 * the allocations below */
+	sa_config.prefault = 0;
 	enum { N = 16 };
 	void *p[N];
 	for (int i = 0; i < N; i++) {
@@ -314,6 +319,197 @@ START_TEST(test_fork)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------------------------------------
+ * The pre-faulted runway (prefault.c)
+ * ---------------------------------------------------------------------------------------- */
+
+/* The runway's invariants (a runway chunk is wholly free, committed, has no scav bit and is not
+ * being populated; the count agrees; at most SPANALLOC_PREFAULT per node). Returns the count. */
+static size_t runway_check(void)
+{
+	size_t n = 0, pernode[SA_MAX_NODES] = {0};
+	pthread_mutex_lock(&sa_mheap.lock);
+	for (size_t i = 0; i < sa_mheap.narenas; i++) {
+		const heaparena_t *a = sa_mheap.arenas[i];
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++) {
+			if (!(a->runway & (1u << ci)))
+				continue;
+			n++;
+			pernode[a->node]++;
+			ck_assert(a->committed & (1u << ci));
+			ck_assert(!(a->prefaulting & (1u << ci)));
+			ck_assert_uint_eq(a->palloc.chunk_free[ci], SA_CHUNK_PAGES);
+			for (size_t w = ci * SA_CHUNK_PAGES / 64; w < (ci + 1) * SA_CHUNK_PAGES / 64; w++)
+				ck_assert_uint_eq(a->palloc.scav[w], 0);
+		}
+	}
+	ck_assert_uint_eq(n, sa_mheap.runway_chunks);
+	for (int i = 0; i < SA_MAX_NODES; i++)
+		ck_assert_uint_le(pernode[i], sa_config.prefault);
+	pthread_mutex_unlock(&sa_mheap.lock);
+	return n;
+}
+
+static bool thread_named(const char *name)
+{
+	char path[64], comm[32];
+	for (int tid = getpid(); tid < getpid() + 4096; tid++) {
+		snprintf(path, sizeof path, "/proc/self/task/%d/comm", tid);
+		FILE *f = fopen(path, "r");
+		if (f == NULL)
+			continue;
+		bool hit = fgets(comm, sizeof comm, f) && !strncmp(comm, name, strlen(name));
+		fclose(f);
+		if (hit)
+			return true;
+	}
+	return false;
+}
+
+static void runway_counts(size_t *hits, size_t *misses, size_t *prefaulted)
+{
+	pthread_mutex_lock(&sa_mheap.lock);
+	*hits = sa_mheap.runway_hits;
+	*misses = sa_mheap.runway_misses;
+	*prefaulted = sa_mheap.prefaulted;
+	pthread_mutex_unlock(&sa_mheap.lock);
+}
+
+/* As the heap grows the thread keeps SPANALLOC_PREFAULT (default 4) chunks ahead, never more,
+ * resident (mincore), and the next fresh chunks the heap takes come from it. */
+START_TEST(test_prefault_runway)
+{
+	sa_free(sa_malloc(8));
+	ck_assert_uint_eq(sa_config.prefault, 4);
+	enum { N = 48 };
+	static void *p[N + 4];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 7, (size_t)1 << 20);
+		runway_check();
+		if (i == 0)
+			scav_poll(); /* a safe point: the thread the first fresh chunk asked for starts */
+	}
+	/* the thread is SCHED_IDLE: on a busy machine it waits for spare CPU time */
+	for (int t = 0; t < 3000 && runway_check() < 4; t++)
+		usleep(10000);
+	ck_assert_uint_eq(runway_check(), 4);
+	ck_assert(thread_named("sa-prefault"));
+	pthread_mutex_lock(&sa_mheap.lock);
+	uintptr_t chunks[4];
+	size_t nc = 0;
+	for (size_t i = 0; i < sa_mheap.narenas; i++)
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++)
+			if (sa_mheap.arenas[i]->runway & (1u << ci))
+				chunks[nc++] = sa_mheap.arenas[i]->base + ((uintptr_t)ci << SA_CHUNK_SHIFT);
+	pthread_mutex_unlock(&sa_mheap.lock);
+	ck_assert_uint_eq(nc, 4);
+	/* the runway is faulted in, every page (the heap hands none of it out: nothing else touches it) */
+	static unsigned char vec[SA_CHUNK_SIZE / 4096];
+	for (size_t i = 0; i < nc; i++) {
+		ck_assert_int_eq(mincore((void *)chunks[i], SA_CHUNK_SIZE, vec), 0);
+		size_t in = 0;
+		for (size_t j = 0; j < sizeof vec; j++)
+			in += vec[j] & 1;
+		ck_assert_uint_eq(in, sizeof vec);
+	}
+	/* two more fresh chunks: both from the runway, none faulted by this thread */
+	size_t h0, m0, f0, h1, m1, f1;
+	runway_counts(&h0, &m0, &f0);
+	for (int i = N; i < N + 4; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 8, (size_t)1 << 20);
+		runway_check();
+	}
+	runway_counts(&h1, &m1, &f1);
+	ck_assert_uint_eq(h1 - h0, 2);
+	ck_assert_uint_eq(m1, m0);
+	for (int i = 0; i < N + 4; i++)
+		sa_free(p[i]);
+	runway_check();
+	check_consistent();
+}
+END_TEST
+
+/* SPANALLOC_PREFAULT=0: no thread, no runway, however the heap grows. */
+START_TEST(test_prefault_off)
+{
+	setenv("SPANALLOC_PREFAULT", "0", 1); /* read at initialisation: before the first call */
+	sa_free(sa_malloc(8));
+	ck_assert_uint_eq(sa_config.prefault, 0);
+	enum { N = 48 };
+	static void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 7, (size_t)1 << 20);
+		scav_poll();
+	}
+	usleep(200000);
+	ck_assert_uint_eq(prefault_fill(0), 0);
+	size_t h, m, f;
+	runway_counts(&h, &m, &f);
+	ck_assert_uint_eq(runway_check(), 0);
+	ck_assert_uint_eq(f, 0);
+	ck_assert_uint_eq(h, 0);
+	ck_assert_uint_gt(m, 16); /* every fresh chunk was faulted by the allocating thread */
+	ck_assert(!thread_named("sa-prefault"));
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+}
+END_TEST
+
+/* With the scavenger: while resident memory is over the scavenger's goal nothing is faulted in
+ * (the runway never fights the scavenger); sa_release takes the runway too; afterwards the
+ * runway may take back at most SPANALLOC_PREFAULT of the returned chunks, which lose their
+ * scav bits but stay known zero (a span from them needs no memset). */
+START_TEST(test_prefault_scavenger)
+{
+	sa_free(sa_malloc(8));
+	sa_config.scavenge = "off"; /* only this test's calls scavenge */
+	enum { N = 64 };
+	static void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 9, (size_t)1 << 20);
+	}
+	for (int i = 4; i < N; i++) /* 4 MiB stay in use, 60 MiB of free resident pages */
+		sa_free(p[i]);
+	ck_assert_uint_eq(prefault_fill(0), 0);
+	size_t scav0, rel0;
+	heap_counts(&scav0, &rel0, NULL);
+	ck_assert_uint_eq(scav0, 0);
+	runway_check();
+	size_t before = rss();
+	sa_release();
+	ck_assert_uint_eq(runway_check(), 0); /* sa_release returns the runway as well */
+	size_t scav1, rel1;
+	heap_counts(&scav1, &rel1, NULL);
+	ck_assert_uint_ge(scav1, (size_t)48 << 20);
+	ck_assert_uint_lt(rss() + ((size_t)40 << 20), before);
+	check_consistent();
+	/* the thread may run too (SCHED_IDLE, kicked by the growth above): count both */
+	prefault_fill(0);
+	size_t n = runway_check(), scav2, rel2;
+	ck_assert_uint_le(n, 4);
+	heap_counts(&scav2, &rel2, NULL);
+	ck_assert_uint_le(scav1 - scav2, 4 * SA_CHUNK_SIZE); /* at most K chunks faulted back */
+	check_consistent();
+	/* spans from the runway need no memset when it was scavenged whole (MADV_DONTNEED) */
+	for (int i = 4; i < N; i++) {
+		unsigned char *q = sa_malloc((size_t)1 << 20);
+		ck_assert_uint_eq(spanof(q)->needzero, 0);
+		for (size_t j = 0; j < ((size_t)1 << 20); j += 4096)
+			ck_assert_uint_eq(q[j], 0);
+		p[i] = q;
+	}
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	runway_check();
+	check_consistent();
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("scavenge");
@@ -326,6 +522,9 @@ int main(void)
 	tcase_add_loop_test(tc, test_uring_failure_falls_back, 1, 4);
 	tcase_add_test(tc, test_memlimit);
 	tcase_add_test(tc, test_fork);
+	tcase_add_test(tc, test_prefault_runway);
+	tcase_add_test(tc, test_prefault_off);
+	tcase_add_test(tc, test_prefault_scavenger);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -74,6 +74,7 @@ static mspan_t *span_new(unsigned gcc, size_t large_bytes)
 	}
 	if (s == NULL)
 		return NULL;
+	scav_poll(); /* no lock held: the prefault thread a fresh chunk asked for may start */
 	if (s->needzero)
 		memset((void *)s->base, 0, cls == 0 ? s->npages * SA_PAGE_SIZE : (size_t)(s->limit - s->base));
 	s->needzero = 0;
