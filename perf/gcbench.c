@@ -9,7 +9,10 @@
  *                                        (shuffled, as replacements leave it; seq: in order)
  *   perf/gcbench MODE replace N M   the issue's live-heap test: N live 64-byte objects (pointer-free,
  *                                held from one array), then M random replacements; reports ns per
- *                                replacement and the worst single replacement as well
+ *                                replacement and the worst single replacement as well;
+ *                                GCBENCH_SLOWLOG=1 prints every replacement over 0.5 ms with the
+ *                                thread's page faults and context switches during it (a
+ *                                getrusage per replacement: slower, for finding causes only)
  *
  * Prints one line: mode, depth, wall seconds, peak RSS (MB), GC cycles, max and median stop.
  * Stops: spanalloc's stop-the-world pauses (both stops of every cycle); Boehm's collections
@@ -182,10 +185,16 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 			a[i] = o;
 	}
 	uint64_t t1 = gc_nanotime(), worst = 0;
+	const char *slowlog = getenv("GCBENCH_SLOWLOG");
+	struct rusage pru;
+	if (slowlog)
+		getrusage(RUSAGE_THREAD, &pru);
 	for (size_t r = 0; r < reps; r++) {
 		uint64_t s0 = gc_nanotime();
+		void *oo = NULL;
 		size_t i = xrand() % n;
 		void *o = obj64();
+		oo = o;
 		memset(o, (int)r, 64);
 		if (mode == M_SAGC) {
 			sa_gc_store(&a[i], o);
@@ -199,6 +208,16 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 		uint64_t d = gc_nanotime() - s0;
 		if (d > worst)
 			worst = d;
+		if (slowlog) {
+			struct rusage ru2;
+			getrusage(RUSAGE_THREAD, &ru2);
+			if (d > 500000)
+				fprintf(stderr, "SLOW r=%zu t=%.3f d=%.3fms minflt=%ld majflt=%ld nvcsw=%ld nivcsw=%ld chunk=%lx off=%lu\n", r,
+					(double)(s0 - t1) / 1e9, (double)d / 1e6, ru2.ru_minflt - pru.ru_minflt,
+					ru2.ru_majflt - pru.ru_majflt, ru2.ru_nvcsw - pru.ru_nvcsw, ru2.ru_nivcsw - pru.ru_nivcsw,
+					(unsigned long)((uintptr_t)oo >> 21), (unsigned long)((uintptr_t)oo & ((1u << 21) - 1)));
+			pru = ru2;
+		}
 	}
 	uint64_t t2 = gc_nanotime();
 	struct rusage ru;

@@ -7,9 +7,11 @@
 # RUNS rounds, each running every implementation once per workload (interleaved, so a load
 # change on this shared machine hits all of them alike); the table shows per-column medians.
 #
-# Usage: perf/gcbench.sh [DEPTH] [RUNS]     (from the build directory, in-tree builds)
+# Usage: perf/gcbench.sh [DEPTH] [RUNS]     (from the build directory, in-tree builds; DEPTH off
+#              skips binary-trees)
 # Environment: REPLACE="N M" (default "16777216 10000000"; REPLACE=off skips the live heap),
-#              IMPLS (default "sagc boehm malloc go"), KEEP=file to keep the raw DATA lines,
+#              IMPLS (default "sagc boehm malloc go"; also sagc-nopf: sagc with
+#              SPANALLOC_PREFAULT=0), KEEP=file to keep the raw DATA lines,
 #              LIMIT_MB=M adds two live-heap rows under a memory limit of M MiB: sagc+lim
 #              (SPANALLOC_MEMLIMIT) and go+lim (GOMEMLIMIT), both at GOGC 100.
 # Build first: make perf/gcbench.
@@ -57,6 +59,8 @@ one() { # impl args...: run one, keep its DATA line, show its RESULT line
 		GOMEMLIMIT="${LIMIT_MB}MiB" "$gobin" "$@" 2>"$tmp/err" >/dev/null || true ;;
 	sagc+lim)
 		SPANALLOC_MEMLIMIT="${LIMIT_MB}m" perf/gcbench sagc "$@" 2>"$tmp/err" >/dev/null || true ;;
+	sagc-nopf)
+		SPANALLOC_PREFAULT=0 perf/gcbench sagc "$@" 2>"$tmp/err" >/dev/null || true ;;
 	*)
 		perf/gcbench "$impl" "$@" 2>"$tmp/err" >/dev/null || true ;;
 	esac
@@ -71,7 +75,9 @@ one() { # impl args...: run one, keep its DATA line, show its RESULT line
 r=1
 while [ "$r" -le "$RUNS" ]; do
 	echo "# run $r ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))"
-	for m in $IMPLS; do one "$m" "$DEPTH"; done
+	if [ "$DEPTH" != off ]; then
+		for m in $IMPLS; do one "$m" "$DEPTH"; done
+	fi
 	if [ "$REPLACE" != off ]; then
 		# shellcheck disable=SC2086
 		for m in $IMPLS ${LIMIT_MB:+sagc+lim go+lim}; do one "$m" replace $REPLACE; done
