@@ -263,6 +263,7 @@ typedef struct mheap {
 	size_t scav_inflight;          /* pages marked in use while the scavenger advises them */
 	/* pre-faulted runway (prefault.c), under lock */
 	size_t runway_chunks;          /* chunks with their runway bit set */
+	size_t runway_node[SA_MAX_NODES], prefault_inflight[SA_MAX_NODES]; /* per node: runway, in flight */
 	size_t prefaulted, prefault_fails; /* chunks populated by the thread; populate failures */
 	size_t runway_hits, runway_misses; /* wholly free chunks taken from the runway / not */
 } mheap_t;
@@ -546,15 +547,22 @@ SA_INTERNAL bool scav_runway_ok_locked(size_t new_resident, size_t new_chunks);
 /* ------------------------------------------------------------------------------------------
  * pre-faulted runway (prefault.c)
  * ---------------------------------------------------------------------------------------- */
-/* No lock held: wholly free chunks were taken; the runway wants refilling (at most a futex
- * wake, and only on the span slow path). */
+/* No lock held: chunks were handed to the thread (at most a futex wake, only on the span slow
+ * path, once per chunk of growth). */
 SA_INTERNAL void prefault_kick(void);
 /* No lock held (called from scav_poll): start the thread if a kick asked for it. */
 SA_INTERNAL void prefault_poll(void);
-/* No lock held: bring node's runway up to SPANALLOC_PREFAULT chunks now, on the calling thread.
- * Returns the chunks populated. (The thread's step; tests call it directly.) */
+/* mheap.lock held, a wholly free chunk was just taken: apply finished populates and plan the
+ * next chunks (commit them, hand them to the thread). Returns whether any was handed over (the
+ * caller then calls prefault_kick once it holds no lock). */
+SA_INTERNAL bool prefault_plan_locked(void);
+/* mheap.lock held: apply the populates the thread finished (runway bits). */
+SA_INTERNAL void prefault_complete_locked(void);
+/* No lock held: plan and populate node's runway now, on the calling thread (tests). Returns
+ * the chunks populated. */
 SA_INTERNAL size_t prefault_fill(int node);
 SA_INTERNAL void prefault_fork_child(void);
+extern int sa_prefault_inline SA_INTERNAL; /* tests: populate on the kicking thread, start none */
 /* mheap.c, for prefault.c (mheap.lock held): the rank of wholly free chunk ci (0 resident,
  * 1 partly scavenged, 2 uncommitted) and reserving arenas for node. */
 SA_INTERNAL unsigned mheap_chunk_rank(const heaparena_t *a, unsigned ci);

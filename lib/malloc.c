@@ -46,6 +46,7 @@ void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
 		errno = ENOMEM;
 		return NULL;
 	}
+	scav_poll(); /* no lock held: the prefault thread a fresh chunk asked for may start */
 	if (zero && s->needzero)
 		memset((void *)s->base, 0, npages * SA_PAGE_SIZE);
 	return (void *)s->base;

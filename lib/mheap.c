@@ -229,12 +229,16 @@ static bool runway_take(heaparena_t *a, size_t first, size_t cnt)
 {
 	bool fresh = false;
 	for (size_t c = first / SA_CHUNK_PAGES; c <= (first + cnt - 1) / SA_CHUNK_PAGES; c++) {
+		/* a chunk in flight is the allocator's now: the scavenger may have its pages back
+		 * once they are freed (the populate still to come changes no contents) */
+		a->prefaulting &= ~(1u << c);
 		if (a->palloc.chunk_free[c] != SA_CHUNK_PAGES)
 			continue;
 		fresh = true;
 		if (a->runway & (1u << c)) {
 			a->runway &= ~(1u << c);
 			sa_mheap.runway_chunks--;
+			sa_mheap.runway_node[a->node]--;
 			sa_mheap.runway_hits++;
 		} else {
 			sa_mheap.runway_misses++;
@@ -401,6 +405,12 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 	}
 	bool fresh = false;
 	s->needzero = set_run(base, npages, true, &fresh);
+	/* the runway (prefault.c): finished populates land, a fresh chunk taken plans the next */
+	bool kick = false;
+	if (fresh && sa_config.prefault)
+		kick = prefault_plan_locked();
+	else if (sa_config.prefault)
+		prefault_complete_locked();
 	s->base = base;
 	s->npages = npages;
 	s->node = (uint8_t)arena_of(base)->node;
@@ -417,7 +427,7 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 		sa_mheap.nlarge++;
 	}
 	pthread_mutex_unlock(&sa_mheap.lock);
-	if (fresh && sa_config.prefault)
+	if (kick)
 		prefault_kick(); /* no lock held; at most a futex wake, once per 2 MiB of growth */
 	errno = saved_errno;
 	return s;

@@ -77,6 +77,7 @@ static void pick_chunk(heaparena_t *a, unsigned ci, bool whole, int flags, pick_
 			return;
 		a->runway &= ~(1u << ci);
 		sa_mheap.runway_chunks--;
+		sa_mheap.runway_node[a->node]--;
 	}
 	size_t w0 = ci * CHUNK_WORDS, used = 0, unscav = 0;
 	for (size_t w = w0; w < w0 + CHUNK_WORDS; w++) {
@@ -318,7 +319,12 @@ static size_t excess_locked(void)
 
 bool scav_runway_ok_locked(size_t new_resident, size_t new_chunks)
 {
-	return scav_resident() + new_resident <= goal_locked(sa_mheap.runway_chunks + new_chunks);
+	size_t res = scav_resident() + new_resident;
+	if (sa_config.memlimit && res > sa_config.memlimit / 100 * 95)
+		return false;
+	/* One chunk of slack: a growing heap commits whole chunks, so up to a chunk beyond the
+	 * goal is resident while it fills one — the scavenger would have nothing whole to return. */
+	return res <= goal_locked(sa_mheap.runway_chunks + new_chunks) + SA_CHUNK_SIZE;
 }
 
 static void sleep_ns(uint64_t ns)

@@ -325,14 +325,18 @@ END_TEST
  * ---------------------------------------------------------------------------------------- */
 
 /* The runway's invariants (a runway chunk is wholly free, committed, has no scav bit and is not
- * being populated; the count agrees; at most SPANALLOC_PREFAULT per node). Returns the count. */
+ * being populated; the count agrees; at most SPANALLOC_PREFAULT per node on the runway or in
+ * flight). Returns the count. */
 static size_t runway_check(void)
 {
 	size_t n = 0, pernode[SA_MAX_NODES] = {0};
 	pthread_mutex_lock(&sa_mheap.lock);
+	prefault_complete_locked(); /* populates the thread finished */
 	for (size_t i = 0; i < sa_mheap.narenas; i++) {
 		const heaparena_t *a = sa_mheap.arenas[i];
 		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++) {
+			if (a->prefaulting & (1u << ci))
+				pernode[a->node]++; /* in flight: counts against the bound too */
 			if (!(a->runway & (1u << ci)))
 				continue;
 			n++;
@@ -376,10 +380,13 @@ static void runway_counts(size_t *hits, size_t *misses, size_t *prefaulted)
 	pthread_mutex_unlock(&sa_mheap.lock);
 }
 
-/* As the heap grows the thread keeps SPANALLOC_PREFAULT (default 4) chunks ahead, never more,
- * resident (mincore), and the next fresh chunks the heap takes come from it. */
+/* As the heap grows the runway holds SPANALLOC_PREFAULT (default 4) chunks ahead, never more,
+ * resident (mincore), and the next fresh chunks the heap takes come from it. The populates run
+ * on this thread (sa_prefault_inline), so what is checked does not wait for spare CPU time; the
+ * thread itself is test_prefault_thread's. */
 START_TEST(test_prefault_runway)
 {
+	sa_prefault_inline = 1;
 	sa_free(sa_malloc(8));
 	ck_assert_uint_eq(sa_config.prefault, 4);
 	enum { N = 48 };
@@ -388,14 +395,10 @@ START_TEST(test_prefault_runway)
 		p[i] = sa_malloc((size_t)1 << 20);
 		memset(p[i], 7, (size_t)1 << 20);
 		runway_check();
-		if (i == 0)
-			scav_poll(); /* a safe point: the thread the first fresh chunk asked for starts */
+		scav_poll();
 	}
-	/* the thread is SCHED_IDLE: on a busy machine it waits for spare CPU time */
-	for (int t = 0; t < 3000 && runway_check() < 4; t++)
-		usleep(10000);
 	ck_assert_uint_eq(runway_check(), 4);
-	ck_assert(thread_named("sa-prefault"));
+	ck_assert(!thread_named("sa-prefault"));
 	pthread_mutex_lock(&sa_mheap.lock);
 	uintptr_t chunks[4];
 	size_t nc = 0;
@@ -426,6 +429,36 @@ START_TEST(test_prefault_runway)
 	ck_assert_uint_eq(h1 - h0, 2);
 	ck_assert_uint_eq(m1, m0);
 	for (int i = 0; i < N + 4; i++)
+		sa_free(p[i]);
+	runway_check();
+	check_consistent();
+}
+END_TEST
+
+/* The thread: started from a safe point once growth hands it chunks, it populates them (it is
+ * SCHED_IDLE: on a busy machine it waits for spare CPU time, hence the long wait), and the
+ * runway stays bounded meanwhile. */
+START_TEST(test_prefault_thread)
+{
+	sa_free(sa_malloc(8));
+	enum { N = 48 };
+	static void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 7, (size_t)1 << 20);
+		runway_check();
+	}
+	scav_poll();
+	ck_assert(thread_named("sa-prefault"));
+	size_t h, m, f = 0;
+	for (int t = 0; t < 5000 && f == 0; t++) {
+		runway_check();
+		runway_counts(&h, &m, &f);
+		if (f == 0)
+			usleep(10000);
+	}
+	ck_assert_uint_gt(f, 0);
+	for (int i = 0; i < N; i++)
 		sa_free(p[i]);
 	runway_check();
 	check_consistent();
@@ -465,6 +498,7 @@ END_TEST
  * scav bits but stay known zero (a span from them needs no memset). */
 START_TEST(test_prefault_scavenger)
 {
+	sa_prefault_inline = 1; /* populates on this thread: nothing waits for spare CPU time */
 	sa_free(sa_malloc(8));
 	sa_config.scavenge = "off"; /* only this test's calls scavenge */
 	enum { N = 64 };
@@ -480,6 +514,17 @@ START_TEST(test_prefault_scavenger)
 	heap_counts(&scav0, &rel0, NULL);
 	ck_assert_uint_eq(scav0, 0);
 	runway_check();
+	/* nothing is in flight once the populates are applied (sa_release skips chunks in flight) */
+	size_t inflight = 1;
+	for (int t = 0; t < 3000 && inflight; t++) {
+		pthread_mutex_lock(&sa_mheap.lock);
+		prefault_complete_locked();
+		inflight = sa_mheap.prefault_inflight[0];
+		pthread_mutex_unlock(&sa_mheap.lock);
+		if (inflight)
+			usleep(10000);
+	}
+	ck_assert_uint_eq(inflight, 0);
 	size_t before = rss();
 	sa_release();
 	ck_assert_uint_eq(runway_check(), 0); /* sa_release returns the runway as well */
@@ -488,10 +533,10 @@ START_TEST(test_prefault_scavenger)
 	ck_assert_uint_ge(scav1, (size_t)48 << 20);
 	ck_assert_uint_lt(rss() + ((size_t)40 << 20), before);
 	check_consistent();
-	/* the thread may run too (SCHED_IDLE, kicked by the growth above): count both */
-	prefault_fill(0);
+	/* everything free was returned: the runway takes back K chunks, no more */
+	ck_assert_uint_eq(prefault_fill(0), 4);
 	size_t n = runway_check(), scav2, rel2;
-	ck_assert_uint_le(n, 4);
+	ck_assert_uint_eq(n, 4);
 	heap_counts(&scav2, &rel2, NULL);
 	ck_assert_uint_le(scav1 - scav2, 4 * SA_CHUNK_SIZE); /* at most K chunks faulted back */
 	check_consistent();
@@ -523,6 +568,7 @@ int main(void)
 	tcase_add_test(tc, test_memlimit);
 	tcase_add_test(tc, test_fork);
 	tcase_add_test(tc, test_prefault_runway);
+	tcase_add_test(tc, test_prefault_thread);
 	tcase_add_test(tc, test_prefault_off);
 	tcase_add_test(tc, test_prefault_scavenger);
 	suite_add_tcase(s, tc);
