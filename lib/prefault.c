@@ -12,7 +12,7 @@
  * MADV_POPULATE_WRITE (Linux 5.14; on an older kernel, an atomic add of 0 to every 4 KiB page,
  * which faults the page in without changing what a concurrent writer stored). Such a chunk gets
  * its arena's runway bit. So the allocating thread finds the memory resident, and the zeroing
- * runs on a CPU nobody else wanted.
+ * runs on another CPU.
  *
  * Who does what. The allocating thread plans: when mheap_alloc_node takes pages from a wholly
  * free chunk (set_run), it picks, under the mheap.lock it holds, the chunks that should be on
@@ -20,11 +20,11 @@
  * reaching them), sets their prefaulting bit and hands them to the thread through a lock-free
  * ring; once it holds no lock, prefault_kick bumps a sequence and, only when the thread
  * sleeps, makes one futex wake — on the span slow path, once per chunk of growth, never on the
- * small-object fast path. The thread ("sa-prefault", SCHED_IDLE, started lazily by
+ * small-object fast path. The thread ("sa-prefault", SCHED_BATCH, started lazily by
  * prefault_poll from scav_poll, a point that holds no allocator lock since pthread_create
  * allocates) only populates, and hands each chunk back through a second ring; the next
  * mheap_alloc_node applies the result under the lock (complete_locked). The thread takes no
- * lock: an idle-priority thread may be kept off the CPU at any instruction. A heap that does
+ * lock of ours (a thread preempted holding one would stall every allocation). A heap that does
  * not grow never plans anything.
  *
  * Bounds and invariants (mheap.lock):
@@ -284,16 +284,17 @@ static void *prefault_main(void *arg)
 {
 	(void)arg;
 	pthread_setname_np(pthread_self(), "sa-prefault");
-	/* SCHED_IDLE: the thread runs on CPU time nobody else wants. Woken by an allocating thread,
-	 * a normal-priority helper was placed on that thread's CPU and preempted it for the 4 ms of
-	 * a huge page's zeroing — the very stall it exists to remove (GCBENCH_SLOWLOG: every
-	 * chunk's first operation then showed an involuntary context switch instead of a fault).
-	 * When no CPU is spare the runway runs dry and the allocating thread faults as it would
-	 * without it. Such a thread may be kept off the CPU for a long time at any instruction, so
-	 * it takes no lock at all (a first version held mheap.lock to plan and was preempted
-	 * holding it: allocations waited up to 189 ms). */
+	/* SCHED_BATCH: a full share of the CPU, but no wake-up preemption. Woken by an allocating
+	 * thread, a SCHED_OTHER helper was placed on that thread's CPU on a busy machine and
+	 * preempted it for the 4 ms of a huge page's zeroing — the stall it exists to remove
+	 * (GCBENCH_SLOWLOG: the chunk's first operation showed an involuntary context switch
+	 * instead of a fault). SCHED_IDLE avoids that but is starved while it holds locks: first
+	 * mheap.lock (allocations waited up to 189 ms, so the thread now takes no lock of ours),
+	 * then the kernel's — MADV_POPULATE_WRITE holds the mmap lock while it zeroes a huge
+	 * page, and the allocating thread's mprotect waited behind it for up to 218 ms. A batch
+	 * thread holding it runs again within a normal time slice. */
 	struct sched_param sp = {0};
-	pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+	pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
 	for (;;) {
 		unsigned seq = atomic_load(&kick_seq);
 		uintptr_t base;

@@ -382,8 +382,8 @@ static void runway_counts(size_t *hits, size_t *misses, size_t *prefaulted)
 
 /* As the heap grows the runway holds SPANALLOC_PREFAULT (default 4) chunks ahead, never more,
  * resident (mincore), and the next fresh chunks the heap takes come from it. The populates run
- * on this thread (sa_prefault_inline), so what is checked does not wait for spare CPU time; the
- * thread itself is test_prefault_thread's. */
+ * on this thread (sa_prefault_inline), so what is checked does not wait for the thread to be
+ * scheduled; the thread itself is test_prefault_thread's. */
 START_TEST(test_prefault_runway)
 {
 	sa_prefault_inline = 1;
@@ -436,7 +436,7 @@ START_TEST(test_prefault_runway)
 END_TEST
 
 /* The thread: started from a safe point once growth hands it chunks, it populates them (it is
- * SCHED_IDLE: on a busy machine it waits for spare CPU time, hence the long wait), and the
+ * SCHED_BATCH: on a busy machine it may wait for a CPU, hence the long wait), and the
  * runway stays bounded meanwhile. */
 START_TEST(test_prefault_thread)
 {
@@ -498,7 +498,7 @@ END_TEST
  * scav bits but stay known zero (a span from them needs no memset). */
 START_TEST(test_prefault_scavenger)
 {
-	sa_prefault_inline = 1; /* populates on this thread: nothing waits for spare CPU time */
+	sa_prefault_inline = 1; /* populates on this thread: nothing waits for the thread */
 	sa_free(sa_malloc(8));
 	sa_config.scavenge = "off"; /* only this test's calls scavenge */
 	enum { N = 64 };
