@@ -177,9 +177,11 @@ static int thp_usable(void)
 	return mode;
 }
 
-static int commit_chunk(uintptr_t chunk, int node)
+/* The system calls of committing one chunk; no lock needed (the caller owns the chunk).
+ * try_huge: attempt MAP_HUGETLB first (*huge_failed tells how that went). */
+static int commit_sys(uintptr_t chunk, int node, bool try_huge, bool *huge_failed)
 {
-	if (hugetlb_try()) {
+	if (try_huge) {
 		sa_numa_saved_t saved;
 		if (sa_config.numa == 1)
 			sa_numa_policy_push(node, &saved); /* reserve on the arena's node (numa.h) */
@@ -188,13 +190,12 @@ static int commit_chunk(uintptr_t chunk, int node)
 		if (sa_config.numa == 1)
 			sa_numa_policy_pop(&saved);
 		if (p == (void *)chunk) {
-			hugetlb_result(true);
 			bind_range(p, SA_CHUNK_SIZE, node);
 			return BACK_HUGETLB;
 		}
 		/* Pool empty (ENOMEM) or no hugetlb support: remember, and step down. If the
 		 * failed mmap took the reservation with it, put PROT_NONE back first. */
-		hugetlb_result(false);
+		*huge_failed = true;
 		if (mmap((void *)chunk, SA_CHUNK_SIZE, PROT_NONE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0) == (void *)chunk)
 			bind_range((void *)chunk, SA_CHUNK_SIZE, node);
@@ -206,6 +207,50 @@ static int commit_chunk(uintptr_t chunk, int node)
 	    madvise((void *)chunk, SA_CHUNK_SIZE, MADV_HUGEPAGE) == 0)
 		return BACK_THP;
 	return BACK_SMALL;
+}
+
+static int commit_chunk(uintptr_t chunk, int node)
+{
+	bool tried = hugetlb_try(), failed = false;
+	int b = commit_sys(chunk, node, tried, &failed);
+	if (tried)
+		hugetlb_result(!failed);
+	return b;
+}
+
+/* Record chunk c committed with backing b (mheap.lock held). */
+static void commit_record(heaparena_t *a, unsigned ci, int b)
+{
+	a->committed |= 1u << ci;
+	a->backing[ci] = (uint8_t)b;
+	sa_mheap.committed += SA_CHUNK_SIZE;
+	sa_mheap.committed_by[b] += SA_CHUNK_SIZE;
+	sa_mheap.committed_node[a->node] += SA_CHUNK_SIZE;
+}
+
+/* Committing off the lock, for the prefault thread (prefault.c), in three steps: the plan under
+ * mheap.lock (whether to try MAP_HUGETLB: the remembered fallback's state), the system calls
+ * with no lock (the chunk is reserved in the page bitmap, so nobody else commits it), the
+ * record under the lock again. */
+bool arena_commit_plan_locked(void)
+{
+	return hugetlb_try();
+}
+
+int arena_commit_unlocked(uintptr_t chunk, bool try_huge, bool *huge_failed)
+{
+	*huge_failed = false;
+	return commit_sys(chunk, arena_of(chunk)->node, try_huge, huge_failed);
+}
+
+void arena_commit_record_locked(uintptr_t chunk, int backing, bool tried_huge, bool huge_failed)
+{
+	if (tried_huge)
+		hugetlb_result(!huge_failed);
+	heaparena_t *a = arena_of(chunk);
+	unsigned ci = (unsigned)((chunk - a->base) >> SA_CHUNK_SHIFT);
+	if (backing != BACK_NONE && !(a->committed & (1u << ci)))
+		commit_record(a, ci, backing);
 }
 
 /* Make pages [base, base + npages*8K) readable and writable, chunk by chunk. */
@@ -220,11 +265,7 @@ bool arena_commit(uintptr_t base, size_t npages)
 		int b = commit_chunk(c, a->node);
 		if (b == BACK_NONE)
 			return false;
-		a->committed |= 1u << ci;
-		a->backing[ci] = (uint8_t)b;
-		sa_mheap.committed += SA_CHUNK_SIZE;
-		sa_mheap.committed_by[b] += SA_CHUNK_SIZE;
-		sa_mheap.committed_node[a->node] += SA_CHUNK_SIZE;
+		commit_record(a, ci, b);
 	}
 	return true;
 }

@@ -214,6 +214,11 @@ SA_INTERNAL void pagemap_set_span(uintptr_t base, size_t npages, mspan_t *s);
 /* arena.c */
 SA_INTERNAL heaparena_t *arena_reserve(size_t narenas, uintptr_t hint, int node);
 SA_INTERNAL bool arena_commit(uintptr_t base, size_t npages);
+/* Committing one chunk off the lock (prefault.c): plan under mheap.lock, system calls with no
+ * lock (the caller has reserved the chunk), record under the lock. */
+SA_INTERNAL bool arena_commit_plan_locked(void);
+SA_INTERNAL int arena_commit_unlocked(uintptr_t chunk, bool try_huge, bool *huge_failed);
+SA_INTERNAL void arena_commit_record_locked(uintptr_t chunk, int backing, bool tried_huge, bool huge_failed);
 /* Scavenger thread, no lock held: MADV_COLLAPSE up to max THP chunks that are wholly in use
  * and not yet collapsed. Returns how many were asked. */
 SA_INTERNAL size_t arena_collapse_some(size_t max);
@@ -264,6 +269,8 @@ typedef struct mheap {
 	/* pre-faulted runway (prefault.c), under lock */
 	size_t runway_chunks;          /* chunks with their runway bit set */
 	size_t runway_node[SA_MAX_NODES], prefault_inflight[SA_MAX_NODES]; /* per node: runway, in flight */
+	size_t prefault_held;          /* pages marked in use while the thread commits/populates them */
+	size_t prefault_pending;       /* bytes those will add to resident once recorded */
 	size_t prefaulted, prefault_fails; /* chunks populated by the thread; populate failures */
 	size_t runway_hits, runway_misses; /* wholly free chunks taken from the runway / not */
 } mheap_t;

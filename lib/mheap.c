@@ -229,9 +229,6 @@ static bool runway_take(heaparena_t *a, size_t first, size_t cnt)
 {
 	bool fresh = false;
 	for (size_t c = first / SA_CHUNK_PAGES; c <= (first + cnt - 1) / SA_CHUNK_PAGES; c++) {
-		/* a chunk in flight is the allocator's now: the scavenger may have its pages back
-		 * once they are freed (the populate still to come changes no contents) */
-		a->prefaulting &= ~(1u << c);
 		if (a->palloc.chunk_free[c] != SA_CHUNK_PAGES)
 			continue;
 		fresh = true;

@@ -16,41 +16,42 @@
  *
  * Who does what. The allocating thread plans: when mheap_alloc_node takes pages from a wholly
  * free chunk (set_run), it picks, under the mheap.lock it holds, the chunks that should be on
- * the runway and are not, commits them (mprotect + madvise, which it would have done itself on
- * reaching them), sets their prefaulting bit and hands them to the thread through a lock-free
- * ring; once it holds no lock, prefault_kick bumps a sequence and, only when the thread
- * sleeps, makes one futex wake — on the span slow path, once per chunk of growth, never on the
- * small-object fast path. The thread ("sa-prefault", SCHED_BATCH, started lazily by
- * prefault_poll from scav_poll, a point that holds no allocator lock since pthread_create
- * allocates) only populates, and hands each chunk back through a second ring; the next
- * mheap_alloc_node applies the result under the lock (complete_locked). The thread takes no
- * lock of ours (a thread preempted holding one would stall every allocation). A heap that does
- * not grow never plans anything.
+ * the runway and are not, reserves them (their pages marked in use in the page bitmap, as the
+ * scavenger does with pages it advises, so no allocation takes them and no scavenger returns
+ * them), and hands them to the thread through a lock-free ring; once it holds no lock,
+ * prefault_kick bumps a sequence and, only when the thread sleeps, makes one futex wake — on
+ * the span slow path, once per chunk of growth, never on the small-object fast path. The
+ * thread ("sa-prefault", SCHED_BATCH, started lazily by prefault_poll from scav_poll, a point
+ * that holds no allocator lock since pthread_create allocates) commits a chunk that is not
+ * (arena.c's system calls, the MAP_HUGETLB decision taken at the plan) and populates it, and
+ * hands it back through a second ring; the next mheap_alloc_node records the commit, frees
+ * the pages and sets the runway bit under the lock (complete_locked). So the allocating thread
+ * makes no mprotect/madvise while the runway keeps up: such a call takes the mmap lock for
+ * writing and waited behind a populate, which holds it for reading while it zeroes a huge
+ * page. The thread takes no lock of ours (preempted holding one, it would stall every
+ * allocation). A heap that does not grow never plans anything.
  *
  * Bounds and invariants (mheap.lock):
- *   - a chunk with its runway bit is wholly free, committed and has no scav bit; at most
- *     SPANALLOC_PREFAULT chunks per node have it or the prefaulting bit (only the first K
- *     chunks of the node's order are planned). set_run clears the runway bit when any page of
- *     the chunk is handed out;
+ *   - a chunk with its runway bit is wholly free, committed and has no scav bit; a chunk with
+ *     its prefaulting bit is reserved (all its pages marked in use, prefault_held counts them);
+ *     per node at most SPANALLOC_PREFAULT chunks have either (only the first K chunks of the
+ *     node's order are planned). set_run clears the runway bit when any page is handed out;
  *   - the background scavenger never returns a runway chunk — its goal counts the runway in
  *     (scavenge.c goal_locked) — but sa_release and the memory limit do, clearing the bit;
  *   - a chunk is planned only when scav_runway_ok_locked says the scavenger would have no
- *     excess after it: resident + the new bytes within the retained goal plus the runway and
- *     under 95% of SPANALLOC_MEMLIMIT. So pages the scavenger returned are faulted in again
- *     only as the heap grows back into them (at most K chunks ahead), and the limit holds;
- *   - while a chunk is in flight its prefaulting bit keeps the scavenger off it. The allocator
- *     may take it meanwhile (set_run then clears the bit, so once freed the chunk can be
- *     returned while the thread still has it queued): populating never changes contents, a
- *     populate that lands on returned pages only leaves them resident-but-counted-scavenged
- *     until handed out, and a chunk taken in between does not join the runway. In-flight
- *     chunks count against K until the thread hands them back, taken or not;
- *   - a populated chunk loses its scav bits (its pages are resident now); when every page
- *     below zeroed_base in it had been returned with MADV_DONTNEED it is still all zero, and
- *     its zerochunk bit tells set_run so (no memset for spans from it) until a free into it;
+ *     excess after it (within a chunk: growth commits whole chunks): resident + what the
+ *     chunks in flight will add within the retained goal plus the runway, and under 95% of
+ *     SPANALLOC_MEMLIMIT. So pages the scavenger returned are faulted in again only as the heap
+ *     grows back into them (at most K chunks ahead), and the limit holds;
+ *   - a planned chunk loses its scav bits (it counts as resident from the plan); when all its
+ *     pages are known zero — never handed out, or returned with MADV_DONTNEED — its zerochunk
+ *     bit says so, since populating writes nothing and zeroed_base may pass it meanwhile, so
+ *     set_run needs no memset for spans from it, until a free into it;
  *   - when a node has fewer than K wholly free chunks, the planner reserves the next arena
  *     (address space only), as mheap_alloc would when the heap reached its end.
- * fork: the child has no thread; the bits of chunks in flight are cleared, the rings emptied,
- * and the thread starts again at the child's next kick.
+ * fork: the child has no thread; chunks in flight are freed (a commit the parent's thread made
+ * stays unrecorded and is redone by the allocator), the rings emptied, and the thread starts
+ * again at the child's next kick.
  */
 #include "internal.h"
 
@@ -165,87 +166,123 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
 	return true;
 }
 
+/* Ring entries. todo: base | E_COMMIT (commit it first) | E_HUGE (try MAP_HUGETLB). done: the
+ * same, | D_OK (committed and populated), D_HFAIL (MAP_HUGETLB failed), and the backing in
+ * bits 5-6. A chunk base is 2 MiB aligned, so the low bits are free. */
+#define E_COMMIT ((uintptr_t)1 << 1)
+#define E_HUGE ((uintptr_t)1 << 2)
+#define D_OK ((uintptr_t)1 << 0)
+#define D_HFAIL ((uintptr_t)1 << 4)
+#define D_BACK_SHIFT 5
+#define E_MASK ((uintptr_t)0x7f)
+
 /* mheap.lock held. Choose the chunks of node to prepare next — the first K of the page heap's
- * order that are neither on the runway nor being populated, as long as the scavenger's goal and
- * the memory limit allow — commit them, set their prefaulting bit and write their bases to
- * out[0..max). Returns how many. */
+ * order that are neither on the runway nor in flight, as long as the scavenger's goal and the
+ * memory limit allow — reserve them (their pages marked in use in the bitmap, as the scavenger
+ * does with what it advises, so no allocation and no scavenger touches them while the thread
+ * commits and populates them with no lock) and write their entries to out[0..max). Their scav
+ * bits are taken now: they count as resident from here. Returns how many. */
 static size_t plan_locked(int node, uintptr_t *out, size_t max)
 {
-	size_t k = sa_config.prefault < MAX_RUNWAY ? sa_config.prefault : MAX_RUNWAY, nt = 0, newres = 0;
+	size_t k = sa_config.prefault < MAX_RUNWAY ? sa_config.prefault : MAX_RUNWAY, nt = 0;
 	if (k == 0)
 		return 0;
 	cand_t c[MAX_RUNWAY];
 	size_t n = next_chunks(node, c, k);
 	if (n < k && mheap_grow_locked(SA_PAGES_PER_ARENA, node))
 		n = next_chunks(node, c, k);
-	/* the node's runway and chunks in flight (possibly taken since) count against K */
+	/* the node's runway and chunks in flight count against K */
 	size_t have = sa_mheap.runway_node[node] + sa_mheap.prefault_inflight[node];
+	size_t inflight = 0;
+	for (int nd = 0; nd < sa_heap_nodes; nd++)
+		inflight += sa_mheap.prefault_inflight[nd];
 	for (size_t i = 0; i < n && nt < max && have < k; i++) {
 		heaparena_t *a = c[i].a;
-		const uint32_t bit = 1u << c[i].ci;
+		const unsigned ci = c[i].ci;
+		const uint32_t bit = 1u << ci;
 		if ((a->runway | a->prefaulting) & bit)
 			continue;
-		/* Resident after it: an uncommitted chunk counts once committed, below; a scavenged
-		 * one only when its populate completes, so it is added here until then. The goal
+		/* Resident after it: the chunk, unless it is resident already (rank 0); chunks still
+		 * to be committed by the thread count from the plan (prefault_pending). The goal
 		 * counts every chunk in flight (any node) and this one as runway. */
 		size_t add = c[i].rank == 0 ? 0 : SA_CHUNK_SIZE;
-		size_t inflight = nt + 1;
-		for (int nd = 0; nd < sa_heap_nodes; nd++)
-			inflight += sa_mheap.prefault_inflight[nd];
-		if (!scav_runway_ok_locked(newres + add, inflight))
+		if (!scav_runway_ok_locked(sa_mheap.prefault_pending + add, inflight + nt + 1))
 			break;
-		uintptr_t base = a->base + ((uintptr_t)c[i].ci << SA_CHUNK_SHIFT);
-		if (!arena_commit(base, SA_CHUNK_PAGES))
-			break;
+		uintptr_t base = a->base + ((uintptr_t)ci << SA_CHUNK_SHIFT), e = base;
+		if (!(a->committed & bit)) {
+			e |= E_COMMIT;
+			if (arena_commit_plan_locked())
+				e |= E_HUGE;
+			sa_mheap.prefault_pending += SA_CHUNK_SIZE;
+		}
+		const size_t first = ci * SA_CHUNK_PAGES;
+		size_t below = a->zeroed_base > first ? a->zeroed_base - first : 0;
+		if (below > SA_CHUNK_PAGES)
+			below = SA_CHUNK_PAGES;
+		size_t scav_below = below ? palloc_scav_take(&a->palloc, first, below) : 0;
+		size_t scav_above = below < SA_CHUNK_PAGES ? palloc_scav_take(&a->palloc, first + below, SA_CHUNK_PAGES - below) : 0;
+		sa_mheap.scavenged -= (scav_below + scav_above) * SA_PAGE_SIZE;
+		/* Known zero, now and after the populate (which writes nothing): pages never handed
+		 * out, and pages returned with MADV_DONTNEED. Said in zerochunk, since zeroed_base
+		 * may pass this chunk while it is reserved (the allocator goes on beyond it). */
+		if (below == 0 || (scav_zeroes() && scav_below == below))
+			a->zerochunk |= bit;
+		palloc_set(&a->palloc, first, SA_CHUNK_PAGES, true);
+		sa_mheap.prefault_held += SA_CHUNK_PAGES;
 		a->prefaulting |= bit;
 		sa_mheap.prefault_inflight[node]++;
 		have++;
-		if (c[i].rank == 1)
-			newres += add;
-		out[nt++] = base;
+		out[nt++] = e;
 	}
 	return nt;
 }
 
-/* mheap.lock held: the populate of chunk base finished. */
-static void complete_locked(uintptr_t base, bool ok)
+/* No lock: commit (when asked) and populate the chunk of entry e; returns its done entry. */
+static uintptr_t serve(uintptr_t e)
 {
+	uintptr_t base = e & ~E_MASK, d = e & (E_COMMIT | E_HUGE);
+	bool ok = true, hfail = false;
+	if (e & E_COMMIT) {
+		int b = arena_commit_unlocked(base, e & E_HUGE, &hfail);
+		ok = b != BACK_NONE;
+		d |= (uintptr_t)b << D_BACK_SHIFT;
+	}
+	if (ok)
+		ok = populate(base);
+	return base | d | (ok ? D_OK : 0) | (hfail ? D_HFAIL : 0);
+}
+
+/* mheap.lock held: the thread is done with a chunk (done entry d): record its commit, give
+ * its pages back to the bitmap and, when it was populated, put it on the runway. */
+static void complete_locked(uintptr_t d)
+{
+	uintptr_t base = d & ~E_MASK;
 	heaparena_t *a = arena_of(base);
 	const unsigned ci = (unsigned)((base - a->base) >> SA_CHUNK_SHIFT);
+	if (d & E_COMMIT) {
+		arena_commit_record_locked(base, (int)((d >> D_BACK_SHIFT) & 3), d & E_HUGE, d & D_HFAIL);
+		sa_mheap.prefault_pending -= SA_CHUNK_SIZE;
+	}
 	a->prefaulting &= ~(1u << ci);
 	sa_mheap.prefault_inflight[a->node]--;
-	if (!ok) {
+	palloc_set(&a->palloc, ci * SA_CHUNK_PAGES, SA_CHUNK_PAGES, false);
+	sa_mheap.prefault_held -= SA_CHUNK_PAGES;
+	scav_note_free();
+	if (!(d & D_OK)) { /* free again, uncommitted when the commit failed: the allocator retries */
 		sa_mheap.prefault_fails++;
 		return;
 	}
 	sa_mheap.prefaulted++;
-	if (a->palloc.chunk_free[ci] != SA_CHUNK_PAGES)
-		return; /* taken meanwhile: the allocation's set_run did the accounting */
-	/* Its pages are resident now, whatever the scavenger had done to them: their scav bits go.
-	 * Pages the scavenger returned with MADV_DONTNEED were zero and still are (populating
-	 * writes nothing): when that covers every page below zeroed_base, the chunk stays known
-	 * zero (zerochunk), so a span from it needs no memset. */
-	const size_t first = ci * SA_CHUNK_PAGES;
-	size_t below = a->zeroed_base > first ? a->zeroed_base - first : 0;
-	if (below > SA_CHUNK_PAGES)
-		below = SA_CHUNK_PAGES;
-	size_t scav_below = below ? palloc_scav_take(&a->palloc, first, below) : 0;
-	size_t scav_above = below < SA_CHUNK_PAGES ? palloc_scav_take(&a->palloc, first + below, SA_CHUNK_PAGES - below) : 0;
-	sa_mheap.scavenged -= (scav_below + scav_above) * SA_PAGE_SIZE;
-	if (below && scav_zeroes() && scav_below == below)
-		a->zerochunk |= 1u << ci;
-	if (!(a->runway & (1u << ci))) {
-		a->runway |= 1u << ci;
-		sa_mheap.runway_chunks++;
-		sa_mheap.runway_node[a->node]++;
-	}
+	a->runway |= 1u << ci;
+	sa_mheap.runway_chunks++;
+	sa_mheap.runway_node[a->node]++;
 }
 
 void prefault_complete_locked(void)
 {
 	uintptr_t v;
 	while (ring_pop(&done, &v))
-		complete_locked(v & ~(uintptr_t)1, v & 1);
+		complete_locked(v);
 }
 
 bool prefault_plan_locked(void)
@@ -257,7 +294,7 @@ bool prefault_plan_locked(void)
 		size_t n = plan_locked(node, b, MAX_RUNWAY);
 		for (size_t i = 0; i < n; i++)
 			if (!ring_push(&todo, b[i])) /* cannot happen (RING bounds what is in flight) */
-				complete_locked(b[i], false);
+				complete_locked(b[i] & ~(D_OK | D_HFAIL));
 		any |= n > 0;
 	}
 	return any;
@@ -270,12 +307,13 @@ size_t prefault_fill(int node)
 	prefault_complete_locked();
 	size_t n = plan_locked(node, b, MAX_RUNWAY), ok = 0;
 	pthread_mutex_unlock(&sa_mheap.lock);
-	bool r[MAX_RUNWAY];
-	for (size_t i = 0; i < n; i++)
-		ok += r[i] = populate(b[i]);
+	for (size_t i = 0; i < n; i++) {
+		b[i] = serve(b[i]);
+		ok += (b[i] & D_OK) != 0;
+	}
 	pthread_mutex_lock(&sa_mheap.lock);
 	for (size_t i = 0; i < n; i++)
-		complete_locked(b[i], r[i]);
+		complete_locked(b[i]);
 	pthread_mutex_unlock(&sa_mheap.lock);
 	return ok;
 }
@@ -298,9 +336,11 @@ static void *prefault_main(void *arg)
 	for (;;) {
 		unsigned seq = atomic_load(&kick_seq);
 		uintptr_t base;
-		while (ring_pop(&todo, &base))
-			while (!ring_push(&done, base | populate(base)))
-				sleep_ns_short(); /* done is full only if nobody allocates: rare */
+		while (ring_pop(&todo, &base)) {
+			uintptr_t d = serve(base);
+			while (!ring_push(&done, d))
+				sleep_ns_short(); /* cannot happen: RING bounds what is in flight */
+		}
 		/* Dekker with prefault_kick: it bumps kick_seq, then reads sleeping */
 		atomic_store(&sleeping, 1);
 		if (atomic_load(&kick_seq) == seq)
@@ -317,7 +357,7 @@ void prefault_kick(void)
 	if (sa_prefault_inline) { /* tests: this thread is the consumer, and no thread starts */
 		uintptr_t base;
 		while (ring_pop(&todo, &base))
-			ring_push(&done, base | populate(base));
+			ring_push(&done, serve(base));
 		return;
 	}
 	atomic_fetch_add(&kick_seq, 1);
@@ -359,10 +399,19 @@ void prefault_poll(void)
 
 void prefault_fork_child(void)
 {
-	for (size_t i = 0; i < sa_mheap.narenas; i++)
-		sa_mheap.arenas[i]->prefaulting = 0; /* the parent's thread was populating them */
+	/* the parent's thread was committing or populating these: free them (a chunk it
+	 * committed stays unrecorded, and the allocator's own commit redoes it) */
+	for (size_t i = 0; i < sa_mheap.narenas; i++) {
+		heaparena_t *a = sa_mheap.arenas[i];
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++)
+			if (a->prefaulting & (1u << ci))
+				palloc_set(&a->palloc, ci * SA_CHUNK_PAGES, SA_CHUNK_PAGES, false);
+		a->prefaulting = 0;
+	}
 	for (int n = 0; n < SA_MAX_NODES; n++)
 		sa_mheap.prefault_inflight[n] = 0;
+	sa_mheap.prefault_held = 0;
+	sa_mheap.prefault_pending = 0;
 	atomic_store(&todo.head, 0);
 	atomic_store(&todo.tail, 0);
 	atomic_store(&done.head, 0);

@@ -201,7 +201,7 @@ size_t scav_locked(size_t max_bytes, int flags)
 void scav_memlimit_locked(size_t need)
 {
 	size_t res = scav_resident();
-	size_t held = (sa_mheap.pages_inuse + sa_mheap.scav_inflight) * SA_PAGE_SIZE;
+	size_t held = (sa_mheap.pages_inuse + sa_mheap.scav_inflight + sa_mheap.prefault_held) * SA_PAGE_SIZE;
 	/* aim 3% under the limit (Go's memoryLimitHeapGoalHeadroomPercent): the limit covers the
 	 * whole process, and metadata, stacks and the program's own pages are not in `res` */
 	size_t target = sa_config.memlimit - sa_config.memlimit / 32;

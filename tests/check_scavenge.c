@@ -36,10 +36,14 @@ static void heap_counts(size_t *scav, size_t *released, size_t *fallbacks)
 static void check_consistent(void)
 {
 	pthread_mutex_lock(&sa_mheap.lock);
-	while (sa_mheap.scav_inflight) { /* the scavenger holds pages while it advises them */
+	prefault_complete_locked();
+	/* the scavenger holds pages while it advises them, the prefault thread while it commits and
+	 * populates them */
+	while (sa_mheap.scav_inflight || sa_mheap.prefault_held) {
 		pthread_mutex_unlock(&sa_mheap.lock);
 		usleep(1000);
 		pthread_mutex_lock(&sa_mheap.lock);
+		prefault_complete_locked();
 	}
 	size_t scav = 0, used = 0;
 	for (size_t i = 0; i < sa_mheap.narenas; i++) {
@@ -102,11 +106,11 @@ END_TEST
 /* SPANALLOC_MADVISE=free: scavenged pages may keep old data, so reuse zeroes them */
 START_TEST(test_madv_free_not_zero)
 {
-	sa_free(sa_malloc(8));
-	sa_config.madvise = 1;
 	/* no runway: its chunks, never handed out and so rightly not zeroed, would take some of
 	 * the allocations below */
-	sa_config.prefault = 0;
+	setenv("SPANALLOC_PREFAULT", "0", 1);
+	sa_free(sa_malloc(8));
+	sa_config.madvise = 1;
 	enum { N = 16 };
 	void *p[N];
 	for (int i = 0; i < N; i++) {
