@@ -11,8 +11,12 @@
  *                                held from one array), then M random replacements; reports ns per
  *                                replacement and the worst single replacement as well;
  *                                GCBENCH_SLOWLOG=1 prints every replacement over 0.5 ms with the
- *                                thread's page faults and context switches during it (a
- *                                getrusage per replacement: slower, for finding causes only)
+ *                                thread's page faults and context switches during it, and a
+ *                                SLOWSUM line: replacements over 1 ms with and without a context
+ *                                switch, and the worst by the thread's own CPU time (a fault's
+ *                                zeroing counts, time preempted does not: what the allocator
+ *                                costs, whatever the machine's load); a getrusage and two clock
+ *                                reads per replacement: slower, for finding causes only
  *
  * Prints one line: mode, depth, wall seconds, peak RSS (MB), GC cycles, max and median stop.
  * Stops: spanalloc's stop-the-world pauses (both stops of every cycle); Boehm's collections
@@ -167,6 +171,13 @@ static void sagc_latency(void)
 		st.pauses, (double)st.pause_max_ns / 1e6, (double)st.ttsp_max_ns / 1e6, (double)st.thread_pause_max_ns / 1e6);
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
 static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 {
 	void **a;
@@ -187,8 +198,12 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 	uint64_t t1 = gc_nanotime(), worst = 0;
 	const char *slowlog = getenv("GCBENCH_SLOWLOG");
 	struct rusage pru;
-	if (slowlog)
+	uint64_t cpu_worst = 0, cpu_prev = 0;
+	size_t slow1 = 0, slow1_nocsw = 0;
+	if (slowlog) {
 		getrusage(RUSAGE_THREAD, &pru);
+		cpu_prev = thread_cpu_ns();
+	}
 	for (size_t r = 0; r < reps; r++) {
 		uint64_t s0 = gc_nanotime();
 		void *oo = NULL;
@@ -209,8 +224,19 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 		if (d > worst)
 			worst = d;
 		if (slowlog) {
+			/* the op's own CPU time (a fault's zeroing counts, time preempted does not),
+			 * read before getrusage so its cost is not in the next op's */
+			uint64_t c = thread_cpu_ns();
 			struct rusage ru2;
 			getrusage(RUSAGE_THREAD, &ru2);
+			uint64_t c2 = thread_cpu_ns();
+			if (c - cpu_prev > cpu_worst)
+				cpu_worst = c - cpu_prev;
+			cpu_prev = c2;
+			if (d > 1000000) {
+				slow1++;
+				slow1_nocsw += ru2.ru_nvcsw == pru.ru_nvcsw && ru2.ru_nivcsw == pru.ru_nivcsw;
+			}
 			if (d > 500000)
 				fprintf(stderr, "SLOW r=%zu t=%.3f d=%.3fms minflt=%ld majflt=%ld nvcsw=%ld nivcsw=%ld chunk=%lx off=%lu\n", r,
 					(double)(s0 - t1) / 1e9, (double)d / 1e6, ru2.ru_minflt - pru.ru_minflt,
@@ -220,6 +246,9 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 		}
 	}
 	uint64_t t2 = gc_nanotime();
+	if (slowlog)
+		fprintf(stderr, "SLOWSUM %zu replacements over 1 ms, %zu of them without a context switch; worst replacement by the thread's own CPU time %.3f ms (each includes a getrusage)\n",
+			slow1, slow1_nocsw, (double)cpu_worst / 1e6);
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	unsigned long long cycles;
