@@ -12,7 +12,7 @@
  * GC heap is ignored.
  *
  * Throughput (issue 9): a drainer scans objects through a small prefetching FIFO, long ranges
- * through a prefetch pipeline, large objects as 32 KiB oblets; it hands half its buffer to an
+ * through a prefetch pipeline, large objects as 8 KiB oblets; it hands half its buffer to an
  * empty pool (balance) so assists find work; marked bytes ride in the buffer (workbuf.marked)
  * and reach gc.marked when the buffer goes back to the pool, and scan work is added to
  * gc.scan_work per buffer for the pacer's assist ratio.
@@ -304,10 +304,12 @@ __attribute__((no_sanitize_address)) void gc_scan_range(uintptr_t lo, uintptr_t 
  * for the object start pushes the start of every further oblet and scans the first; an item
  * inside a large span is an oblet and scans GC_OBLET bytes from there. So no single scan step
  * (an assist in crit, a marker between two looks at the pool) grows with the object: a 128 MB
- * pointer array is 4096 items that any marker or assisting thread can take. Go's are 128 KiB;
- * 32 KiB here because an item of random pointers (the live heap's array) costs ~0.25 ms per
- * 32 KiB on this VM, and an assist holds one allocation for at least one item. */
-#define GC_OBLET ((size_t)32 << 10) /* 4096 words: a fraction of a ms of random pointers */
+ * pointer array is 16384 items that any marker or assisting thread can take. Go's are 128 KiB;
+ * 8 KiB here because an assist holds one allocation for at least one item, and an item of
+ * random pointers (the live heap's array, shuffled by replacements) measured 1–2 ms per 32 KiB
+ * on this loaded VM (GCBENCH_SLOWLOG's worst replacement by thread CPU time, under
+ * SPANALLOC_MEMLIMIT=1600m, where cycles run during the replacements). */
+#define GC_OBLET ((size_t)8 << 10) /* 1024 words: ~0.3 ms of random pointers on this VM */
 static size_t scanobject(uintptr_t obj, workbuf_t **wb)
 {
 	mspan_t *s = spanof((void *)obj);
