@@ -5,7 +5,8 @@
 #   binarytrees DEPTH   the Benchmarks Game program, one thread (perf/gcbench.c / gcbench.go)
 #   liveheap            N live 64-byte objects (≈ 1 GB for N = 16M) and M random replacements
 # RUNS rounds, each running every implementation once per workload (interleaved, so a load
-# change on this shared machine hits all of them alike); the table shows per-column medians.
+# change on this shared machine hits all of them alike; the live heap's order reversed every
+# other round); the table shows per-column medians.
 #
 # Usage: perf/gcbench.sh [DEPTH] [RUNS]     (from the build directory, in-tree builds; DEPTH off
 #              skips binary-trees)
@@ -79,8 +80,16 @@ while [ "$r" -le "$RUNS" ]; do
 		for m in $IMPLS; do one "$m" "$DEPTH"; done
 	fi
 	if [ "$REPLACE" != off ]; then
+		# Every other round in reverse order: on this VM the first process to touch memory
+		# another has not used just before pays the host's first touch (0.2 ms per 2 MiB warm,
+		# 4-6 ms cold), so a fixed order favours whoever follows a process of the same size.
+		order=
 		# shellcheck disable=SC2086
-		for m in $IMPLS ${LIMIT_MB:+sagc+lim go+lim}; do one "$m" replace $REPLACE; done
+		for m in $IMPLS ${LIMIT_MB:+sagc+lim go+lim}; do
+			if [ $((r % 2)) = 0 ]; then order="$m $order"; else order="$order $m"; fi
+		done
+		# shellcheck disable=SC2086
+		for m in $order; do one "$m" replace $REPLACE; done
 	fi
 	r=$((r + 1))
 done
