@@ -470,7 +470,13 @@ size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out,
 		errno = saved_errno;
 		goto one;
 	}
-	uint8_t dirty = set_run(base, k * npages, true);
+	bool fresh = false;
+	uint8_t dirty = set_run(base, k * npages, true, &fresh);
+	bool kick = false; /* the runway (prefault.c), as in mheap_alloc_node */
+	if (fresh && sa_config.prefault)
+		kick = prefault_plan_locked();
+	else if (sa_config.prefault)
+		prefault_complete_locked();
 	uint8_t nd = (uint8_t)arena_of(base)->node;
 	for (size_t i = 0; i < k; i++) {
 		mspan_t *s = out[i];
@@ -485,6 +491,8 @@ size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out,
 	sa_mheap.pages_inuse += k * npages;
 	sa_mheap.nspans_inuse += k;
 	pthread_mutex_unlock(&sa_mheap.lock);
+	if (kick)
+		prefault_kick();
 	errno = saved_errno;
 	return k;
 one:
@@ -512,7 +520,7 @@ void mheap_free_spans(mspan_t **v, size_t n)
 		pagemap_set_span(s->base, s->npages, NULL);
 		if (s->base != end) {
 			if (run)
-				set_run(run, (end - run) >> SA_PAGE_SHIFT, false);
+				set_run(run, (end - run) >> SA_PAGE_SHIFT, false, NULL);
 			run = s->base;
 		}
 		end = s->base + s->npages * SA_PAGE_SIZE;
@@ -521,7 +529,7 @@ void mheap_free_spans(mspan_t **v, size_t n)
 		span_record_free(s);
 	}
 	if (run)
-		set_run(run, (end - run) >> SA_PAGE_SHIFT, false);
+		set_run(run, (end - run) >> SA_PAGE_SHIFT, false, NULL);
 	if (n)
 		scav_note_free();
 	pthread_mutex_unlock(&sa_mheap.lock);
