@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -62,6 +63,26 @@ void sa_fatal(const char *fmt, ...)
 	write_line("spanalloc: fatal: ", fmt, ap);
 	va_end(ap);
 	abort();
+}
+
+/* Start a detached background thread (the scavenger, the prefault thread) with a small stack
+ * and every signal blocked, so it never runs the program's handlers. Keeps errno. */
+bool sa_thread_start(void *(*fn)(void *))
+{
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, (size_t)256 << 10);
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread inherits the full mask */
+	pthread_t t;
+	int saved = errno;
+	bool ok = pthread_create(&t, &attr, fn, NULL) == 0;
+	errno = saved;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	return ok;
 }
 
 static void fork_prepare(void)

@@ -498,6 +498,7 @@ extern _Atomic int sa_inited;
 
 SA_INTERNAL void env_init(void);
 SA_INTERNAL void sa_init_slow(void);
+SA_INTERNAL bool sa_thread_start(void *(*fn)(void *)); /* detached, signals blocked, errno kept */
 SA_INTERNAL extern void (*sa_init_hook)(void); /* tests: runs while initialisation is claimed */
 static inline void sa_ensure_init(void)
 {

@@ -380,21 +380,9 @@ void prefault_poll(void)
 	int exp = 0;
 	if (!atomic_compare_exchange_strong(&started, &exp, 1))
 		return;
-	pthread_attr_t attr;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, (size_t)256 << 10);
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread takes no signals */
-	pthread_t t;
-	int saved = errno;
 	atomic_store(&want_start, 0);
-	if (pthread_create(&t, &attr, prefault_main, NULL) != 0)
+	if (!sa_thread_start(prefault_main))
 		atomic_store(&started, 0); /* no thread: the next kick asks again */
-	errno = saved;
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	pthread_attr_destroy(&attr);
 }
 
 void prefault_fork_child(void)

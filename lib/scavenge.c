@@ -420,18 +420,8 @@ void scav_poll(void)
 	parse_config();
 	if (scav_off)
 		return;
-	pthread_attr_t attr;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, (size_t)256 << 10);
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread takes no signals */
-	pthread_t t;
-	if (pthread_create(&t, &attr, scav_main, NULL) != 0)
+	if (!sa_thread_start(scav_main))
 		atomic_store(&started, 0);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	pthread_attr_destroy(&attr);
 }
 
 void scav_fork_child(void)
