@@ -67,7 +67,7 @@ static const struct knob knobs[] = {
 	{"SPANALLOC_MEMLIMIT", K_SIZE, &sa_config.memlimit, NULL, 0, SA_MAX_ALLOC,
 	 "soft memory limit in bytes (k/m/g suffix; 0 = none): allocation scavenges before mapping past it"},
 	{"SPANALLOC_PREFAULT", K_SIZE, &sa_config.prefault, NULL, 0, 64,
-	 "wholly free 2 MiB chunks a background thread keeps committed and pre-faulted (MADV_POPULATE_WRITE) ahead of heap growth, so no allocation pays a fresh huge page's first touch (default 4; 0 = off)"},
+	 "wholly free 2 MiB chunks a background thread keeps committed and pre-faulted (MADV_POPULATE_WRITE) ahead of heap growth, so no allocation pays a fresh huge page's first touch (default 4, at most an eighth of the heap in use; 0 = off)"},
 	{"SPANALLOC_GOGC", K_STR, &sa_gc_config.gogc, NULL, 0, 0,
 	 "GC heap growth before the next cycle, percent of the live heap (default 100), or off"},
 	{"SPANALLOC_MARK_WORKERS", K_SIZE, &sa_gc_config.mark_workers, NULL, 0, 64,

@@ -47,6 +47,9 @@
  *     pages are known zero — never handed out, or returned with MADV_DONTNEED — its zerochunk
  *     bit says so, since populating writes nothing and zeroed_base may pass it meanwhile, so
  *     set_run needs no memset for spans from it, until a free into it;
+ *   - K is also at most an eighth of the heap in use (pages_inuse / 8, in chunks): no runway
+ *     below 16 MiB in use, the whole default runway from 64 MiB, so the runway's resident
+ *     memory is never more than 12.5% over the heap;
  *   - when a node has fewer than K wholly free chunks, the planner reserves the next arena
  *     (address space only), as mheap_alloc would when the heap reached its end.
  * fork: the child has no thread; chunks in flight are freed (a commit the parent's thread made
@@ -69,6 +72,7 @@
 #endif
 
 #define MAX_RUNWAY 64 /* env.c's bound on SPANALLOC_PREFAULT */
+#define RUNWAY_HEAP_RATIO 8 /* the runway is at most 1/8 of the pages in use */
 
 static _Atomic unsigned kick_seq;
 static _Atomic int want_start, started, sleeping, populate_unsupported;
@@ -185,6 +189,11 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
 static size_t plan_locked(int node, uintptr_t *out, size_t max)
 {
 	size_t k = sa_config.prefault < MAX_RUNWAY ? sa_config.prefault : MAX_RUNWAY, nt = 0;
+	/* at most an eighth of the heap in use: a small program (a preloaded `sort`, a test)
+	 * would otherwise carry K chunks — 8 MiB resident at the default — for nothing */
+	size_t by_heap = sa_mheap.pages_inuse / (RUNWAY_HEAP_RATIO * SA_CHUNK_PAGES);
+	if (k > by_heap)
+		k = by_heap;
 	if (k == 0)
 		return 0;
 	cand_t c[MAX_RUNWAY];

@@ -393,7 +393,13 @@ START_TEST(test_prefault_runway)
 	sa_prefault_inline = 1;
 	sa_free(sa_malloc(8));
 	ck_assert_uint_eq(sa_config.prefault, 4);
-	enum { N = 48 };
+	/* a small heap has no runway (it is at most 1/8 of the heap in use) */
+	void *small = sa_malloc((size_t)8 << 20);
+	memset(small, 1, (size_t)8 << 20);
+	scav_poll();
+	ck_assert_uint_eq(runway_check(), 0);
+	sa_free(small);
+	enum { N = 72 }; /* 72 MiB in use: the whole runway of 4 */
 	static void *p[N + 4];
 	for (int i = 0; i < N; i++) {
 		p[i] = sa_malloc((size_t)1 << 20);
@@ -505,13 +511,13 @@ START_TEST(test_prefault_scavenger)
 	sa_prefault_inline = 1; /* populates on this thread: nothing waits for the thread */
 	sa_free(sa_malloc(8));
 	sa_config.scavenge = "off"; /* only this test's calls scavenge */
-	enum { N = 64 };
+	enum { KEEP = 64, N = 128 }; /* 64 MiB in use: the runway may hold its 4 chunks */
 	static void *p[N];
 	for (int i = 0; i < N; i++) {
 		p[i] = sa_malloc((size_t)1 << 20);
 		memset(p[i], 9, (size_t)1 << 20);
 	}
-	for (int i = 4; i < N; i++) /* 4 MiB stay in use, 60 MiB of free resident pages */
+	for (int i = KEEP; i < N; i++) /* 64 MiB stay in use, 64 MiB of free resident pages */
 		sa_free(p[i]);
 	ck_assert_uint_eq(prefault_fill(0), 0);
 	size_t scav0, rel0;
@@ -545,7 +551,7 @@ START_TEST(test_prefault_scavenger)
 	ck_assert_uint_le(scav1 - scav2, 4 * SA_CHUNK_SIZE); /* at most K chunks faulted back */
 	check_consistent();
 	/* spans from the runway need no memset when it was scavenged whole (MADV_DONTNEED) */
-	for (int i = 4; i < N; i++) {
+	for (int i = KEEP; i < N; i++) {
 		unsigned char *q = sa_malloc((size_t)1 << 20);
 		ck_assert_uint_eq(spanof(q)->needzero, 0);
 		for (size_t j = 0; j < ((size_t)1 << 20); j += 4096)
