@@ -186,6 +186,10 @@ static mspan_t *refill_span(mcentral_t *c, spanclass_t sc, int node)
 	c->nspans += got;
 	for (size_t i = got; i-- > 1;) /* v[1] on top: the next one taken */
 		spare_push(c, v[i]);
+	/* spares the scavenger must see: it may be parked (it parks only with every stack empty),
+	 * and a flush that empties a span onto this now non-empty stack does not wake it */
+	if (got > 1)
+		scav_note_free();
 	return v[0];
 }
 

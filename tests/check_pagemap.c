@@ -782,6 +782,64 @@ START_TEST(test_spares_returned_by_scavenger)
 }
 END_TEST
 
+/* The scavenger thread's current system call (/proc/self/task/TID/syscall), -1 when unknown. */
+static long scav_syscall(void)
+{
+	char path[64], buf[64];
+	snprintf(path, sizeof path, "/proc/self/task/%d/syscall", scav_thread_tid());
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return -1;
+	long nr = -1;
+	if (fgets(buf, sizeof buf, f) == NULL || sscanf(buf, "%ld", &nr) != 1)
+		nr = -1;
+	fclose(f);
+	return nr;
+}
+
+/* Spans mcentral takes from mheap in a batch wake a parked scavenger: the ones the refill did
+ * not use wait on the spare stack, and a flush that empties a span onto a non-empty stack does
+ * not wake it, so without the wake at the refill the stack stays out of mheap until some other
+ * free happens to wake the scavenger (here: never). */
+START_TEST(test_batch_spares_wake_scavenger)
+{
+	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=10,cpu=50", 1);
+	sa_ensure_init();
+	const unsigned cls = 4;
+	spanclass_t sc = make_spanclass(cls, true);
+	size_t ne = class_nelems(cls);
+	/* start the scavenger (an emptied span), let it give that span back and park */
+	void *o;
+	ck_assert_uint_eq(mcentral_refill(sc, &o, 1), 1);
+	mcentral_flush(sc, &o, 1);
+	for (int t = 0; t < 500 && scav_thread_tid() == 0; t++)
+		usleep(10000);
+	ck_assert_int_ne(scav_thread_tid(), 0);
+	int parked_for = 0;
+	for (int t = 0; t < 1000 && parked_for < 5; t++) {
+		usleep(20000);
+		parked_for = mcentral_spare_pages() == 0 && scav_syscall() == 202 /* futex */ ? parked_for + 1 : 0;
+	}
+	ck_assert_int_eq(parked_for, 5);
+	/* nine spans' objects: the ninth refill takes two spans, one stays on the stack */
+	size_t want = 9 * ne;
+	void **objs = malloc(want * sizeof *objs);
+	ck_assert_ptr_nonnull(objs);
+	for (size_t got = 0; got < want;) {
+		size_t b = want - got < 128 ? want - got : 128;
+		ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
+		got += b;
+	}
+	ck_assert_uint_gt(sa_mcentral[sc].spare_pages, 0);
+	mcentral_flush(sc, objs, want);
+	ck_assert_uint_le(sa_mcentral[sc].spare_pages, SPARE_MAX_PAGES); /* no trim (it would wake) */
+	for (int t = 0; t < 300 && mcentral_spare_pages() != 0; t++)
+		usleep(10000);
+	ck_assert_uint_eq(mcentral_spare_pages(), 0);
+	free(objs);
+}
+END_TEST
+
 /* Objects freed through the public API: all spans back in mheap after sa_release. */
 START_TEST(test_spans_back_after_release)
 {
@@ -840,6 +898,7 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(tm, test_mcentral_flush_runs);
 	tcase_add_test(tm, test_mcentral_flush_bad);
 	tcase_add_test(tm, test_spares_returned_by_scavenger);
+	tcase_add_test(tm, test_batch_spares_wake_scavenger);
 	tcase_add_test(tm, test_spans_back_after_release);
 	suite_add_tcase(s, tm);
 	return s;
