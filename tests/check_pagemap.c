@@ -415,6 +415,19 @@ START_TEST(test_mheap_alloc_spans)
 }
 END_TEST
 
+/* The spares of sc went back to mheap (and sc has no other span): none left on its stack, and
+ * mheap counts the spans and pages it counted before (ns0, pg0). */
+static void assert_spares_gone(spanclass_t sc, size_t ns0, size_t pg0)
+{
+	size_t ns1, pg1;
+	ck_assert_ptr_null(sa_mcentral[sc].spares);
+	ck_assert_uint_eq(sa_mcentral[sc].spare_pages, 0);
+	ck_assert_uint_eq(sa_mcentral[sc].nspans, 0);
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(pg1, pg0);
+}
+
 /* mcentral_refill: distinct objects of the right class inside spans of that class; the memory
  * of each is its own (a pattern per object survives); mcentral_flush returns them all; the
  * spans go back to mheap (one spare kept until sa_release). */
@@ -490,12 +503,7 @@ START_TEST(test_mcentral_refill_flush)
 		heap_counts(&ns1, &pg1);
 		ck_assert_uint_eq(ns1, ns0 + 3);
 		mcentral_release_spares();
-		ck_assert_ptr_null(sa_mcentral[sc].spares);
-		ck_assert_uint_eq(sa_mcentral[sc].spare_pages, 0);
-		ck_assert_uint_eq(sa_mcentral[sc].nspans, 0);
-		heap_counts(&ns1, &pg1);
-		ck_assert_uint_eq(ns1, ns0);
-		ck_assert_uint_eq(pg1, pg0);
+		assert_spares_gone(sc, ns0, pg0);
 	}
 }
 END_TEST
@@ -611,12 +619,7 @@ START_TEST(test_mcentral_spares_bounded)
 		mcentral_release_idle_spares();
 		ck_assert_uint_eq(sa_mcentral[sc].spare_pages, sp);
 		mcentral_release_idle_spares();
-		ck_assert_ptr_null(sa_mcentral[sc].spares);
-		ck_assert_uint_eq(sa_mcentral[sc].spare_pages, 0);
-		ck_assert_uint_eq(sa_mcentral[sc].nspans, 0);
-		heap_counts(&ns1, &pg1);
-		ck_assert_uint_eq(ns1, ns0);
-		ck_assert_uint_eq(pg1, pg0);
+		assert_spares_gone(sc, ns0, pg0);
 		free(objs);
 	}
 }

@@ -103,7 +103,7 @@ typedef struct range {
 } range_t;
 
 /* spanalloc's own state, skipped when spanalloc is linked into the program (as a shared
- * object it is skipped whole): none of it is a root, and sa_arenas alone is 16 MB. Only the
+ * object it is skipped whole): none of it is a root, and sa_arenas alone is 32 MB. Only the
  * large tables and the ones that hold GC heap addresses (gc.heap_lo) matter. */
 static size_t own_ranges(range_t *r)
 {
