@@ -442,6 +442,61 @@ END_TEST
 START_TEST(test_free_libc) { check_invalid(free_libc, "invalid pointer"); }
 END_TEST
 
+/* free's fast path reads the class byte through sa_pageclass_base(p >> 26) + (p >> 13): any
+ * pointer value must end in a clean report, never a fault or a stray read, in both modes and
+ * before initialisation. arg: the pointer's number in odd_ptrs; the child initialises first
+ * when the number is positive, and frees NULL before and after. */
+static uintptr_t odd_ptr(int i)
+{
+	static char here; /* an address of the program's own, for the arena guess below */
+	switch (i) {
+	case 1: return 1;
+	case 2: return 4095;
+	case 3: return 4096;
+	case 4: return ((uintptr_t)1 << 47) - 8;     /* the last user page */
+	case 5: return (uintptr_t)1 << 47;           /* the first non-canonical index */
+	case 6: return 0xffffffffff600000u;           /* vsyscall page, kernel range */
+	case 7: return ~(uintptr_t)7;
+	case 8: return (uintptr_t)&here;
+	default: return 0;
+	}
+}
+#define N_ODD_PTRS 8
+
+static void free_odd(void *arg)
+{
+	int i = (int)(intptr_t)arg;
+	if (i > 0) {
+		void *m = sa_malloc(64); /* initialised, an arena exists */
+		if (m == NULL)
+			_exit(3);
+	}
+	sa_free(NULL);
+	uintptr_t p = odd_ptr(i < 0 ? -i : i);
+	if (i == 9) { /* a free page of the heap's arena, far from the objects */
+		void *m = sa_malloc(64);
+		p = ((uintptr_t)m & ~(((uintptr_t)1 << SA_ARENA_SHIFT) - 1)) + ((uintptr_t)60 << 20);
+	}
+	sa_free(NULL);
+	sa_free((void *)p);
+}
+
+START_TEST(test_free_odd_pointers)
+{
+	static const char *const modes[][3] = {{"SPANALLOC_RSEQ", NULL, NULL}, {"SPANALLOC_RSEQ", "off", NULL}};
+	for (int m = 0; m < 2; m++)
+		for (int i = -N_ODD_PTRS; i <= N_ODD_PTRS + 1; i++) {
+			if (i == 0)
+				continue;
+			child_result_t r;
+			run_child(free_odd, (void *)(intptr_t)i, modes[m], &r);
+			ck_assert_msg(child_aborted(&r), "mode %d, case %d: status %#x, stderr: %s", m, i, r.status, r.err);
+			ck_assert_msg(strstr(r.err, "invalid pointer") != NULL || strstr(r.err, "double free") != NULL,
+				      "mode %d, case %d: stderr: %s", m, i, r.err);
+		}
+}
+END_TEST
+
 static void free_interior(void *arg)
 {
 	(void)arg;
@@ -678,6 +733,7 @@ static Suite *api_suite(void)
 	tcase_add_test(tb, test_free_stack_addr);
 	tcase_add_test(tb, test_free_global);
 	tcase_add_test(tb, test_free_libc);
+	tcase_add_test(tb, test_free_odd_pointers);
 	tcase_add_test(tb, test_free_interior);
 	tcase_add_test(tb, test_free_interior_large);
 	tcase_add_test(tb, test_free_interior_odd);
