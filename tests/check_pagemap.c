@@ -742,17 +742,55 @@ static void flush_bad(void *arg)
 	} else if (which == 2) { /* a descending run, then the same run ascending */
 		void *b[6] = {o[5], o[4], o[3], o[3], o[4], o[5]};
 		mcentral_flush(sc, b, 6);
-	} else { /* a run whose next element is inside an object, not at its start */
+	} else if (which == 3) { /* a run whose next element is inside an object, not at its start */
 		void *b[3] = {o[0], o[1], (char *)o[2] + 8};
 		mcentral_flush(sc, b, 3);
+	} else if (which <= 6) {
+		/* a per-thread list as frees build it (each pushed on the head): a double free makes
+		 * the list revisit an object; a run of interior pointers, each at the next stride */
+		void *head = NULL;
+		static const int seq[][10] = {{0, 1, 2, 3, 4, 5, 6, 7, 5, -1}, {0, 1, 2, 3, 4, 5, 3, -1},
+					      {100, 101, 102, 103, 104, -1}};
+		size_t n = 0;
+		for (const int *q = seq[which - 4]; *q >= 0; q++, n++) {
+			void *x = *q >= 100 ? (char *)o[*q - 100] + 8 : o[*q];
+			*(void **)x = head;
+			head = x;
+		}
+		mcentral_flush_list(sc, head, n);
+	} else {
+		/* a run that goes on past its span's last object, into the span's tail (the first
+		 * class from 5 on whose span has one): array (7) and list (8) */
+		unsigned tc = 5;
+		while (class_nelems(tc) * sa_class_to_size[tc] == SA_PAGE_SIZE * sa_class_to_allocnpages[tc])
+			tc++;
+		sc = make_spanclass(tc, true);
+		size = sa_class_to_size[tc];
+		size_t ne = class_nelems(tc);
+		void **all = malloc(ne * sizeof *all);
+		if (all == NULL || mcentral_refill(sc, all, ne) != ne) /* a whole fresh span */
+			_exit(3);
+		uintptr_t last = spanof(all[0])->limit - size;
+		if (spanof((void *)last) != spanof(all[0]) || spanof((void *)(last + size)) != spanof(all[0]))
+			_exit(7);
+		void *b[3] = {(void *)(last - size), (void *)last, (void *)(last + size)};
+		if (which == 7) {
+			mcentral_flush(sc, b, 3);
+		} else {
+			*(void **)b[0] = b[1];
+			*(void **)b[1] = b[2];
+			mcentral_flush_list(sc, b[0], 3);
+		}
 	}
 	_exit(4);
 }
 
 START_TEST(test_mcentral_flush_bad)
 {
-	static const char *const want[] = {"double free", "double free", "double free", "invalid pointer"};
-	for (int i = 0; i < 4; i++) {
+	static const char *const want[] = {"double free", "double free", "double free",    "invalid pointer",
+					   "double free", "double free", "invalid pointer", "invalid pointer",
+					   "invalid pointer"};
+	for (int i = 0; i < 9; i++) {
 		child_result_t r;
 		run_child(flush_bad, (void *)(intptr_t)i, NULL, &r);
 		ck_assert_msg(child_aborted(&r), "case %d: status %#x, stderr: %s", i, r.status, r.err);
