@@ -12,7 +12,7 @@
  * (LIFO, alloc bits clear, still marked with the class in the page map) rather than back to
  * mheap, and a refill takes spares before it asks mheap, so a class that oscillates (a batch
  * pattern: many objects live, then all freed, again) does not pay the page allocator per span.
- * The stack is bounded (SPARE_MAX_PAGES per mcentral): past it, all but the SPARE_KEEP_PAGES most
+ * The stack is bounded (SPARE_MAX_PAGES per mcentral; one span under SPANALLOC_MEMLIMIT): past it, all but the SPARE_KEEP_PAGES most
  * recent spans go back to mheap together (mheap_free_spans: spans that touch are one run, one
  * page-bitmap update). A class that keeps asking mheap for spans gets several at once
  * (mheap_alloc_spans, at most a quarter of its spans and SPARE_BATCH), the extra ones on the
@@ -270,7 +270,11 @@ static void finish_span(flushctx_t *x)
 			scav_note_free(); /* the scavenger gives idle spares back: it must run */
 		spare_push(c, s);
 		c->spare_used = 1;
-		if (c->spare_pages > SPARE_MAX_PAGES)
+		/* under a memory limit one span, as before the stacks (and mheap_alloc_spans takes no
+		 * batch there): the limit's scavenging runs under mheap.lock and cannot reach spares */
+		if (unlikely(sa_config.memlimit) && c->spare_pages > s->npages)
+			spare_trim(c, s->npages);
+		else if (c->spare_pages > SPARE_MAX_PAGES)
 			spare_trim(c, SPARE_KEEP_PAGES);
 	}
 }

@@ -881,6 +881,34 @@ START_TEST(test_batch_spares_wake_scavenger)
 }
 END_TEST
 
+/* Under SPANALLOC_MEMLIMIT the spare stack keeps one span, as mheap_alloc_spans takes no batch
+ * there: the limit's scavenging (scav_memlimit_locked, under mheap.lock) cannot reach spans
+ * mcentral holds, so up to SPARE_MAX_PAGES per class would stay resident past the limit (for
+ * good with SPANALLOC_SCAVENGE=off). */
+START_TEST(test_spares_under_memlimit)
+{
+	setenv("SPANALLOC_SCAVENGE", "off", 1);
+	setenv("SPANALLOC_MEMLIMIT", "1073741824", 1);
+	sa_ensure_init();
+	ck_assert_uint_ne(sa_config.memlimit, 0);
+	const unsigned cls = 4;
+	spanclass_t sc = make_spanclass(cls, true);
+	size_t np = sa_class_to_allocnpages[cls], want = 8 * class_nelems(cls);
+	void **objs = malloc(want * sizeof *objs);
+	ck_assert_ptr_nonnull(objs);
+	for (size_t got = 0; got < want;) {
+		size_t b = want - got < 128 ? want - got : 128;
+		ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
+		got += b;
+	}
+	ck_assert_uint_eq(sa_mcentral[sc].nspans, 8);
+	mcentral_flush(sc, objs, want);
+	ck_assert_uint_eq(sa_mcentral[sc].spare_pages, np);
+	ck_assert_uint_eq(sa_mcentral[sc].nspans, 1);
+	free(objs);
+}
+END_TEST
+
 /* Objects freed through the public API: all spans back in mheap after sa_release. */
 START_TEST(test_spans_back_after_release)
 {
@@ -940,6 +968,7 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(tm, test_mcentral_flush_bad);
 	tcase_add_test(tm, test_spares_returned_by_scavenger);
 	tcase_add_test(tm, test_batch_spares_wake_scavenger);
+	tcase_add_test(tm, test_spares_under_memlimit);
 	tcase_add_test(tm, test_spans_back_after_release);
 	suite_add_tcase(s, tm);
 	return s;
