@@ -12,8 +12,8 @@
  * (LIFO, alloc bits clear, still marked with the class in the page map) rather than back to
  * mheap, and a refill takes spares before it asks mheap, so a class that oscillates (a batch
  * pattern: many objects live, then all freed, again) does not pay the page allocator per span.
- * The stack is bounded (SPARE_MAX_PAGES per mcentral; one span under SPANALLOC_MEMLIMIT): past it, all but the SPARE_KEEP_PAGES most
- * recent spans go back to mheap together (mheap_free_spans: spans that touch are one run, one
+ * The stack is bounded (SPARE_MAX_PAGES per mcentral; one span under SPANALLOC_MEMLIMIT): past
+ * it, all but the SPARE_KEEP_PAGES most recent spans go back to mheap together (mheap_free_spans: spans that touch are one run, one
  * page-bitmap update). A class that keeps asking mheap for spans gets several at once
  * (mheap_alloc_spans, at most a quarter of its spans and SPARE_BATCH), the extra ones on the
  * stack. Nothing stays stranded: the scavenger gives back each stack that saw no use for a whole
