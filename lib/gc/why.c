@@ -93,19 +93,20 @@ void gc_why_begin(unsigned cycle)
 void gc_why_range_slow(int kind, uintptr_t lo, uintptr_t hi, uintptr_t at, const gc_thread_t *t, unsigned tno)
 {
 	uintptr_t o = WHY_LO, n = WHY_HI - WHY_LO;
-	lo = (lo + 7) & ~(uintptr_t)7;
+	const uintptr_t lo0 = lo; /* at is this address's: the report keeps it when lo is not aligned */
+	lo = (lo + 7) & ~(uintptr_t)7; /* the words gc_scan_range reads */
 	for (uintptr_t p = lo; p + 8 <= hi; p += 8) {
 		uintptr_t w = *(const volatile uintptr_t *)p;
 		if (w - o >= n)
 			continue;
-		uintptr_t where = at + (p - lo);
+		uintptr_t where = at + (p - lo0);
 		switch (kind) {
 		case GC_WHY_STACK:
 			say("stack of thread %u [%#lx, %#lx) at %#lx (top - %#lx)", tno, (unsigned long)t->stack_lo,
 			    (unsigned long)t->stack_hi, (unsigned long)where, (unsigned long)(t->stack_hi - where));
 			break;
 		case GC_WHY_ROOT:
-			say("registered root [%#lx, %#lx) at %#lx", (unsigned long)at, (unsigned long)(at + (hi - lo)),
+			say("registered root [%#lx, %#lx) at %#lx", (unsigned long)at, (unsigned long)(at + (hi - lo0)),
 			    (unsigned long)where);
 			break;
 		case GC_WHY_FIN:
