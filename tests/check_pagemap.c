@@ -823,6 +823,20 @@ START_TEST(test_spares_returned_by_scavenger)
 }
 END_TEST
 
+/* want objects of sc straight from mcentral, 128 a refill (as a cache takes them), in a new
+ * array the caller frees. */
+static void **refill_all(spanclass_t sc, size_t want)
+{
+	void **objs = malloc(want * sizeof *objs);
+	ck_assert_ptr_nonnull(objs);
+	for (size_t got = 0; got < want;) {
+		size_t b = want - got < 128 ? want - got : 128;
+		ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
+		got += b;
+	}
+	return objs;
+}
+
 /* The scavenger thread's current system call (/proc/self/task/TID/syscall), -1 when unknown. */
 static long scav_syscall(void)
 {
@@ -864,13 +878,7 @@ START_TEST(test_batch_spares_wake_scavenger)
 	ck_assert_int_eq(parked_for, 5);
 	/* nine spans' objects: the ninth refill takes two spans, one stays on the stack */
 	size_t want = 9 * ne;
-	void **objs = malloc(want * sizeof *objs);
-	ck_assert_ptr_nonnull(objs);
-	for (size_t got = 0; got < want;) {
-		size_t b = want - got < 128 ? want - got : 128;
-		ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
-		got += b;
-	}
+	void **objs = refill_all(sc, want);
 	ck_assert_uint_gt(sa_mcentral[sc].spare_pages, 0);
 	mcentral_flush(sc, objs, want);
 	ck_assert_uint_le(sa_mcentral[sc].spare_pages, SPARE_MAX_PAGES); /* no trim (it would wake) */
@@ -894,13 +902,7 @@ START_TEST(test_spares_under_memlimit)
 	const unsigned cls = 4;
 	spanclass_t sc = make_spanclass(cls, true);
 	size_t np = sa_class_to_allocnpages[cls], want = 8 * class_nelems(cls);
-	void **objs = malloc(want * sizeof *objs);
-	ck_assert_ptr_nonnull(objs);
-	for (size_t got = 0; got < want;) {
-		size_t b = want - got < 128 ? want - got : 128;
-		ck_assert_uint_eq(mcentral_refill(sc, objs + got, b), b);
-		got += b;
-	}
+	void **objs = refill_all(sc, want);
 	ck_assert_uint_eq(sa_mcentral[sc].nspans, 8);
 	mcentral_flush(sc, objs, want);
 	ck_assert_uint_eq(sa_mcentral[sc].spare_pages, np);
