@@ -540,6 +540,7 @@ SA_INTERNAL bool scav_zeroes(void);
 /* Start the background thread if it is wanted and not running. Call with no lock held. */
 SA_INTERNAL void scav_poll(void);
 SA_INTERNAL void scav_note_free(void);   /* mheap.lock held: pages were freed */
+SA_INTERNAL extern void (*scav_park_hook)(void); /* tests: runs just before the scavenger parks */
 SA_INTERNAL void scav_fork_child(void);
 SA_INTERNAL int scav_thread_tid(void);   /* 0 when not running */
 SA_INTERNAL size_t scav_resident(void);  /* mheap.lock held */

@@ -45,6 +45,10 @@ static bool scav_off;
 
 static _Atomic int want_start, started, scav_tid;
 static _Atomic int parked;
+/* scav_note_free calls so far: a pass that decided to park parks only if none came after it
+ * looked (a free between its look and the park would otherwise wake nobody) */
+static _Atomic unsigned note_seq;
+void (*scav_park_hook)(void); /* tests only: runs between a pass's look and its park */
 static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t park_cv = PTHREAD_COND_INITIALIZER;
 
@@ -345,6 +349,7 @@ static void *scav_main(void *arg)
 		const uint64_t budget = interval / 100 * cpu_pct;
 		uint64_t t0 = now_ns();
 		size_t done = 0;
+		const unsigned seq0 = atomic_load(&note_seq);
 		/* CPUs nobody has run a slow path on for a second give their cached objects back
 		 * (DESIGN.md invariant 5); this takes mcentral locks, so before mheap.lock */
 		mcache_drain_idle();
@@ -374,8 +379,14 @@ static void *scav_main(void *arg)
 		uint64_t spent = now_ns() - t0;
 		if (done == 0) {
 			if (!pending && ++idle >= 4) { /* park until a free makes work */
+				if (scav_park_hook)
+					scav_park_hook();
 				pthread_mutex_lock(&park_mu);
 				atomic_store(&parked, 1);
+				/* a free since this pass looked (it saw parked 0 and woke nobody): look
+				 * again (seq_cst both sides: it counts then loads parked) */
+				if (atomic_load(&note_seq) != seq0)
+					atomic_store(&parked, 0);
 				while (atomic_load(&parked))
 					pthread_cond_wait(&park_cv, &park_mu);
 				pthread_mutex_unlock(&park_mu);
@@ -400,7 +411,8 @@ void scav_note_free(void)
 		atomic_store_explicit(&want_start, 1, memory_order_relaxed);
 		return;
 	}
-	if (atomic_load_explicit(&parked, memory_order_relaxed)) {
+	atomic_fetch_add(&note_seq, 1);
+	if (atomic_load(&parked)) {
 		pthread_mutex_lock(&park_mu);
 		atomic_store(&parked, 0);
 		pthread_cond_signal(&park_cv);

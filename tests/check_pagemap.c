@@ -889,6 +889,43 @@ START_TEST(test_batch_spares_wake_scavenger)
 }
 END_TEST
 
+/* The scavenger's park hook: empties a span onto an empty spare stack once, from the moment
+ * the scavenger decided to park to the park itself, as another thread's flush may. */
+static _Atomic int park_hook_fired, park_hook_spare;
+static void spare_while_parking(void)
+{
+	if (atomic_load(&park_hook_fired))
+		return;
+	spanclass_t sc = make_spanclass(6, true);
+	void *o;
+	if (mcentral_refill(sc, &o, 1) == 1)
+		mcentral_flush(sc, &o, 1);
+	atomic_store(&park_hook_spare, sa_mcentral[sc].spare_pages > 0);
+	atomic_store(&park_hook_fired, 1);
+}
+
+/* A free that comes after the scavenger's last look but before it parks (scav_note_free sees
+ * it not parked yet and wakes nobody) must not leave its spare stranded: the park checks
+ * whether anything was noted since the pass looked. */
+START_TEST(test_spare_while_scavenger_parks)
+{
+	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=10,cpu=50", 1);
+	sa_ensure_init();
+	scav_park_hook = spare_while_parking;
+	spanclass_t sc = make_spanclass(4, true);
+	void *o;
+	ck_assert_uint_eq(mcentral_refill(sc, &o, 1), 1);
+	mcentral_flush(sc, &o, 1); /* starts the scavenger, which gives this spare back, then parks */
+	for (int t = 0; t < 500 && !atomic_load(&park_hook_fired); t++)
+		usleep(10000);
+	ck_assert_int_eq(atomic_load(&park_hook_fired), 1);
+	ck_assert_int_eq(atomic_load(&park_hook_spare), 1); /* the hook's span went on the stack */
+	for (int t = 0; t < 300 && mcentral_spare_pages() != 0; t++)
+		usleep(10000);
+	ck_assert_uint_eq(mcentral_spare_pages(), 0);
+}
+END_TEST
+
 /* Under SPANALLOC_MEMLIMIT the spare stack keeps one span, as mheap_alloc_spans takes no batch
  * there: the limit's scavenging (scav_memlimit_locked, under mheap.lock) cannot reach spans
  * mcentral holds, so up to SPARE_MAX_PAGES per class would stay resident past the limit (for
@@ -971,6 +1008,7 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(tm, test_spares_returned_by_scavenger);
 	tcase_add_test(tm, test_batch_spares_wake_scavenger);
 	tcase_add_test(tm, test_spares_under_memlimit);
+	tcase_add_test(tm, test_spare_while_scavenger_parks);
 	tcase_add_test(tm, test_spans_back_after_release);
 	suite_add_tcase(s, tm);
 	return s;
