@@ -837,14 +837,15 @@ static void **refill_all(spanclass_t sc, size_t want)
 	return objs;
 }
 
-/* The scavenger thread's current system call (/proc/self/task/TID/syscall), -1 when unknown. */
+/* The scavenger thread's current system call (/proc/self/task/TID/syscall), -1 when unknown
+ * (the file says "running" while the thread runs), -2 when the file cannot be read. */
 static long scav_syscall(void)
 {
 	char path[64], buf[64];
 	snprintf(path, sizeof path, "/proc/self/task/%d/syscall", scav_thread_tid());
 	FILE *f = fopen(path, "r");
 	if (f == NULL)
-		return -1;
+		return -2;
 	long nr = -1;
 	if (fgets(buf, sizeof buf, f) == NULL || sscanf(buf, "%ld", &nr) != 1)
 		nr = -1;
@@ -870,6 +871,10 @@ START_TEST(test_batch_spares_wake_scavenger)
 	for (int t = 0; t < 500 && scav_thread_tid() == 0; t++)
 		usleep(10000);
 	ck_assert_int_ne(scav_thread_tid(), 0);
+	if (scav_syscall() == -2) { /* no /proc/PID/task/TID/syscall (a kernel without it): cannot tell parked */
+		fprintf(stderr, "test_batch_spares_wake_scavenger: skipped, the scavenger's system call is unknown\n");
+		return;
+	}
 	int parked_for = 0;
 	for (int t = 0; t < 1000 && parked_for < 5; t++) {
 		usleep(20000);
