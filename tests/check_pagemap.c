@@ -859,7 +859,9 @@ static long scav_syscall(void)
  * free happens to wake the scavenger (here: never). */
 START_TEST(test_batch_spares_wake_scavenger)
 {
-	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=10,cpu=50", 1);
+	/* a spare goes back after a whole interval unused: 200 ms, so the test thread descheduled
+	 * between its refill and the check below (a loaded machine) does not see it gone already */
+	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=200,cpu=50", 1);
 	sa_ensure_init();
 	const unsigned cls = 4;
 	spanclass_t sc = make_spanclass(cls, true);
