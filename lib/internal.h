@@ -499,6 +499,16 @@ extern _Atomic int sa_inited;
 SA_INTERNAL void env_init(void);
 SA_INTERNAL void sa_init_slow(void);
 SA_INTERNAL bool sa_thread_start(void *(*fn)(void *)); /* detached, signals blocked, errno kept */
+/* A lazily started background thread: true for the one caller that should start it now (it was
+ * asked for, by want_start, and nobody has claimed the start yet). */
+static inline bool sa_thread_start_claim(_Atomic int *want_start, _Atomic int *started)
+{
+	if (likely(!atomic_load_explicit(want_start, memory_order_relaxed)) ||
+	    atomic_load_explicit(started, memory_order_relaxed))
+		return false;
+	int exp = 0;
+	return atomic_compare_exchange_strong(started, &exp, 1);
+}
 SA_INTERNAL extern void (*sa_init_hook)(void); /* tests: runs while initialisation is claimed */
 static inline void sa_ensure_init(void)
 {

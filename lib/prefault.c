@@ -399,11 +399,7 @@ void prefault_kick(void)
 
 void prefault_poll(void)
 {
-	if (likely(!atomic_load_explicit(&want_start, memory_order_relaxed)) ||
-	    atomic_load_explicit(&started, memory_order_relaxed))
-		return;
-	int exp = 0;
-	if (!atomic_compare_exchange_strong(&started, &exp, 1))
+	if (!sa_thread_start_claim(&want_start, &started))
 		return;
 	atomic_store(&want_start, 0);
 	if (!sa_thread_start(prefault_main))

@@ -423,11 +423,7 @@ void scav_note_free(void)
 void scav_poll(void)
 {
 	prefault_poll(); /* the same kind of safe point starts the prefault thread */
-	if (likely(!atomic_load_explicit(&want_start, memory_order_relaxed)) ||
-	    atomic_load_explicit(&started, memory_order_relaxed))
-		return;
-	int exp = 0;
-	if (!atomic_compare_exchange_strong(&started, &exp, 1))
+	if (!sa_thread_start_claim(&want_start, &started))
 		return;
 	parse_config();
 	if (scav_off)
