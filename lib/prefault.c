@@ -44,10 +44,10 @@
  *     SPANALLOC_MEMLIMIT, and the limit holds; only never-committed chunks are planned, so
  *     pages the scavenger returned are faulted in again only by the heap itself, on use, and
  *     the runway acts only when fewer than K free chunks are left ahead of growth;
- *   - a planned chunk loses its scav bits (it counts as resident from the plan); when all its
- *     pages are known zero — never handed out, or returned with MADV_DONTNEED — its zerochunk
- *     bit says so, since populating writes nothing and zeroed_base may pass it meanwhile, so
- *     set_run needs no memset for spans from it, until a free into it;
+ *   - a planned chunk counts as resident from the plan (never committed, it has no scav bits);
+ *     when no page of it was ever handed out its zerochunk bit says it is known zero, since
+ *     populating writes nothing and zeroed_base may pass it meanwhile, so set_run needs no
+ *     memset for spans from it, until a free into it;
  *   - K is also at most an eighth of the heap in use (pages_inuse / 8, in chunks): no runway
  *     below 16 MiB in use, the whole default runway from 64 MiB, so the runway's resident
  *     memory is never more than 12.5% over the heap;
@@ -227,30 +227,22 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 		 * against 144 MB without a runway before this rule; 151 against 146 MB after it.) */
 		if (c[i].rank != 2)
 			continue;
-		/* Resident after it: the chunk, unless it is resident already (rank 0); chunks still
-		 * to be committed by the thread count from the plan (prefault_pending). The goal
-		 * counts every chunk in flight (any node) and this one as runway. */
-		size_t add = c[i].rank == 0 ? 0 : SA_CHUNK_SIZE;
-		if (!scav_runway_ok_locked(sa_mheap.prefault_pending + add, inflight + nt + 1))
+		/* Resident after it: the whole chunk; chunks still to be committed by the thread count
+		 * from the plan (prefault_pending). The goal counts every chunk in flight (any node)
+		 * and this one as runway. */
+		if (!scav_runway_ok_locked(sa_mheap.prefault_pending + SA_CHUNK_SIZE, inflight + nt + 1))
 			break;
-		uintptr_t base = a->base + ((uintptr_t)ci << SA_CHUNK_SHIFT), e = base;
-		if (!(a->committed & bit)) {
-			e |= E_COMMIT;
-			if (arena_commit_plan_locked())
-				e |= E_HUGE;
-			sa_mheap.prefault_pending += SA_CHUNK_SIZE;
-		}
+		/* never committed: the thread commits it first, and it has no scav bits (the scavenger
+		 * only returns committed pages; committed memory is never decommitted) */
+		uintptr_t e = (a->base + ((uintptr_t)ci << SA_CHUNK_SHIFT)) | E_COMMIT;
+		if (arena_commit_plan_locked())
+			e |= E_HUGE;
+		sa_mheap.prefault_pending += SA_CHUNK_SIZE;
+		/* Known zero, now and after the populate (which writes nothing), when no page of it was
+		 * ever handed out. Said in zerochunk, since zeroed_base may pass this chunk while it is
+		 * reserved (the allocator goes on beyond it). */
 		const size_t first = ci * SA_CHUNK_PAGES;
-		size_t below = a->zeroed_base > first ? a->zeroed_base - first : 0;
-		if (below > SA_CHUNK_PAGES)
-			below = SA_CHUNK_PAGES;
-		size_t scav_below = below ? palloc_scav_take(&a->palloc, first, below) : 0;
-		size_t scav_above = below < SA_CHUNK_PAGES ? palloc_scav_take(&a->palloc, first + below, SA_CHUNK_PAGES - below) : 0;
-		sa_mheap.scavenged -= (scav_below + scav_above) * SA_PAGE_SIZE;
-		/* Known zero, now and after the populate (which writes nothing): pages never handed
-		 * out, and pages returned with MADV_DONTNEED. Said in zerochunk, since zeroed_base
-		 * may pass this chunk while it is reserved (the allocator goes on beyond it). */
-		if (below == 0 || (scav_zeroes() && scav_below == below))
+		if (a->zeroed_base <= first)
 			a->zerochunk |= bit;
 		palloc_set(&a->palloc, first, SA_CHUNK_PAGES, true);
 		sa_mheap.prefault_held += SA_CHUNK_PAGES;
