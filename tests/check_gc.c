@@ -9,6 +9,7 @@
  */
 #include "sa_check.h"
 #include "gc/gc.h"
+#include "gc_check.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -17,30 +18,18 @@
 #include <sys/syscall.h>
 #include <time.h>
 
-#define NOINLINE __attribute__((noinline))
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Overwrite the stack below the caller so popped frames hold no stale pointers. */
-static NOINLINE void clear_stack(void)
-{
-	volatile char buf[64 << 10];
-	for (size_t i = 0; i < sizeof buf; i += 64)
-		buf[i] = 0;
-	memset((char *)buf, 0, sizeof buf);
-	__asm__ volatile("" ::: "memory");
-}
-
-static void collect(int n)
-{
-	for (int i = 0; i < n; i++)
-		sa_gc_collect();
-}
+/* Run fn in a child process under SPANALLOC_DEBUG=1 (freed objects poisoned, so a premature
+ * free shows as a bad checksum); its stderr is printed when it did not exit 0. A macro, so Check
+ * reports the calling test's line. */
+#define assert_debug_child_ok(fn)                                                    \
+	do {                                                                         \
+		child_result_t r_;                                                   \
+		static const char *const env_[] = {"SPANALLOC_DEBUG", "1", NULL};    \
+		run_child((fn), NULL, env_, &r_);                                    \
+		if (!child_exited_ok(&r_))                                           \
+			fprintf(stderr, "%s\n", r_.err);                            \
+		ck_assert(child_exited_ok(&r_));                                     \
+	} while (0)
 
 /* ---- finalizer bookkeeping ---- */
 #define NFIN 256
@@ -546,12 +535,7 @@ static void graph_debug_child(void *arg)
 /* SPANALLOC_DEBUG: swept objects are poisoned, so a premature free shows as a bad checksum */
 START_TEST(test_graph_mutation_debug)
 {
-	child_result_t r;
-	static const char *const env[] = {"SPANALLOC_DEBUG", "1", NULL};
-	run_child(graph_debug_child, NULL, env, &r);
-	if (!child_exited_ok(&r))
-		fprintf(stderr, "%s\n", r.err);
-	ck_assert(child_exited_ok(&r));
+	assert_debug_child_ok(graph_debug_child);
 }
 END_TEST
 
@@ -899,12 +883,7 @@ static void poison_child(void *arg)
 
 START_TEST(test_debug_poison)
 {
-	child_result_t r;
-	static const char *const env[] = {"SPANALLOC_DEBUG", "1", NULL};
-	run_child(poison_child, NULL, env, &r);
-	if (!child_exited_ok(&r))
-		fprintf(stderr, "%s\n", r.err);
-	ck_assert(child_exited_ok(&r));
+	assert_debug_child_ok(poison_child);
 }
 END_TEST
 

@@ -19,34 +19,8 @@
 #include <unistd.h>
 
 #include "chan.h"
+#include "gc_check.h"
 
-#define NOINLINE __attribute__((noinline))
-
-/* Not instrumented: under ASan the buffer sits among redzones and a frame header that the
- * memset does not reach, and the dropped channels' stale pointers there kept them alive for
- * the conservative stack scan (test_gcchan_reclaimed failed every run of the sanitizer build).
- * 256 KiB: ASan frames are deeper than the plain build's. */
-__attribute__((no_sanitize_address)) static NOINLINE void clear_stack(void)
-{
-	volatile char buf[256 << 10];
-	for (size_t i = 0; i < sizeof buf; i += 64)
-		buf[i] = 0;
-	memset((char *)buf, 0, sizeof buf);
-	__asm__ volatile("" ::: "memory");
-}
-
-static void collect(int n)
-{
-	for (int i = 0; i < n; i++)
-		sa_gc_collect();
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 #define NOBJ 64
 static _Atomic int fin_count[NOBJ + 4];
@@ -90,6 +64,19 @@ static NOINLINE void churn(void)
 		ck_assert_ptr_nonnull(p);
 		memset(p, 0x5a, 64);
 	}
+}
+
+/* Clear the stack, then three rounds of two full cycles with garbage churned between them, and
+ * let the finalizers that were queued run: what the caller's assertions then find unfinalized
+ * survived six cycles on the references the test means. */
+static void cycles_with_churn(void)
+{
+	clear_stack();
+	for (int round = 0; round < 3; round++) {
+		collect(2);
+		churn();
+	}
+	fin_settle();
 }
 
 /* A GC object of 8 longs, each i * 1000 + k, with a finalizer counting under index i. */
@@ -165,12 +152,7 @@ START_TEST(test_gcchan_buffer_keeps_alive)
 		ck_assert_int_eq(sa_chan_recv(c, &o), SA_CHAN_OK);
 	}
 	fill(c, 0, 40);
-	clear_stack();
-	for (int round = 0; round < 3; round++) {
-		collect(2);
-		churn();
-	}
-	fin_settle();
+	cycles_with_churn();
 	ck_assert_int_eq(fins(), 0);
 	drain_check(c, 0, 40);
 	/* received and dropped: nothing holds them now, the buffer slots were cleared */
@@ -214,12 +196,7 @@ static void run_inflight(size_t cap)
 			chan_nwaiting(c, &r, &s);
 		} while (s < (size_t)i + 1);
 	}
-	clear_stack();
-	for (int round = 0; round < 3; round++) {
-		collect(2);
-		churn();
-	}
-	fin_settle();
+	cycles_with_churn();
 	ck_assert_int_eq(fins(), 0);
 	/* receive: buffered ones first (FIFO), then the parked senders' values, which the
 	 * receives move into the ring (through the barrier) */
@@ -432,12 +409,7 @@ START_TEST(test_gcchan_alive_while_parked)
 {
 	pthread_t t;
 	start_parked(&t);
-	clear_stack();
-	for (int round = 0; round < 3; round++) {
-		collect(2);
-		churn();
-	}
-	fin_settle();
+	cycles_with_churn();
 	ck_assert_int_eq(fins_of(NOBJ + 1), 0);
 	long v = 4242;
 	ck_assert_int_eq(sa_chan_send(unhide(), &v), SA_CHAN_OK);
