@@ -44,19 +44,6 @@ static void fin_fn(void *obj, void *arg)
 	atomic_fetch_add(&fin_total, 1);
 }
 
-/* wait (bounded) until the finalizer thread has run everything queued */
-static void fin_settle(void)
-{
-	sa_gc_stats_t st;
-	double t0 = now_s();
-	do {
-		sa_gc_stats(&st);
-		if (st.finalizers_run == st.finalizers_queued)
-			return;
-		usleep(1000);
-	} while (now_s() - t0 < 20);
-}
-
 START_TEST(test_basic)
 {
 	char *p = sa_gc_alloc(100);
@@ -491,12 +478,7 @@ static void graph_run(int min_cycles, double cap_s)
 	pthread_t th[NTHREADS];
 	for (int j = 0; j < NTHREADS; j++)
 		ck_assert_int_eq(pthread_create(&th[j], NULL, mutator, (void *)(intptr_t)j), 0);
-	double t0 = now_s();
-	int n = 0;
-	while (n < min_cycles && now_s() - t0 < cap_s) {
-		sa_gc_collect(); /* back to back, on top of the paced cycles */
-		n++;
-	}
+	int n = collect_for(min_cycles, cap_s); /* back to back, on top of the paced cycles */
 	atomic_store(&stop_mut, 1);
 	for (int j = 0; j < NTHREADS; j++)
 		pthread_join(th[j], NULL);
@@ -810,12 +792,7 @@ static void globals_mutation_child(void *arg)
 	for (int j = 0; j < NGTHREADS; j++)
 		if (pthread_create(&th[j], NULL, gmutator, (void *)(intptr_t)j) != 0)
 			_exit(30);
-	double t0 = now_s();
-	int n = 0;
-	while (n < 300 && now_s() - t0 < 12) {
-		sa_gc_collect();
-		n++;
-	}
+	int n = collect_for(300, 12);
 	atomic_store(&gstop, 1);
 	for (int j = 0; j < NGTHREADS; j++)
 		pthread_join(th[j], NULL);
@@ -1027,12 +1004,7 @@ START_TEST(test_deep_stacks)
 	pthread_t th[DEEP_THREADS];
 	for (int i = 0; i < DEEP_THREADS; i++)
 		ck_assert_int_eq(pthread_create(&th[i], NULL, deep_thread, (void *)(intptr_t)(i + 1)), 0);
-	double t0 = now_s();
-	int n = 0;
-	while (n < 200 && now_s() - t0 < 10) {
-		sa_gc_collect();
-		n++;
-	}
+	int n = collect_for(200, 10);
 	atomic_store(&deep_stop, 1);
 	for (int i = 0; i < DEEP_THREADS; i++)
 		pthread_join(th[i], NULL);

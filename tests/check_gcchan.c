@@ -44,18 +44,6 @@ static int fins_of(int i)
 	return atomic_load(&fin_count[i]);
 }
 
-static void fin_settle(void)
-{
-	sa_gc_stats_t st;
-	double t0 = now_s();
-	do {
-		sa_gc_stats(&st);
-		if (st.finalizers_run == st.finalizers_queued)
-			return;
-		usleep(1000);
-	} while (now_s() - t0 < 20);
-}
-
 /* Garbage churn: reuses whatever a premature free would have released. */
 static NOINLINE void churn(void)
 {

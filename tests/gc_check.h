@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define NOINLINE __attribute__((noinline))
 
@@ -42,6 +43,31 @@ static inline double now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Full cycles back to back, at most max of them and for at most seconds; returns how many ran. */
+static inline int collect_for(int max, double seconds)
+{
+	double t0 = now_s();
+	int n = 0;
+	while (n < max && now_s() - t0 < seconds) {
+		sa_gc_collect();
+		n++;
+	}
+	return n;
+}
+
+/* Wait (bounded, 20 s) until the finalizer thread has run everything queued. */
+static inline void fin_settle(void)
+{
+	sa_gc_stats_t st;
+	double t0 = now_s();
+	do {
+		sa_gc_stats(&st);
+		if (st.finalizers_run == st.finalizers_queued)
+			return;
+		usleep(1000);
+	} while (now_s() - t0 < 20);
 }
 
 #endif /* SA_GC_CHECK_H */
