@@ -581,6 +581,25 @@ START_TEST(test_thread_churn)
 }
 END_TEST
 
+/* ---- fork tests: a child forked by the test itself ---- */
+/* In the child: a hang fails the test instead of blocking it. SIGALRM's default action kills
+ * the child, which the parent reports; Check's own SIGALRM handler, inherited, would kill the
+ * whole test process group instead (reported as "signal 9"). */
+static void fork_child_guard(void)
+{
+	signal(SIGALRM, SIG_DFL);
+	alarm(20);
+}
+
+/* In the parent: the child exited, with status 0. A macro, so Check reports the test's line. */
+#define assert_child_exit0(pid)                                        \
+	do {                                                           \
+		int status_;                                           \
+		ck_assert_int_eq(waitpid((pid), &status_, 0), (pid));  \
+		ck_assert(WIFEXITED(status_));                         \
+		ck_assert_int_eq(WEXITSTATUS(status_), 0);             \
+	} while (0)
+
 /* ---- fork while a cycle is running: the child has a working, idle collector ---- */
 static void *alloc_loop(void *arg)
 {
@@ -613,11 +632,7 @@ START_TEST(test_fork_during_cycle)
 		pid_t pid = fork();
 		ck_assert_int_ge(pid, 0);
 		if (pid == 0) {
-			/* a hang fails the test instead of blocking it: SIGALRM's default action kills this
-			 * child, which the parent reports (Check's own SIGALRM handler, inherited, would
-			 * kill the whole test process group instead, reported as "signal 9") */
-			signal(SIGALRM, SIG_DFL);
-			alarm(20);
+			fork_child_guard();
 			uintptr_t *volatile head = NULL;
 			for (int k = 0; k < 20000; k++) {
 				uintptr_t *o = sa_gc_alloc(48);
@@ -639,10 +654,7 @@ START_TEST(test_fork_during_cycle)
 				_exit(5);
 			_exit(0);
 		}
-		int status;
-		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-		ck_assert(WIFEXITED(status));
-		ck_assert_int_eq(WEXITSTATUS(status), 0);
+		assert_child_exit0(pid);
 		forks++;
 	}
 	atomic_store(&stop, 1);
@@ -937,7 +949,7 @@ START_TEST(test_fork_child_idle)
 		pid_t pid = fork();
 		ck_assert_int_ge(pid, 0);
 		if (pid == 0) {
-			alarm(20);
+			fork_child_guard();
 			if (atomic_load(&gc.phase) != GC_OFF || sa_gc_barrier_on)
 				_exit(2);
 			sa_gc_stats_t st0, st1;
@@ -953,10 +965,7 @@ START_TEST(test_fork_child_idle)
 				_exit(5);
 			_exit(0);
 		}
-		int status;
-		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-		ck_assert(WIFEXITED(status));
-		ck_assert_int_eq(WEXITSTATUS(status), 0);
+		assert_child_exit0(pid);
 	}
 	atomic_store(&stop, 1);
 	pthread_join(col, NULL);
