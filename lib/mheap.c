@@ -222,13 +222,14 @@ static uintptr_t find_run(size_t n, int node)
 	return b;
 }
 
-/* Pages [first, first+cnt) of arena a are being handed out: every chunk they touch that was
- * wholly free leaves the runway (prefault.c), or was a miss when it was not on it. Returns
- * whether a wholly free chunk was taken (the runway wants refilling). */
-static bool runway_take(heaparena_t *a, size_t first, size_t cnt)
+/* The chunks cmask of arena a are being handed pages: each that was wholly free leaves the
+ * runway (prefault.c), or was a miss when it was not on it. Returns whether a wholly free chunk
+ * was taken (the runway wants refilling). */
+static bool runway_take(heaparena_t *a, uint32_t cmask)
 {
 	bool fresh = false;
-	for (size_t c = first / SA_CHUNK_PAGES; c <= (first + cnt - 1) / SA_CHUNK_PAGES; c++) {
+	for (uint32_t m = cmask; m; m &= m - 1) {
+		unsigned c = (unsigned)__builtin_ctz(m);
 		if (a->palloc.chunk_free[c] != SA_CHUNK_PAGES)
 			continue;
 		fresh = true;
@@ -244,6 +245,19 @@ static bool runway_take(heaparena_t *a, size_t first, size_t cnt)
 	return fresh;
 }
 
+/* After pages were taken under the lock: a fresh chunk taken plans the runway's next chunks,
+ * otherwise finished populates land. Returns whether the prefault thread should be kicked once
+ * the lock is dropped. */
+static bool runway_after_take_locked(bool fresh)
+{
+	if (!sa_config.prefault)
+		return false;
+	if (fresh)
+		return prefault_plan_locked();
+	prefault_complete_locked();
+	return false;
+}
+
 /* Mark pages [base, base + n pages) used or free, arena by arena. Returns whether any page
  * may be dirty: below its arena's zeroed_base and not scavenged (with MADV_DONTNEED). Pages
  * handed out lose their scav bit: they are resident again once touched. *fresh (when used) is
@@ -256,13 +270,13 @@ static bool set_run(uintptr_t base, size_t n, bool used, bool *fresh)
 		heaparena_t *a = arena_of(base);
 		size_t first = (base - a->base) >> SA_PAGE_SHIFT;
 		size_t cnt = SA_PAGES_PER_ARENA - first < n ? SA_PAGES_PER_ARENA - first : n;
-		if (used && runway_take(a, first, cnt))
+		uint32_t cmask = 0; /* the chunks [first, first+cnt) touches */
+		for (size_t c = first / SA_CHUNK_PAGES; c <= (first + cnt - 1) / SA_CHUNK_PAGES; c++)
+			cmask |= 1u << c;
+		if (used && runway_take(a, cmask))
 			*fresh = true;
 		palloc_set(&a->palloc, first, cnt, used);
 		/* zerochunk: the chunks' free pages are all zero (prefault.c); a free makes them dirty */
-		uint32_t cmask = 0;
-		for (size_t c = first / SA_CHUNK_PAGES; c <= (first + cnt - 1) / SA_CHUNK_PAGES; c++)
-			cmask |= 1u << c;
 		const bool zc = (a->zerochunk & cmask) == cmask;
 		if (!used)
 			a->zerochunk &= ~cmask;
@@ -402,12 +416,7 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 	}
 	bool fresh = false;
 	s->needzero = set_run(base, npages, true, &fresh);
-	/* the runway (prefault.c): finished populates land, a fresh chunk taken plans the next */
-	bool kick = false;
-	if (fresh && sa_config.prefault)
-		kick = prefault_plan_locked();
-	else if (sa_config.prefault)
-		prefault_complete_locked();
+	bool kick = runway_after_take_locked(fresh);
 	s->base = base;
 	s->npages = npages;
 	s->node = (uint8_t)arena_of(base)->node;
@@ -472,11 +481,7 @@ size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out,
 	}
 	bool fresh = false;
 	uint8_t dirty = set_run(base, k * npages, true, &fresh);
-	bool kick = false; /* the runway (prefault.c), as in mheap_alloc_node */
-	if (fresh && sa_config.prefault)
-		kick = prefault_plan_locked();
-	else if (sa_config.prefault)
-		prefault_complete_locked();
+	bool kick = runway_after_take_locked(fresh);
 	uint8_t nd = (uint8_t)arena_of(base)->node;
 	for (size_t i = 0; i < k; i++) {
 		mspan_t *s = out[i];
