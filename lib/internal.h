@@ -127,6 +127,13 @@ SA_INTERNAL size_t mspan_take(mspan_t *s, void **out, size_t max);
 /* The same, linked into a list: **tail gets the first object, each object's first word the next;
  * *tail ends at the last object's link word (not written). */
 SA_INTERNAL size_t mspan_take_list(mspan_t *s, void ***tail, size_t max);
+/* The same as runs: runs[*nruns ...] get {first object, count} of objects at a stride of the
+ * size, a run continued where the previous one ends; *nruns is advanced. At most max runs. */
+typedef struct objrun {
+	uintptr_t base;
+	size_t n;
+} objrun_t;
+SA_INTERNAL size_t mspan_take_runs(mspan_t *s, objrun_t *runs, size_t *nruns, size_t max);
 SA_INTERNAL bool mspan_give(mspan_t *s, void *p);
 
 /* ------------------------------------------------------------------------------------------
@@ -327,6 +334,10 @@ SA_INTERNAL void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n);
 /* The per-thread lists' forms: refill links the objects from **tail on (see mspan_take_list);
  * flush takes the first n objects of the list at head and returns the rest of it. */
 SA_INTERNAL size_t mcentral_refill_list(spanclass_t sc, void ***tail, size_t want);
+/* The per-CPU path's forms: refill as runs (mspan_take_runs; *nruns set, at most want runs);
+ * flush n objects at lo, lo + size, ... of one run (no scav_poll: the caller polls). */
+SA_INTERNAL size_t mcentral_refill_runs(spanclass_t sc, objrun_t *runs, size_t *nruns, size_t want);
+SA_INTERNAL void mcentral_flush_run(spanclass_t sc, uintptr_t lo, size_t n);
 SA_INTERNAL void *mcentral_flush_list(spanclass_t sc, void *head, size_t n);
 SA_INTERNAL void mcentral_release_spares(void);
 SA_INTERNAL size_t mcentral_release_idle_spares(void); /* the scavenger: spares unused for an interval */

@@ -7,7 +7,7 @@
  * index that CPU's region, read the header, move one pointer, commit by storing the header's
  * current. Preemption, migration or a signal restarts the sequence; no lock, no atomic
  * read-modify-write. Batch moves (refill from mcentral, flush to it) are sequences too
- * (push_batch, pop_batch below), on whatever CPU the thread is on when they run.
+ * (push_run, pop_run, pop_batch below), on whatever CPU the thread is on when they run.
  *
  * Capacity. Each class has a fixed slot array (class_begin, class_cap), but what a CPU may hold
  * is bounded in bytes: a class's end starts at its begin (capacity 0) and grows by one batch when
@@ -87,40 +87,6 @@ static inline void **slots(unsigned cpu)
 static inline unsigned ld16(uint16_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void st16(uint16_t *p, unsigned v) { __atomic_store_n(p, (uint16_t)v, __ATOMIC_RELAXED); }
 
-/* Push up to n (> 0) objects onto this CPU's slab of class cls, in one sequence; returns how many
- * fit (0 when the class is full or locked, or rseq is not usable in this thread). */
-static size_t push_batch(unsigned cls, void *const *objs, size_t n)
-{
-	uintptr_t t, h, c, k, d, i, x;
-	__asm__ volatile(SA_RSEQ_PROLOGUE()
-			 "leaq (%[t],%[cls],8), %[h]\n\t"
-			 "movzwl (%[h]), %k[c]\n\t"
-			 "movzwl 2(%[h]), %k[k]\n\t"
-			 "subl %k[c], %k[k]\n\t"
-			 "jle 5f\n\t"
-			 "cmpq %[n], %[k]\n\t"
-			 "cmovaq %[n], %[k]\n\t"
-			 "leaq (%[t],%[c],8), %[d]\n\t"
-			 "xorl %k[i], %k[i]\n"
-			 "6:\tmovq (%[objs],%[i],8), %[x]\n\t"
-			 "movq %[x], (%[d],%[i],8)\n\t"
-			 "incq %[i]\n\t"
-			 "cmpq %[k], %[i]\n\t"
-			 "jb 6b\n\t"
-			 "addl %k[k], %k[c]\n\t"
-			 "movw %w[c], (%[h])\n"
-			 "2:\n\t"
-			 "jmp 7f\n"
-			 "5:\txorl %k[k], %k[k]\n"
-			 "7:\n"
-			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [i] "=&r"(i),
-			   [x] "=&r"(x)
-			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [objs] "r"(objs), [n] "r"(n),
-			   [slabs] "m"(sa_slabs)
-			 : "memory", "cc");
-	return k;
-}
-
 /* Pop up to n (> 0) objects of class cls from this CPU's slab into out[], in one sequence. */
 static size_t pop_batch(unsigned cls, void **out, size_t n)
 {
@@ -152,6 +118,130 @@ static size_t pop_batch(unsigned cls, void **out, size_t n)
 			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [out] "r"(out), [n] "r"(n),
 			   [slabs] "m"(sa_slabs)
 			 : "memory", "cc");
+	return k;
+}
+
+/* Push the n (> 0) objects p, p + size, ... onto this CPU's slab of class cls, in one sequence
+ * that writes their addresses (a refill's run: no array in between); returns how many fit (the
+ * first ones). p goes on top, so mallocs take them in address order, and frees in that order
+ * (or its reverse) push them back as one run, across refills when their spans touch (pop_run). */
+static size_t push_run(unsigned cls, uintptr_t p, size_t n, size_t size)
+{
+	uintptr_t t, h, c, k, d, x;
+	__asm__ volatile(SA_RSEQ_PROLOGUE()
+			 "leaq (%[t],%[cls],8), %[h]\n\t"
+			 "movzwl (%[h]), %k[c]\n\t"
+			 "movzwl 2(%[h]), %k[k]\n\t"
+			 "subl %k[c], %k[k]\n\t"
+			 "jle 5f\n\t"
+			 "cmpq %[n], %[k]\n\t"
+			 "cmovaq %[n], %[k]\n\t"
+			 "leaq (%[t],%[c],8), %[d]\n\t"
+			 "addl %k[k], %k[c]\n\t"
+			 "leaq -8(%[t],%[c],8), %[t]\n\t"
+			 "movq %[p], %[x]\n\t"
+			 "addq $24, %[d]\n"
+			 /* four slots a step while four are left, downwards from the top */
+			 "8:\tcmpq %[d], %[t]\n\t"
+			 "jb 9f\n\t"
+			 "movq %[x], (%[t])\n\t"
+			 "addq %[size], %[x]\n\t"
+			 "movq %[x], -8(%[t])\n\t"
+			 "addq %[size], %[x]\n\t"
+			 "movq %[x], -16(%[t])\n\t"
+			 "addq %[size], %[x]\n\t"
+			 "movq %[x], -24(%[t])\n\t"
+			 "addq %[size], %[x]\n\t"
+			 "subq $32, %[t]\n\t"
+			 "jmp 8b\n"
+			 "9:\tsubq $24, %[d]\n"
+			 "6:\tcmpq %[d], %[t]\n\t"
+			 "jb 10f\n\t"
+			 "movq %[x], (%[t])\n\t"
+			 "addq %[size], %[x]\n\t"
+			 "subq $8, %[t]\n\t"
+			 "jmp 6b\n"
+			 "10:\t"
+			 "movw %w[c], (%[h])\n"
+			 "2:\n\t"
+			 "jmp 7f\n"
+			 "5:\txorl %k[k], %k[k]\n"
+			 "7:\n"
+			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [x] "=&r"(x)
+			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [p] "r"(p), [n] "r"(n),
+			   [size] "r"(size), [slabs] "m"(sa_slabs)
+			 : "memory", "cc");
+	return k;
+}
+
+/* Pop the top min(n, cached) objects of class cls from this CPU's slab when they are one run at
+ * a stride of +size or -size (the usual case: a cache gives back what it handed out, in order
+ * or reversed), in one sequence that only reads them; returns how many, 0 (nothing popped) when
+ * fewer than two are cached or they are not such a run. *lo gets the lowest address. */
+static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
+{
+	uintptr_t t, h, c, k, x0, st, e, en;
+	__asm__ volatile(SA_RSEQ_PROLOGUE()
+			 "leaq (%[t],%[cls],8), %[h]\n\t"
+			 "movzwl (%[h]), %k[c]\n\t"
+			 "movzwl 4(%[h]), %k[k]\n\t"
+			 "negl %k[k]\n\t"
+			 "addl %k[c], %k[k]\n\t"
+			 "cmpl $2, %k[k]\n\t"
+			 "jl 5f\n\t"
+			 "cmpq %[n], %[k]\n\t"
+			 "cmovaq %[n], %[k]\n\t"
+			 "subl %k[k], %k[c]\n\t"
+			 "leaq (%[t],%[c],8), %[t]\n\t"
+			 "leaq (%[t],%[k],8), %[en]\n\t"
+			 "movq (%[t]), %[x0]\n\t"
+			 "movq 8(%[t]), %[st]\n\t"
+			 "subq %[x0], %[st]\n\t"
+			 "movq %[st], %[e]\n\t"
+			 "addq %[size], %[e]\n\t"
+			 "jz 8f\n\t"
+			 "cmpq %[size], %[st]\n\t"
+			 "jne 5f\n"
+			 "8:\tleaq (%[x0],%[st]), %[e]\n\t"
+			 "addq $16, %[t]\n\t"
+			 /* four slots a step while four are left */
+			 "subq $24, %[en]\n"
+			 "10:\tcmpq %[en], %[t]\n\t"
+			 "jae 11f\n\t"
+			 "addq %[st], %[e]\n\t"
+			 "cmpq %[e], (%[t])\n\t"
+			 "jne 5f\n\t"
+			 "addq %[st], %[e]\n\t"
+			 "cmpq %[e], 8(%[t])\n\t"
+			 "jne 5f\n\t"
+			 "addq %[st], %[e]\n\t"
+			 "cmpq %[e], 16(%[t])\n\t"
+			 "jne 5f\n\t"
+			 "addq %[st], %[e]\n\t"
+			 "cmpq %[e], 24(%[t])\n\t"
+			 "jne 5f\n\t"
+			 "addq $32, %[t]\n\t"
+			 "jmp 10b\n"
+			 "11:\taddq $24, %[en]\n"
+			 "6:\tcmpq %[en], %[t]\n\t"
+			 "jae 9f\n\t"
+			 "addq %[st], %[e]\n\t"
+			 "cmpq %[e], (%[t])\n\t"
+			 "jne 5f\n\t"
+			 "addq $8, %[t]\n\t"
+			 "jmp 6b\n"
+			 "9:\tmovw %w[c], (%[h])\n"
+			 "2:\n\t"
+			 "jmp 7f\n"
+			 "5:\txorl %k[k], %k[k]\n"
+			 "7:\n"
+			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [x0] "=&r"(x0), [st] "=&r"(st),
+			   [e] "=&r"(e), [en] "=&r"(en)
+			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [n] "rm"(n),
+			   [size] "rm"(size), [slabs] "m"(sa_slabs)
+			 : "memory", "cc");
+	if (k)
+		*lo = x0 < e ? x0 : e;
 	return k;
 }
 
@@ -458,7 +548,7 @@ static void *percpu_refill(unsigned cls)
 	SA_PERCPU_POP(p, cls | SA_CPU_BIT, empty); /* registered just now, or refilled meanwhile */
 	return p;
 empty:;
-	void *buf[BATCH_MAX];
+	objrun_t runs[BATCH_MAX];
 	spanclass_t sc = make_spanclass(cls, true);
 	/* A class with no capacity at the CPU's budget would take a batch from mcentral and give
 	 * all but one straight back: spans then empty and refill on every malloc (perf/bench phase
@@ -469,18 +559,38 @@ empty:;
 	unsigned b = ld16(&h->begin);
 	if (b == SA_HDR_LOCKED || (ld16(&h->end) <= b && grow((unsigned)cpu, cls, cpu_batch[cls]) == 0))
 		want = 1;
-	size_t got = mcentral_refill(sc, buf, want);
-	if (got == 0)
+	size_t nr, size = sa_class_to_size[cls];
+	if (mcentral_refill_runs(sc, runs, &nr, want) == 0)
 		return NULL;
-	size_t k = 1;
-	if (got > k) {
-		k += push_batch(cls, buf + k, got - k);
-		if (k < got && grow((unsigned)cpu, cls, cpu_batch[cls]) > 0)
-			k += push_batch(cls, buf + k, got - k);
-		if (k < got) /* no room (capacity spent, CPU changed, or a drain): give back */
-			mcentral_flush(sc, buf + k, got - k);
+	/* the first object is returned; the rest go on the slab run by run, their addresses
+	 * written by the sequence (push_run), with one grow when the class is full */
+	void *first = (void *)runs[0].base;
+	runs[0].base += size;
+	runs[0].n--;
+	bool grown = false;
+	size_t i = 0;
+	while (i < nr) {
+		if (runs[i].n == 0) {
+			i++;
+			continue;
+		}
+		size_t k = push_run(cls, runs[i].base, runs[i].n, size);
+		if (k == 0) {
+			if (grown || grow((unsigned)cpu, cls, cpu_batch[cls]) == 0)
+				break;
+			grown = true;
+			continue;
+		}
+		runs[i].base += k * size;
+		runs[i].n -= k;
 	}
-	return buf[0];
+	if (i < nr) { /* no room (capacity spent, CPU changed, or a drain): give back */
+		for (; i < nr; i++)
+			if (runs[i].n)
+				mcentral_flush_run(sc, runs[i].base, runs[i].n);
+		scav_poll();
+	}
+	return first;
 }
 
 /* Slow path of malloc: the class is empty (either path). Returns one object, or NULL with
@@ -524,7 +634,20 @@ full:
 		return;
 	}
 still_full:;
-	/* at capacity: send a batch (and p) back to mcentral */
+	/* at capacity: send a batch back to mcentral; a run (the usual case) goes whole, without
+	 * copying it out of the slab, and p then has room */
+	spanclass_t sc = make_spanclass(cls, true);
+	uintptr_t lo;
+	size_t k = pop_run(cls, cpu_batch[cls], sa_class_to_size[cls], &lo);
+	if (k) {
+		mcentral_flush_run(sc, lo, k);
+		SA_PERCPU_PUSH(p, cls | SA_CPU_BIT, no_room);
+		scav_poll();
+		return;
+	no_room:
+		mcentral_flush(sc, &p, 1);
+		return;
+	}
 	void *buf[BATCH_MAX + 1];
 	size_t n = pop_batch(cls, buf, cpu_batch[cls]);
 	buf[n++] = p;

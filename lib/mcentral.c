@@ -3,10 +3,12 @@
  * mcentral keeps the spans of one spanclass on two lists, as Go's: partial (at least one free
  * object) and full (none). Caches refill from it and flush to it in batches, so its lock is
  * taken once per batch, not per object. A refill takes objects from partial spans, lowest
- * index first, into an array (per-CPU slabs) or linked into a list (per-thread lists), and
- * takes a spare or asks mheap when no partial span is left. A flush (flush_objs) finds runs of
- * objects at a stride of ±size, each run's span through the page map, and clears the run's alloc
- * bits a word at a time; a bit already clear is a double free.
+ * index first, as runs {first, count} (per-CPU slabs: the slab's sequence writes the addresses),
+ * into an array (tests) or linked into a list (per-thread lists), and takes a spare or asks
+ * mheap when no partial span is left. A flush (flush_objs) finds runs of objects at a stride of
+ * ±size, each run's span through the page map, and clears the run's alloc bits a word at a time;
+ * a bit already clear is a double free. The per-CPU path finds its run in the slab itself and
+ * hands it over whole (mcentral_flush_run).
  *
  * Empty spans. A span whose objects have all come back goes on the class's stack of spares
  * (LIFO, alloc bits clear, still marked with the class in the page map) rather than back to
@@ -196,8 +198,9 @@ static mspan_t *refill_span(mcentral_t *c, spanclass_t sc, int node)
 /* Take up to want free objects of spanclass sc from the calling CPU's node: into out[], or
  * (list) linked through the objects from **tail on (mspan_take_list). Returns how many (0 only
  * when the heap is exhausted). */
-static inline __attribute__((always_inline)) size_t refill(spanclass_t sc, void **out, void ***tail, size_t want,
-							   const bool list)
+enum { REFILL_ARRAY, REFILL_LIST, REFILL_RUNS };
+static inline __attribute__((always_inline)) size_t refill(spanclass_t sc, void **out, void ***tail, objrun_t *runs,
+							   size_t *nruns, size_t want, const int mode)
 {
 	const int node = heap_node();
 	mcentral_t *c = &sa_mcentrals[node][sc];
@@ -210,7 +213,12 @@ static inline __attribute__((always_inline)) size_t refill(spanclass_t sc, void 
 				break;
 			list_push(&c->partial, s, LIST_PARTIAL);
 		}
-		got += list ? mspan_take_list(s, tail, want - got) : mspan_take(s, out + got, want - got);
+		if (mode == REFILL_LIST)
+			got += mspan_take_list(s, tail, want - got);
+		else if (mode == REFILL_RUNS)
+			got += mspan_take_runs(s, runs, nruns, want - got);
+		else
+			got += mspan_take(s, out + got, want - got);
 		if (s->alloc_count == s->nelems) {
 			list_remove(c, s);
 			list_push(&c->full, s, LIST_FULL);
@@ -222,12 +230,20 @@ static inline __attribute__((always_inline)) size_t refill(spanclass_t sc, void 
 
 size_t mcentral_refill(spanclass_t sc, void **out, size_t want)
 {
-	return refill(sc, out, NULL, want, false);
+	return refill(sc, out, NULL, NULL, NULL, want, REFILL_ARRAY);
 }
 
 size_t mcentral_refill_list(spanclass_t sc, void ***tail, size_t want)
 {
-	return refill(sc, NULL, tail, want, true);
+	return refill(sc, NULL, tail, NULL, NULL, want, REFILL_LIST);
+}
+
+/* A run from one span may be continued by the next span's only when they touch; each span's
+ * objects are runs of their own otherwise, so want runs always suffice. */
+size_t mcentral_refill_runs(spanclass_t sc, objrun_t *runs, size_t *nruns, size_t want)
+{
+	*nruns = 0;
+	return refill(sc, NULL, NULL, runs, nruns, want, REFILL_RUNS);
 }
 
 static _Noreturn SA_NOINLINE void flush_fatal(mcentral_t *c, bool twice, void *p, spanclass_t sc)
@@ -438,6 +454,21 @@ static inline __attribute__((always_inline)) void *flush_objs(spanclass_t sc, vo
 		pthread_mutex_unlock(&x.c->lock);
 	}
 	return list ? nx : NULL;
+}
+
+/* One run of n objects at lo, lo + size, ... (the per-CPU flush found them so in its slab): each
+ * bitmap word checked and cleared once, a bit already clear a double free, as any flush. */
+void mcentral_flush_run(spanclass_t sc, uintptr_t lo, size_t n)
+{
+	unsigned cls = spanclass_sizeclass(sc);
+	const size_t size = sa_class_to_size[cls];
+	flushctx_t x = {.c = NULL, .s = NULL, .base = 0, .len = 0, .sc = sc};
+	if ((size & (size - 1)) == 0)
+		apply_run(&x, lo, n, size, 0, true, (unsigned)__builtin_ctzll(size));
+	else
+		apply_run(&x, lo, n, size, sa_class_to_divmagic[cls], false, 0);
+	finish_span(&x);
+	pthread_mutex_unlock(&x.c->lock);
 }
 
 void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n)

@@ -47,13 +47,18 @@ void mspan_init_large(mspan_t *s)
  * per word. A contiguous run of free objects (a fresh span, or one emptied in order) is carved by
  * stride with no per-object bit scan. Two outputs, one body: into the array out[] (per-CPU
  * slabs, tests), or linked into a list through the objects' first words (the per-thread lists),
- * so a refill writes each object's link once instead of filling an array and linking it after.
+ * so a refill writes each object's link once instead of filling an array and linking it after,
+ * or as runs {first object, count} of objects at a stride of the size (the per-CPU refill, which
+ * writes the addresses into the CPU's slab itself; a run goes on across words, so a fresh span is
+ * one run).
  * In list mode *tail is where the next object's address goes; it is advanced to the last
  * object's link word (left unwritten). */
-static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out, void ***tail, size_t max,
-							 const bool list)
+enum { TAKE_ARRAY, TAKE_LIST, TAKE_RUNS };
+static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out, void ***tail, objrun_t *runs,
+							 size_t *nruns, size_t max, const int mode)
 {
-	size_t got = 0, i = s->freeindex;
+	const bool list = mode == TAKE_LIST;
+	size_t got = 0, i = s->freeindex, nr = mode == TAKE_RUNS ? *nruns : 0;
 	const size_t n = s->nelems, size = s->elemsize;
 	const uintptr_t base = s->base;
 	void **link = list ? *tail : NULL;
@@ -89,6 +94,11 @@ static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out,
 				for (; p != last; p += size)
 					*(void **)p = (void *)(p + size);
 				link = (void **)last;
+			} else if (mode == TAKE_RUNS) {
+				if (nr && runs[nr - 1].base + runs[nr - 1].n * size == p)
+					runs[nr - 1].n += run; /* goes on from the previous word */
+				else
+					runs[nr++] = (objrun_t){.base = p, .n = run};
 			} else {
 				for (size_t k = 0; k < run; k++, p += size)
 					out[got + k] = (void *)p;
@@ -101,6 +111,11 @@ static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out,
 			if (list) {
 				*link = p;
 				link = (void **)p;
+			} else if (mode == TAKE_RUNS) {
+				if (nr && runs[nr - 1].base + runs[nr - 1].n * size == (uintptr_t)p)
+					runs[nr - 1].n++;
+				else
+					runs[nr++] = (objrun_t){.base = (uintptr_t)p, .n = 1};
 			} else {
 				out[got] = p;
 			}
@@ -118,17 +133,24 @@ static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out,
 	s->alloc_count = (uint16_t)(s->alloc_count + got);
 	if (list)
 		*tail = link;
+	if (mode == TAKE_RUNS)
+		*nruns = nr;
 	return got;
 }
 
 size_t mspan_take(mspan_t *s, void **out, size_t max)
 {
-	return take(s, out, NULL, max, false);
+	return take(s, out, NULL, NULL, NULL, max, TAKE_ARRAY);
 }
 
 size_t mspan_take_list(mspan_t *s, void ***tail, size_t max)
 {
-	return take(s, NULL, tail, max, true);
+	return take(s, NULL, tail, NULL, NULL, max, TAKE_LIST);
+}
+
+size_t mspan_take_runs(mspan_t *s, objrun_t *runs, size_t *nruns, size_t max)
+{
+	return take(s, NULL, NULL, runs, nruns, max, TAKE_RUNS);
 }
 
 /* Return object p to its span. False when p was not allocated: a double free. */
