@@ -86,6 +86,8 @@ static inline void **slots(unsigned cpu)
 }
 static inline unsigned ld16(uint16_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void st16(uint16_t *p, unsigned v) { __atomic_store_n(p, (uint16_t)v, __ATOMIC_RELAXED); }
+static inline unsigned ld32(uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void st32(uint32_t *p, unsigned v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
 /* Pop up to n (> 0) objects of class cls from this CPU's slab into out[], in one sequence. */
 static size_t pop_batch(unsigned cls, void **out, size_t n)
@@ -93,8 +95,8 @@ static size_t pop_batch(unsigned cls, void **out, size_t n)
 	uintptr_t t, h, c, k, d, i, x;
 	__asm__ volatile(SA_RSEQ_PROLOGUE()
 			 "leaq (%[t],%[cls],8), %[h]\n\t"
-			 "movzwl (%[h]), %k[c]\n\t"
-			 "movzwl 4(%[h]), %k[x]\n\t"
+			 "movl (%[h]), %k[c]\n\t"
+			 "movzwl 6(%[h]), %k[x]\n\t"
 			 "movl %k[c], %k[k]\n\t"
 			 "subl %k[x], %k[k]\n\t"
 			 "jle 5f\n\t"
@@ -108,7 +110,7 @@ static size_t pop_batch(unsigned cls, void **out, size_t n)
 			 "incq %[i]\n\t"
 			 "cmpq %[k], %[i]\n\t"
 			 "jb 6b\n\t"
-			 "movw %w[c], (%[h])\n"
+			 "movl %k[c], (%[h])\n"
 			 "2:\n\t"
 			 "jmp 7f\n"
 			 "5:\txorl %k[k], %k[k]\n"
@@ -130,8 +132,8 @@ static size_t push_run(unsigned cls, uintptr_t p, size_t n, size_t size)
 	uintptr_t t, h, c, k, d, x;
 	__asm__ volatile(SA_RSEQ_PROLOGUE()
 			 "leaq (%[t],%[cls],8), %[h]\n\t"
-			 "movzwl (%[h]), %k[c]\n\t"
-			 "movzwl 2(%[h]), %k[k]\n\t"
+			 "movl (%[h]), %k[c]\n\t"
+			 "movzwl 4(%[h]), %k[k]\n\t"
 			 "subl %k[c], %k[k]\n\t"
 			 "jle 5f\n\t"
 			 "cmpq %[n], %[k]\n\t"
@@ -162,7 +164,7 @@ static size_t push_run(unsigned cls, uintptr_t p, size_t n, size_t size)
 			 "subq $8, %[t]\n\t"
 			 "jmp 6b\n"
 			 "10:\t"
-			 "movw %w[c], (%[h])\n"
+			 "movl %k[c], (%[h])\n"
 			 "2:\n\t"
 			 "jmp 7f\n"
 			 "5:\txorl %k[k], %k[k]\n"
@@ -183,8 +185,8 @@ static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
 	uintptr_t t, h, c, k, x0, st, e, en;
 	__asm__ volatile(SA_RSEQ_PROLOGUE()
 			 "leaq (%[t],%[cls],8), %[h]\n\t"
-			 "movzwl (%[h]), %k[c]\n\t"
-			 "movzwl 4(%[h]), %k[k]\n\t"
+			 "movl (%[h]), %k[c]\n\t"
+			 "movzwl 6(%[h]), %k[k]\n\t"
 			 "negl %k[k]\n\t"
 			 "addl %k[c], %k[k]\n\t"
 			 "cmpl $2, %k[k]\n\t"
@@ -230,7 +232,7 @@ static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
 			 "jne 5f\n\t"
 			 "addq $8, %[t]\n\t"
 			 "jmp 6b\n"
-			 "9:\tmovw %w[c], (%[h])\n"
+			 "9:\tmovl %k[c], (%[h])\n"
 			 "2:\n\t"
 			 "jmp 7f\n"
 			 "5:\txorl %k[k], %k[k]\n"
@@ -250,7 +252,7 @@ static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
 static size_t take_unused(unsigned cpu, unsigned d, size_t need, unsigned keep)
 {
 	cpuhdr_t *h = hdr(cpu, d);
-	unsigned end = ld16(&h->end), cur = ld16(&h->current), b = class_begin[d];
+	unsigned end = ld16(&h->end), cur = ld32(&h->current), b = class_begin[d];
 	if (cur < b)
 		cur = b;
 	if (end <= cur + keep)
@@ -281,7 +283,7 @@ static size_t steal(unsigned cpu, unsigned cls, size_t need)
 		if (d == cls)
 			continue;
 		cpuhdr_t *h = hdr(cpu, d);
-		unsigned cur = ld16(&h->current), b = class_begin[d];
+		unsigned cur = ld32(&h->current), b = class_begin[d];
 		if (cur <= b || cur == SA_HDR_LOCKED)
 			continue;
 		size_t size = sa_class_to_size[d], k = (need - got + size - 1) / size;
@@ -356,7 +358,7 @@ static size_t drain_cpu(unsigned cpu, bool trylock)
 	}
 	bool any = cs->cap_bytes != 0;
 	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES && !any; c++)
-		any = ld16(&hdr(cpu, c)->current) != class_begin[c] || ld16(&hdr(cpu, c)->end) != class_begin[c];
+		any = ld32(&hdr(cpu, c)->current) != class_begin[c] || ld16(&hdr(cpu, c)->end) != class_begin[c];
 	if (!any) {
 		pthread_mutex_unlock(&cs->lock);
 		return 0;
@@ -382,10 +384,10 @@ static size_t drain_cpu(unsigned cpu, bool trylock)
 	void **sl = slots(cpu);
 	for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
 		cpuhdr_t *h = hdr(cpu, c);
-		unsigned cur = ld16(&h->current), b = class_begin[c];
+		unsigned cur = ld32(&h->current), b = class_begin[c];
 		/* reset first: a fork between here and the flush leaks these objects in the child
 		 * instead of handing them out twice */
-		st16(&h->current, b);
+		st32(&h->current, b);
 		__atomic_signal_fence(__ATOMIC_SEQ_CST);
 		if (cur > b) {
 			mcentral_flush_nopoll(make_spanclass(c, true), sl + b, cur - b);
@@ -834,7 +836,7 @@ static size_t percpu_cached(unsigned cls)
 	if (!sa_percpu)
 		return 0;
 	for (unsigned cpu = 0; cpu < sa_ncpu; cpu++) {
-		unsigned cur = ld16(&hdr(cpu, cls)->current);
+		unsigned cur = ld32(&hdr(cpu, cls)->current);
 		if (cur > class_begin[cls])
 			n += cur - class_begin[cls];
 	}
@@ -878,7 +880,7 @@ void mcache_fork_child(void)
 		for (unsigned c = 1; c < SA_NUM_SIZE_CLASSES; c++) {
 			cpuhdr_t *h = hdr(cpu, c);
 			unsigned b = class_begin[c], limit = b + class_cap[c];
-			unsigned cur = ld16(&h->current), end = ld16(&h->end);
+			unsigned cur = ld32(&h->current), end = ld16(&h->end);
 			if (ld16(&h->begin) != b)
 				st16(&h->begin, b);
 			if (end < cur)
