@@ -45,8 +45,12 @@ SA_INTERNAL void sa_free_slow(void *p);        /* class byte 0: NULL, large, GC,
 static SA_ALWAYS_INLINE void *sa_small_alloc(size_t n, uintptr_t cb)
 {
 	void *p;
-	/* cb in %rsi: where mcache_refill wants it, so no copy on the fast path */
-	__asm__ goto("testb %b[cb], %b[cb]\n\tjs %l[cpu]" : : [cb] "S"(cb) : "cc" : cpu);
+	/* cb in %rsi: where mcache_refill wants it, so no copy on the fast path. The per-CPU path
+	 * falls through (no taken branch: the call, the PLT jump and the return already are three) */
+	__asm__ goto("testb %b[cb], %b[cb]\n\tjns %l[thread]" : : [cb] "S"(cb) : "cc" : thread);
+	SA_PERCPU_POP_C(p, cb, refill, "S");
+	return p;
+thread:
 	p = sa_mcache.head[cb];
 	if (likely(p != NULL)) {
 		sa_mcache.head[cb] = *(void **)p;
@@ -55,9 +59,6 @@ static SA_ALWAYS_INLINE void *sa_small_alloc(size_t n, uintptr_t cb)
 	}
 refill:
 	return mcache_refill(n, cb); /* sets errno = ENOMEM when it fails; a tail call */
-cpu:
-	SA_PERCPU_POP_C(p, cb, refill, "S");
-	return p;
 }
 
 static SA_ALWAYS_INLINE void *sa_malloc_fast(size_t n)
@@ -124,11 +125,11 @@ static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 			 * regions; in per-thread mode the thread's unregistered rseq area has cpu_id -1
 			 * and sa_slabs puts a zero header there): the push fails and
 			 * mcache_percpu_free_slow sends byte 0 to sa_free_slow. */
-			__asm__ goto("cmpb $1, %b[cb]\n\tjs %l[cpu]" : : [cb] "r"(cb) : "cc" : cpu);
-			sa_small_free_thread(p, cb);
+			__asm__ goto("cmpb $1, %b[cb]\n\tjns %l[thread]" : : [cb] "r"(cb) : "cc" : thread);
+			sa_small_free_cpu(p, cb); /* falls through, as malloc's */
 			return;
-		cpu:
-			sa_small_free_cpu(p, cb);
+		thread:
+			sa_small_free_thread(p, cb);
 			return;
 		}
 	}
