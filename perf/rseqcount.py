@@ -26,16 +26,17 @@ LIB = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "lib", ".li
 
 # Branch decisions on each fast path, in the order the branches are met: True = taken.
 PATHS = {
-    # malloc(n), n <= 4096, class cached: size check (ja), sign of the class byte (js), then the
-    # pop's emptiness check (jbe on the per-CPU slab, je on the thread's list)
-    ("malloc", "per-CPU"): [False, True, False],
-    ("malloc", "per-thread"): [False, False, False],
+    # malloc(n), n <= 4096, class cached: size check (ja), sign of the class byte (jns: taken to
+    # the per-thread list; the per-CPU path falls through), then the pop's emptiness check (jbe
+    # on the per-CPU slab, je on the thread's list)
+    ("malloc", "per-CPU"): [False, False, False],
+    ("malloc", "per-thread"): [False, True, False],
     # free(p) of a small object, cache not full: arena index range (ja), arena present (je),
-    # class byte - 1 negative (js: a per-CPU byte, or byte 0, which the per-CPU push's closed
-    # header 0 sends to the slow path), then the push's fullness check (jae on the slab, js on
-    # the list's room counter)
-    ("free", "per-CPU"): [False, False, True, False],
-    ("free", "per-thread"): [False, False, False, False],
+    # class byte - 1 not negative (jns: taken to the per-thread list; per-CPU bytes, and byte
+    # 0, which the per-CPU push's closed header 0 sends to the slow path, fall through), then the
+    # push's fullness check (jae on the slab, js on the list's room counter)
+    ("free", "per-CPU"): [False, False, False, False],
+    ("free", "per-thread"): [False, False, True, False],
 }
 # The caller's side of a pair, identical for every allocator and counted by callgrind.sh's
 # subtraction too (perf/rseqbench's cg_pair_loop minus cg_pair_empty): the size moved into
