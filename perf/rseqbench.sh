@@ -8,7 +8,8 @@
 #              that is the path these counts are for (its stats line says so; checked below).
 #   native     ns per pair (median of RUNS runs) for both patterns; pairs/s with 1, 2, 4 threads;
 #              a producer/consumer pair (one thread allocates, the other frees).
-# usage: perf/rseqbench.sh [OUT_DIR]   (env: CG_N, N, RUNS, ROUNDS; NO_CG=1 skips callgrind)
+# usage: perf/rseqbench.sh [OUT_DIR]   (env: CG_N, N, RUNS, ROUNDS; NO_CG=1 skips callgrind;
+#        EXTRA="main=/path/libspanalloc.so" adds allocators; NO_THREADS=1 skips threads/prodcons)
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
@@ -30,6 +31,8 @@ set -- "spanalloc=$sa" "sa-thread=$sa" "glibc="
 l=$(findlib libjemalloc.so.2) && [ -n "$l" ] && set -- "$@" "jemalloc=$l"
 l=$(findlib libtcmalloc_minimal.so.4 libtcmalloc.so.4) && [ -n "$l" ] && set -- "$@" "tcmalloc=$l"
 l=$(findlib libmimalloc.so.2 libmimalloc.so) && [ -n "$l" ] && set -- "$@" "mimalloc=$l"
+# EXTRA="NAME=LIB ...": more libraries in the same rounds, e.g. a baseline build of main
+for e in ${EXTRA:-}; do set -- "$@" "$e"; done
 
 run() { # NAME LIB CMD... : run with the allocator preloaded (sa-thread: SPANALLOC_RSEQ=off)
 	name=$1; lib=$2; shift 2
@@ -88,6 +91,7 @@ while [ $r -le $ROUNDS ]; do
 		name=${spec%%=*}; lib=${spec#*=}
 		for s in 16 64 256 4096; do echo "$name,pair$s,$(run "$name" "$lib" "$bin" time-pair $s $N $RUNS)" >>"$raw"; done
 		echo "$name,bulk32,$(run "$name" "$lib" "$bin" time-bulk $N $RUNS)" >>"$raw"
+		[ -n "${NO_THREADS:-}" ] && continue
 		for t in 1 2 4; do echo "$name,thr$t,$(run "$name" "$lib" "$bin" threads $t $((N * 2 / t)) 3)" >>"$raw"; done
 		echo "$name,prodcons,$(run "$name" "$lib" "$bin" prodcons $((N / 10)) 3)" >>"$raw"
 	done
