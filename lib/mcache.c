@@ -129,7 +129,7 @@ static size_t pop_batch(unsigned cls, void **out, size_t n)
  * (or its reverse) push them back as one run, across refills when their spans touch (pop_run). */
 static size_t push_run(unsigned cls, uintptr_t p, size_t n, size_t size)
 {
-	uintptr_t t, h, c, k, d, x;
+	uintptr_t t, h, c, k, d, x, y, z;
 	__asm__ volatile(SA_RSEQ_PROLOGUE()
 			 "leaq (%[t],%[cls],8), %[h]\n\t"
 			 "movl (%[h]), %k[c]\n\t"
@@ -142,35 +142,39 @@ static size_t push_run(unsigned cls, uintptr_t p, size_t n, size_t size)
 			 "addl %k[k], %k[c]\n\t"
 			 "leaq -8(%[t],%[c],8), %[t]\n\t"
 			 "movq %[p], %[x]\n\t"
-			 "addq $24, %[d]\n"
-			 /* four slots a step while four are left, downwards from the top */
-			 "8:\tcmpq %[d], %[t]\n\t"
-			 "jb 9f\n\t"
+			 "addq $24, %[d]\n\t"
+			 "cmpq %[d], %[t]\n\t"
+			 "jb 9f\n"
+			 /* four slots a step while four are left, downwards from the top; each address
+			  * made from x, and x the only chain from step to step */
+			 "8:\tleaq (%[x],%[size]), %[y]\n\t"
 			 "movq %[x], (%[t])\n\t"
-			 "addq %[size], %[x]\n\t"
-			 "movq %[x], -8(%[t])\n\t"
-			 "addq %[size], %[x]\n\t"
-			 "movq %[x], -16(%[t])\n\t"
-			 "addq %[size], %[x]\n\t"
-			 "movq %[x], -24(%[t])\n\t"
-			 "addq %[size], %[x]\n\t"
+			 "leaq (%[x],%[size],2), %[z]\n\t"
+			 "movq %[y], -8(%[t])\n\t"
+			 "leaq (%[y],%[size],2), %[y]\n\t"
+			 "movq %[z], -16(%[t])\n\t"
+			 "movq %[y], -24(%[t])\n\t"
+			 "leaq (%[x],%[size],4), %[x]\n\t"
 			 "subq $32, %[t]\n\t"
-			 "jmp 8b\n"
-			 "9:\tsubq $24, %[d]\n"
-			 "6:\tcmpq %[d], %[t]\n\t"
-			 "jb 10f\n\t"
-			 "movq %[x], (%[t])\n\t"
+			 "cmpq %[d], %[t]\n\t"
+			 "jae 8b\n"
+			 "9:\tsubq $24, %[d]\n\t"
+			 "cmpq %[d], %[t]\n\t"
+			 "jb 10f\n"
+			 "6:\tmovq %[x], (%[t])\n\t"
 			 "addq %[size], %[x]\n\t"
 			 "subq $8, %[t]\n\t"
-			 "jmp 6b\n"
+			 "cmpq %[d], %[t]\n\t"
+			 "jae 6b\n"
 			 "10:\t"
 			 "movl %k[c], (%[h])\n"
 			 "2:\n\t"
 			 "jmp 7f\n"
 			 "5:\txorl %k[k], %k[k]\n"
 			 "7:\n"
-			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [x] "=&r"(x)
-			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [p] "r"(p), [n] "r"(n),
+			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [d] "=&r"(d), [x] "=&r"(x),
+			   [y] "=&r"(y), [z] "=&r"(z)
+			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [p] "r"(p), [n] "rm"(n),
 			   [size] "r"(size), [slabs] "m"(sa_slabs)
 			 : "memory", "cc");
 	return k;
@@ -182,7 +186,7 @@ static size_t push_run(unsigned cls, uintptr_t p, size_t n, size_t size)
  * fewer than two are cached or they are not such a run. *lo gets the lowest address. */
 static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
 {
-	uintptr_t t, h, c, k, x0, st, e, en;
+	uintptr_t t, h, c, k, x0, st, e, en, z;
 	__asm__ volatile(SA_RSEQ_PROLOGUE()
 			 "leaq (%[t],%[cls],8), %[h]\n\t"
 			 "movl (%[h]), %k[c]\n\t"
@@ -206,44 +210,47 @@ static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
 			 "jne 5f\n"
 			 "8:\tleaq (%[x0],%[st]), %[e]\n\t"
 			 "addq $16, %[t]\n\t"
-			 /* four slots a step while four are left */
-			 "subq $24, %[en]\n"
-			 "10:\tcmpq %[en], %[t]\n\t"
-			 "jae 11f\n\t"
-			 "addq %[st], %[e]\n\t"
-			 "cmpq %[e], (%[t])\n\t"
+			 /* four slots a step while four are left, each expected address made from e, and e
+			  * the only chain from step to step (x0 is free now: *lo comes from e) */
+			 "subq $24, %[en]\n\t"
+			 "cmpq %[en], %[t]\n\t"
+			 "jae 11f\n"
+			 "10:\tleaq (%[e],%[st]), %[x0]\n\t"
+			 "cmpq %[x0], (%[t])\n\t"
 			 "jne 5f\n\t"
-			 "addq %[st], %[e]\n\t"
-			 "cmpq %[e], 8(%[t])\n\t"
+			 "leaq (%[e],%[st],2), %[z]\n\t"
+			 "cmpq %[z], 8(%[t])\n\t"
 			 "jne 5f\n\t"
-			 "addq %[st], %[e]\n\t"
-			 "cmpq %[e], 16(%[t])\n\t"
+			 "leaq (%[x0],%[st],2), %[x0]\n\t"
+			 "cmpq %[x0], 16(%[t])\n\t"
 			 "jne 5f\n\t"
-			 "addq %[st], %[e]\n\t"
+			 "leaq (%[e],%[st],4), %[e]\n\t"
 			 "cmpq %[e], 24(%[t])\n\t"
 			 "jne 5f\n\t"
 			 "addq $32, %[t]\n\t"
-			 "jmp 10b\n"
-			 "11:\taddq $24, %[en]\n"
-			 "6:\tcmpq %[en], %[t]\n\t"
-			 "jae 9f\n\t"
-			 "addq %[st], %[e]\n\t"
+			 "cmpq %[en], %[t]\n\t"
+			 "jb 10b\n"
+			 "11:\taddq $24, %[en]\n\t"
+			 "cmpq %[en], %[t]\n\t"
+			 "jae 9f\n"
+			 "6:\taddq %[st], %[e]\n\t"
 			 "cmpq %[e], (%[t])\n\t"
 			 "jne 5f\n\t"
 			 "addq $8, %[t]\n\t"
-			 "jmp 6b\n"
+			 "cmpq %[en], %[t]\n\t"
+			 "jb 6b\n"
 			 "9:\tmovl %k[c], (%[h])\n"
 			 "2:\n\t"
 			 "jmp 7f\n"
 			 "5:\txorl %k[k], %k[k]\n"
 			 "7:\n"
 			 : [t] "=&r"(t), [h] "=&r"(h), [c] "=&r"(c), [k] "=&r"(k), [x0] "=&r"(x0), [st] "=&r"(st),
-			   [e] "=&r"(e), [en] "=&r"(en)
+			   [e] "=&r"(e), [en] "=&r"(en), [z] "=&r"(z)
 			 : [off] "r"(sa_rseq_off), [cls] "r"((uintptr_t)(cls | SA_CPU_BIT)), [n] "rm"(n),
 			   [size] "rm"(size), [slabs] "m"(sa_slabs)
 			 : "memory", "cc");
-	if (k)
-		*lo = x0 < e ? x0 : e;
+	if (k) /* e is the address in the topmost slot; the run goes down from it by st */
+		*lo = (intptr_t)st > 0 ? e - (k - 1) * st : e;
 	return k;
 }
 
