@@ -622,5 +622,8 @@ typedef struct sa_gc_config {
 } sa_gc_config_t;
 extern sa_gc_config_t sa_gc_config SA_INTERNAL;
 SA_INTERNAL void gc_report(FILE *f);   /* the GC part of sa_stats_print */
+/* The GC heap's goal in bytes (a lock-free read; SIZE_MAX when the collector is not in use or
+ * paces nothing): prefault.c plans no runway past it. */
+SA_INTERNAL size_t gc_heap_goal(void);
 
 #endif /* SA_INTERNAL_H */

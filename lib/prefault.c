@@ -200,14 +200,27 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 	size_t by_heap = sa_mheap.pages_inuse / (RUNWAY_HEAP_RATIO * SA_CHUNK_PAGES);
 	if (k > by_heap)
 		k = by_heap;
-	if (k == 0)
+	/* the node's runway and chunks in flight count against K */
+	size_t have = sa_mheap.runway_node[node] + sa_mheap.prefault_inflight[node];
+	/* Under a GC heap, no new chunk that would take resident memory past the GC heap's goal:
+	 * a GOGC-paced heap does not pass its goal before the next cycle frees memory, so such a
+	 * chunk would only raise the peak RSS (binary-trees ends every mark at its goal; after a
+	 * mark the dead objects' pages are free again once swept, so what the heap in use says
+	 * right then overstates what it needs). Pages in use outside the GC heap count against
+	 * the goal too: a program that also grows a malloc heap gets a shorter runway. */
+	size_t goal = gc_heap_goal();
+	if (goal != SIZE_MAX) {
+		size_t res = scav_resident() + sa_mheap.prefault_pending;
+		size_t by_gc = have + (goal > res ? (goal - res) / SA_CHUNK_SIZE : 0);
+		if (k > by_gc)
+			k = by_gc;
+	}
+	if (k == 0 || have >= k)
 		return 0;
 	cand_t c[MAX_RUNWAY];
 	size_t n = next_chunks(node, c, k);
 	if (n < k && mheap_grow_locked(SA_PAGES_PER_ARENA, node))
 		n = next_chunks(node, c, k);
-	/* the node's runway and chunks in flight count against K */
-	size_t have = sa_mheap.runway_node[node] + sa_mheap.prefault_inflight[node];
 	size_t inflight = 0;
 	for (int nd = 0; nd < sa_heap_nodes; nd++)
 		inflight += sa_mheap.prefault_inflight[nd];

@@ -25,9 +25,12 @@
 #include "gc/gc.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 typedef struct node {
 	struct node *left, *right;
@@ -99,6 +102,83 @@ static void drop(node_t *n)
 		else
 			sa_free(n);
 	}
+}
+
+
+/* GCBENCH_RSSLOG=1 (sagc only): where the peak RSS is. A thread (not registered with the
+ * collector, allocating nothing) reads /proc/self/statm every millisecond together with the
+ * heap's counters (racy reads: a diagnostic) and keeps the sample of the highest RSS; at exit
+ * an RSSPEAK line splits it into pages in spans (object bytes the pacer counts vs the rest:
+ * free slots, unswept garbage), committed free pages, the runway, span records. With
+ * GCBENCH_RSSLOG=2 it also prints a line every 10 ms. */
+typedef struct rss_sample {
+	double t;
+	size_t rss, heap, marked, goal, trigger, committed, inuse, scavenged, runway, spans, prefault;
+	unsigned started, swept;
+	int phase;
+} rss_sample_t;
+static rss_sample_t rss_peak;
+static volatile int rss_stop;
+static int rsslog;
+
+static size_t statm_rss(int fd)
+{
+	char buf[128];
+	ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *p = strchr(buf, ' ');
+	return p ? strtoul(p + 1, NULL, 10) * (size_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
+static void *rss_sampler(void *arg)
+{
+	uint64_t t0 = *(uint64_t *)arg;
+	int fd = open("/proc/self/statm", O_RDONLY);
+	unsigned k = 0;
+	while (!rss_stop) {
+		rss_sample_t x;
+		x.t = (double)(gc_nanotime() - t0) / 1e9;
+		x.rss = statm_rss(fd);
+		x.marked = __atomic_load_n(&gc.heap_marked, __ATOMIC_RELAXED);
+		x.heap = x.marked + __atomic_load_n(&gc.heap_alloc, __ATOMIC_RELAXED);
+		x.goal = __atomic_load_n(&gc.goal, __ATOMIC_RELAXED);
+		x.trigger = __atomic_load_n(&gc.trigger, __ATOMIC_RELAXED);
+		x.committed = __atomic_load_n(&sa_mheap.committed, __ATOMIC_RELAXED);
+		x.inuse = __atomic_load_n(&sa_mheap.pages_inuse, __ATOMIC_RELAXED) * SA_PAGE_SIZE;
+		x.scavenged = __atomic_load_n(&sa_mheap.scavenged, __ATOMIC_RELAXED);
+		x.runway = __atomic_load_n(&sa_mheap.runway_chunks, __ATOMIC_RELAXED) * SA_CHUNK_SIZE;
+		x.prefault = __atomic_load_n(&sa_mheap.prefault_held, __ATOMIC_RELAXED) * SA_PAGE_SIZE;
+		x.spans = __atomic_load_n(&sa_mheap.nspans_inuse, __ATOMIC_RELAXED);
+		x.started = __atomic_load_n(&gc.started, __ATOMIC_RELAXED);
+		x.swept = __atomic_load_n(&gc.swept, __ATOMIC_RELAXED);
+		x.phase = __atomic_load_n(&gc.phase, __ATOMIC_RELAXED);
+		if (x.rss > rss_peak.rss)
+			rss_peak = x;
+		if (rsslog > 1 && k++ % 10 == 0)
+			fprintf(stderr, "RSS t=%.3f rss=%zu heap=%zu marked=%zu goal=%zu inuse=%zu committed=%zu scav=%zu runway=%zu spans=%zu cycle=%u/%u%s\n",
+				x.t, x.rss >> 20, x.heap >> 20, x.marked >> 20, x.goal >> 20, x.inuse >> 20, x.committed >> 20,
+				x.scavenged >> 20, x.runway >> 20, x.spans, x.started, x.swept, x.phase ? " mark" : "");
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	close(fd);
+	return NULL;
+}
+
+static void rss_report(void)
+{
+	const rss_sample_t *x = &rss_peak;
+	double M = 1 << 20;
+	size_t resident = x->committed - x->scavenged;
+	fprintf(stderr, "RSSPEAK t=%.3f s rss %.1f MB: pages in spans %.1f (objects counted %.1f, other slots %.1f), "
+		"committed free %.1f (runway %.1f), span records %.1f (%zu spans), outside the heap %.1f; "
+		"marked %.1f goal %.1f trigger %.1f, cycle %u started %u swept%s\n",
+		x->t, x->rss / M, x->inuse / M, x->heap / M, ((double)x->inuse - (double)x->heap) / M,
+		((double)resident - (double)x->inuse) / M, x->runway / M, (double)x->spans * sizeof(mspan_t) / M, x->spans,
+		((double)x->rss - (double)resident) / M, x->marked / M, x->goal / M, x->trigger / M, x->started, x->swept,
+		x->phase ? ", marking" : "");
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -353,6 +433,11 @@ int main(int argc, char **argv)
 			gcb_set_event(boehm_event);
 	}
 	uint64_t t0 = gc_nanotime();
+	const char *rl = getenv("GCBENCH_RSSLOG");
+	rsslog = rl && mode == M_SAGC ? atoi(rl) : 0;
+	pthread_t rss_thread;
+	if (rsslog && pthread_create(&rss_thread, NULL, rss_sampler, &t0) != 0)
+		rsslog = 0;
 	if (!strcmp(argv[2], "markarray") && argc >= 5 && mode == M_SAGC)
 		return markarray_bench(strtoul(argv[3], NULL, 10), atoi(argv[4]), argc < 6 || strcmp(argv[5], "seq"));
 	if (!strcmp(argv[2], "markrate") && argc >= 5 && mode == M_SAGC)
@@ -371,6 +456,11 @@ int main(int argc, char **argv)
 	printf("long lived tree of depth %d\t check: %ld\n", max_depth, check(long_lived));
 	drop(long_lived);
 	double secs = (double)(gc_nanotime() - t0) / 1e9;
+	if (rsslog) {
+		rss_stop = 1;
+		pthread_join(rss_thread, NULL);
+		rss_report();
+	}
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	unsigned long long cycles;

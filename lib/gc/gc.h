@@ -38,6 +38,7 @@
 #define GC_TINY_SIZE 16
 #define GC_CREDIT_FLUSH ((size_t)64 << 10)    /* allocation bytes batched per thread */
 #define GC_MIN_GOAL ((size_t)4 << 20)
+#define GC_SPAN_MAX_PAGES 4                   /* small-class GC spans: at most 32 KiB (gcalloc.c) */
 #define GC_BACKSTOP_NS 1000000ULL             /* longest backstop wait of one credit flush */
 #define GC_STOP_SPIN_NS 100000ULL             /* the collector spins this long for acknowledgements */
 #define GC_SNAP_MAX ((size_t)64 << 20)        /* larger used stacks: parked, copied by the collector */
@@ -130,7 +131,8 @@ typedef struct gc_state {
 	size_t nfull, nempty;
 	long nbusy;                          /* buffers taken from the pool and not given back */
 	_Atomic unsigned pool_seq;           /* futex: bumped on every change */
-	_Atomic size_t marked;               /* bytes marked this cycle */
+	_Atomic size_t marked;               /* bytes marked this cycle by scanning (the snapshot) */
+	_Atomic size_t black;                /* bytes allocated black this cycle (threads gone) */
 	int nworkers;
 	int workers_started;
 	int worker_cpu[256];
@@ -142,7 +144,9 @@ typedef struct gc_state {
 	_Atomic uint64_t freed_bytes, freed_spans;
 	/* pacer (pacer.c) */
 	_Atomic size_t heap_alloc;           /* bytes allocated since the last mark termination */
-	_Atomic size_t heap_marked;          /* live bytes at the last mark termination */
+	_Atomic size_t heap_marked;          /* bytes the last mark found reachable from its snapshot
+					      * (allocated-black bytes not included: pacer.c) */
+	_Atomic size_t last_black;           /* bytes allocated black during the last mark */
 	_Atomic size_t trigger, goal;
 	_Atomic int percent;                 /* GOGC; < 0 off */
 	_Atomic unsigned req;                /* cycles requested (futex) */

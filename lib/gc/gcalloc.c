@@ -61,6 +61,21 @@ mspan_t *gc_pop_unswept(gc_central_t *c)
 	return s ? s : list_pop(&c->unswept2);
 }
 
+/* Pages of a GC span of small size class cls: malloc's span size, doubled while the objects
+ * still fit the span record's bitmaps (SA_MAX_OBJS_PER_SPAN) and the span stays within
+ * GC_SPAN_MAX_PAGES. A span record costs sizeof(mspan_t) (336 B) whatever the span's size, so
+ * for the small classes, whose 8 KiB spans hold 512 objects or fewer, this halves or quarters
+ * the records: 5 MB of them for binary-trees' 125 MB heap of 16-byte nodes at 8 KiB, 2.5 MB
+ * at 16 KiB. A GC span goes back to mheap only when all its objects are dead, so the bound
+ * keeps that granularity coarse by little. */
+static size_t gc_span_pages(unsigned cls)
+{
+	size_t np = sa_class_to_allocnpages[cls];
+	while (np * 2 <= GC_SPAN_MAX_PAGES && np * 2 * SA_PAGE_SIZE / sa_class_to_size[cls] <= SA_MAX_OBJS_PER_SPAN)
+		np *= 2;
+	return np;
+}
+
 /* A fresh span from mheap, made a GC span of class gcc. Called outside crit (mheap.lock). */
 static mspan_t *span_new(unsigned gcc, size_t large_bytes)
 {
@@ -70,10 +85,14 @@ static mspan_t *span_new(unsigned gcc, size_t large_bytes)
 		size_t np = (large_bytes + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
 		s = mheap_alloc(np, 0, 1);
 	} else {
-		s = mheap_alloc(sa_class_to_allocnpages[cls], make_spanclass(cls, gcc & 1), 1);
+		s = mheap_alloc(gc_span_pages(cls), make_spanclass(cls, gcc & 1), 1);
 	}
 	if (s == NULL)
 		return NULL;
+	if (cls != 0 && s->npages != sa_class_to_allocnpages[cls]) { /* as many objects as fit */
+		s->nelems = (uint16_t)(s->npages * SA_PAGE_SIZE / s->elemsize);
+		s->limit = s->base + (uintptr_t)s->nelems * s->elemsize;
+	}
 	scav_poll(); /* no lock held: the prefault thread a fresh chunk asked for may start */
 	if (s->needzero)
 		memset((void *)s->base, 0, cls == 0 ? s->npages * SA_PAGE_SIZE : (size_t)(s->limit - s->base));

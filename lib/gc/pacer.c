@@ -81,6 +81,13 @@ static void pacer_set(void)
 	atomic_store(&gc.trigger, trigger);
 }
 
+size_t gc_heap_goal(void)
+{
+	if (!atomic_load_explicit(&gc.inited, memory_order_acquire))
+		return SIZE_MAX;
+	return atomic_load_explicit(&gc.goal, memory_order_relaxed);
+}
+
 void gc_pacer_mark_start(void)
 {
 	size_t last = atomic_exchange(&gc.scan_work, 0);
@@ -221,11 +228,11 @@ static void trace(unsigned n, const cycle_times_t *ct, uint64_t cpu, size_t befo
 #define MS(x) ((double)(x) / 1e6)
 	char buf[640];
 	int k = snprintf(buf, sizeof buf,
-			 "gc %u @%.3fs %.0f%%: %.3f+%.3f+%.3f ms clock, %.3f ms mark cpu, %zu->%zu->%zu MB, %zu MB goal, %d W, %u stops"
+			 "gc %u @%.3fs %.0f%%: %.3f+%.3f+%.3f ms clock, %.3f ms mark cpu, %zu->%zu->%zu MB (+%zu black), %zu MB goal, %d W, %u stops"
 			 " | sweepterm %.3f; start: ack %.3f, stacks %.3f (max park %.3f, max ttsp %.3f), roots %.3f, globals %.3f (%zu KB);"
 			 " term: %u flush rounds, ttsp %.3f, stopped %.3f (flush %.3f, fin %.3f, flip %.3f, caches %.3f, restart %.3f)\n",
 			 n, at, share, MS(ct->stack_max), MS(ct->mark), MS(ct->stopped), MS(cpu), before >> 20, after >> 20,
-			 live >> 20, goal == SIZE_MAX ? 0 : goal >> 20, gc.nworkers, ct->stops, MS(ct->sweepterm), MS(ct->ack),
+			 live >> 20, atomic_load(&gc.last_black) >> 20, goal == SIZE_MAX ? 0 : goal >> 20, gc.nworkers, ct->stops, MS(ct->sweepterm), MS(ct->ack),
 			 MS(ct->stacks), MS(ct->stack_max), MS(ct->stack_ttsp_max), MS(ct->roots), MS(ct->globals),
 			 ct->globals_bytes >> 10, ct->flush_rounds, MS(ct->ttsp), MS(ct->stopped), MS(ct->t_flush),
 			 MS(ct->t_fin), MS(ct->t_flip), MS(ct->t_caches), MS(ct->t_start));
@@ -378,14 +385,18 @@ static bool mark_termination(cycle_times_t *ct, size_t *after, workbuf_t **taken
 	}
 	uint64_t t3 = gc_nanotime();
 	for (gc_thread_t *t = gc.threads; t; t = t->next) {
-		atomic_fetch_add(&gc.marked, t->black);
+		atomic_fetch_add(&gc.black, t->black);
 		t->black = 0;
 		gc_cache_steal(t);
 	}
 	*after = atomic_load(&gc.heap_marked) + atomic_load(&gc.heap_alloc);
 	gc_pacer_mark_done();
+	/* The goal's base is what the snapshot reached; what was allocated black during the mark
+	 * counts as allocation since then (the heap is the same; see the top of the file). */
+	size_t black = atomic_exchange(&gc.black, 0);
+	atomic_store(&gc.last_black, black);
 	atomic_store(&gc.heap_marked, atomic_load(&gc.marked));
-	atomic_store(&gc.heap_alloc, 0);
+	atomic_store(&gc.heap_alloc, black);
 	pacer_set();
 	ct->t_flip = t3 - t2;
 	ct->t_caches = gc_nanotime() - t3;
@@ -407,6 +418,7 @@ static void run_cycle(void)
 	size_t before = atomic_load(&gc.heap_marked) + atomic_load(&gc.heap_alloc);
 	uint64_t cpu0 = atomic_load(&gc.mark_cpu_ns);
 	atomic_store(&gc.marked, 0);
+	atomic_store(&gc.black, 0);
 	wb_reserve(16);
 
 	pthread_mutex_lock(&gc.reg_lock);

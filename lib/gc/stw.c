@@ -472,7 +472,7 @@ int sa_gc_thread_unregister(void)
 		t->wbuf = NULL;
 		wb_flush(&b);
 	}
-	atomic_fetch_add(&gc.marked, t->black);
+	atomic_fetch_add(&gc.black, t->black);
 	t->black = 0;
 	if (t->prev)
 		t->prev->next = t->next;
