@@ -825,11 +825,11 @@ START_TEST(test_globals_mutation)
 	run_child(globals_mutation_child, NULL, NULL, &r);
 	if (!child_exited_ok(&r) || strstr(r.err, "errors"))
 		fprintf(stderr, "%s", r.err);
-	ck_assert(child_exited_ok(&r));
+	ck_assert_msg(child_exited_ok(&r), "child status 0x%x", (unsigned)r.status);
 	run_child(globals_mutation_child, NULL, env, &r);
 	if (!child_exited_ok(&r) || strstr(r.err, "errors"))
 		fprintf(stderr, "debug: %s", r.err);
-	ck_assert(child_exited_ok(&r));
+	ck_assert_msg(child_exited_ok(&r), "debug child status 0x%x", (unsigned)r.status);
 }
 END_TEST
 
