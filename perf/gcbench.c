@@ -18,6 +18,12 @@
  *                                costs, whatever the machine's load); a getrusage and two clock
  *                                reads per replacement: slower, for finding causes only
  *
+ * GCBENCH_RSSLOG=1 (sagc binary-trees): an RSSPEAK line splits the peak RSS into pages in spans
+ *                                (object bytes the pacer counts and the rest), committed free
+ *                                pages (the runway among them), span records and what lies
+ *                                outside the heap, with the pacer's state then; =2 also prints
+ *                                an RSS line every 10 ms
+ *
  * Prints one line: mode, depth, wall seconds, peak RSS (MB), GC cycles, max and median stop.
  * Stops: spanalloc's stop-the-world pauses (both stops of every cycle); Boehm's collections
  * (its collector stops the world for the whole collection: GC_EVENT_START to GC_EVENT_END).
@@ -173,11 +179,11 @@ static void rss_report(void)
 	double M = 1 << 20;
 	size_t resident = x->committed - x->scavenged;
 	fprintf(stderr, "RSSPEAK t=%.3f s rss %.1f MB: pages in spans %.1f (objects counted %.1f, other slots %.1f), "
-		"committed free %.1f (runway %.1f), span records %.1f (%zu spans), outside the heap %.1f; "
+		"committed free %.1f (runway %.1f), outside the heap %.1f (span records %.1f, %zu spans); "
 		"marked %.1f goal %.1f trigger %.1f, cycle %u started %u swept%s\n",
 		x->t, x->rss / M, x->inuse / M, x->heap / M, ((double)x->inuse - (double)x->heap) / M,
-		((double)resident - (double)x->inuse) / M, x->runway / M, (double)x->spans * sizeof(mspan_t) / M, x->spans,
-		((double)x->rss - (double)resident) / M, x->marked / M, x->goal / M, x->trigger / M, x->started, x->swept,
+		((double)resident - (double)x->inuse) / M, x->runway / M, ((double)x->rss - (double)resident) / M,
+		(double)x->spans * sizeof(mspan_t) / M, x->spans, x->marked / M, x->goal / M, x->trigger / M, x->started, x->swept,
 		x->phase ? ", marking" : "");
 }
 
