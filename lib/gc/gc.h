@@ -38,6 +38,7 @@
 #define GC_TINY_SIZE 16
 #define GC_CREDIT_FLUSH ((size_t)64 << 10)    /* allocation bytes batched per thread */
 #define GC_MIN_GOAL ((size_t)4 << 20)
+#define GC_MARK_ALLOC_HIST 4                  /* the trigger plans for the largest of the last 4 marks */
 #define GC_SPAN_MAX_PAGES 4                   /* small-class GC spans: at most 32 KiB (gcalloc.c) */
 #define GC_BACKSTOP_NS 1000000ULL             /* longest backstop wait of one credit flush */
 #define GC_STOP_SPIN_NS 100000ULL             /* the collector spins this long for acknowledgements */

@@ -98,7 +98,16 @@ void gc_pacer_mark_start(void)
 void gc_pacer_mark_done(void)
 {
 	size_t a = atomic_load(&gc.heap_alloc), a0 = atomic_load(&gc.alloc_at_mark);
-	atomic_store(&gc.last_mark_alloc, a > a0 ? a - a0 : 0);
+	/* the largest of the last GC_MARK_ALLOC_HIST marks: one mark's allocation varies by 2-4x
+	 * from cycle to cycle (binary-trees: 2-8 MB), and a trigger sized for a small one ends
+	 * the next mark at the goal, held there by assists */
+	static size_t hist[GC_MARK_ALLOC_HIST];
+	static unsigned nh;
+	hist[nh++ % GC_MARK_ALLOC_HIST] = a > a0 ? a - a0 : 0;
+	size_t m = 0;
+	for (unsigned i = 0; i < GC_MARK_ALLOC_HIST; i++)
+		m = hist[i] > m ? hist[i] : m;
+	atomic_store(&gc.last_mark_alloc, m);
 }
 
 /* Scan work an allocating thread owes for allocating bytes while the heap is at live (Go's
