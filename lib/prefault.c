@@ -48,6 +48,9 @@
  *     when no page of it was ever handed out its zerochunk bit says it is known zero, since
  *     populating writes nothing and zeroed_base may pass it meanwhile, so set_run needs no
  *     memset for spans from it, until a free into it;
+ *   - while the GC heap is in use, no chunk is planned that would take resident memory (with
+ *     the chunks in flight) past the GC heap's goal (gc_heap_goal): a GOGC-paced heap does not
+ *     pass its goal before a cycle frees memory, so such a chunk would only raise the peak;
  *   - K is also at most an eighth of the heap in use (pages_inuse / 8, in chunks): no runway
  *     below 16 MiB in use, the whole default runway from 64 MiB, so the runway's resident
  *     memory is never more than 12.5% over the heap;

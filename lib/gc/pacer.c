@@ -23,11 +23,14 @@
  * or O(spans): the global stop is O(threads + size classes + finalizers); a thread's own
  * interruption for its stack is O(its used stack) (a copy). SPANALLOC_GCTRACE=1 prints the time of every part.
  *
- * Pacing: goal = max(4 MB, marked × (1 + GOGC/100)), marked being the bytes marked at mark
- * termination (objects allocated black during the mark included, as Go's heapMarked). The next
- * cycle is triggered when marked + allocated-since leaves a runway before the goal of 1.25 × what
- * the last mark allocated (clamped to 60–95% of the way from marked to goal; 70% before the
- * first cycle), so marking usually ends before the goal. Allocating threads assist as Go's: each
+ * Pacing: goal = max(4 MB, marked × (1 + GOGC/100)), marked being the bytes the mark reached
+ * from its snapshot. Objects allocated black during the mark are not in it (Go's heapMarked has
+ * them): nothing says they are live, and counting them raised the next goal by twice what a mark
+ * allocated; they count as allocated since the snapshot (heap_alloc starts at them), so the heap
+ * the pacer sees, marked + allocated, is the same. The next cycle is triggered when the heap
+ * leaves a runway before the goal of 1.25 × the largest allocation of the last 4 marks
+ * (clamped to 60–95% of the way from marked to goal; 70% before the first cycle), so marking
+ * usually ends before the goal. Allocating threads assist as Go's: each
  * owes scan work for what it allocates while marking, the work still expected (the last
  * cycle's scan work) spread over the heap left before the goal, so the goal holds however
  * slowly the markers run (gc_assist_debt). SPANALLOC_MEMLIMIT caps the goal
