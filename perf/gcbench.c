@@ -147,19 +147,19 @@ static void *rss_sampler(void *arg)
 		rss_sample_t x;
 		x.t = (double)(gc_nanotime() - t0) / 1e9;
 		x.rss = statm_rss(fd);
-		x.marked = __atomic_load_n(&gc.heap_marked, __ATOMIC_RELAXED);
-		x.heap = x.marked + __atomic_load_n(&gc.heap_alloc, __ATOMIC_RELAXED);
-		x.goal = __atomic_load_n(&gc.goal, __ATOMIC_RELAXED);
-		x.trigger = __atomic_load_n(&gc.trigger, __ATOMIC_RELAXED);
+		x.marked = atomic_load_explicit(&gc.heap_marked, memory_order_relaxed);
+		x.heap = x.marked + atomic_load_explicit(&gc.heap_alloc, memory_order_relaxed);
+		x.goal = atomic_load_explicit(&gc.goal, memory_order_relaxed);
+		x.trigger = atomic_load_explicit(&gc.trigger, memory_order_relaxed);
 		x.committed = __atomic_load_n(&sa_mheap.committed, __ATOMIC_RELAXED);
 		x.inuse = __atomic_load_n(&sa_mheap.pages_inuse, __ATOMIC_RELAXED) * SA_PAGE_SIZE;
 		x.scavenged = __atomic_load_n(&sa_mheap.scavenged, __ATOMIC_RELAXED);
 		x.runway = __atomic_load_n(&sa_mheap.runway_chunks, __ATOMIC_RELAXED) * SA_CHUNK_SIZE;
 		x.prefault = __atomic_load_n(&sa_mheap.prefault_held, __ATOMIC_RELAXED) * SA_PAGE_SIZE;
 		x.spans = __atomic_load_n(&sa_mheap.nspans_inuse, __ATOMIC_RELAXED);
-		x.started = __atomic_load_n(&gc.started, __ATOMIC_RELAXED);
-		x.swept = __atomic_load_n(&gc.swept, __ATOMIC_RELAXED);
-		x.phase = __atomic_load_n(&gc.phase, __ATOMIC_RELAXED);
+		x.started = atomic_load_explicit(&gc.started, memory_order_relaxed);
+		x.swept = atomic_load_explicit(&gc.swept, memory_order_relaxed);
+		x.phase = atomic_load_explicit(&gc.phase, memory_order_relaxed);
 		if (x.rss > rss_peak.rss)
 			rss_peak = x;
 		if (rsslog > 1 && k++ % 10 == 0)
