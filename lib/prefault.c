@@ -218,7 +218,7 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 		if (k > by_gc)
 			k = by_gc;
 	}
-	if (k == 0 || have >= k)
+	if (k == 0)
 		return 0;
 	cand_t c[MAX_RUNWAY];
 	size_t n = next_chunks(node, c, k);
