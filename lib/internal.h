@@ -471,6 +471,9 @@ SA_INTERNAL void mcache_init(void);
 SA_INTERNAL size_t mcache_cached(unsigned sizeclass);        /* per-thread lists + per-CPU slabs */
 SA_INTERNAL size_t mcache_thread_cached(unsigned sizeclass); /* per-thread lists only */
 SA_INTERNAL size_t mcache_percpu_bytes(void);                /* bytes held by per-CPU slabs */
+/* The overflow's run pop (pop_run), for tests: the top min(n, cached) objects of class cls on this
+ * CPU's slab when they are one run at ±size, else 0; *lo gets the lowest. */
+SA_INTERNAL size_t mcache_pop_run(unsigned cls, size_t n, uintptr_t *lo);
 SA_INTERNAL const char *mcache_mode(void);                   /* which path is in use, for reports */
 SA_INTERNAL void mcache_fork_prepare(void);
 SA_INTERNAL void mcache_fork_parent(void);

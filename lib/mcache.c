@@ -183,7 +183,7 @@ static size_t push_run(unsigned cls, uintptr_t p, size_t n, size_t size)
 /* Pop the top min(n, cached) objects of class cls from this CPU's slab when they are one run at
  * a stride of +size or -size (the usual case: a cache gives back what it handed out, in order
  * or reversed), in one sequence that only reads them; returns how many, 0 (nothing popped) when
- * fewer than two are cached or they are not such a run. *lo gets the lowest address. */
+ * that is fewer than two or they are not such a run. *lo gets the lowest address. */
 static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
 {
 	uintptr_t t, h, c, k, x0, st, e, en, z;
@@ -197,6 +197,11 @@ static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
 			 "jl 5f\n\t"
 			 "cmpq %[n], %[k]\n\t"
 			 "cmovaq %[n], %[k]\n\t"
+			 /* and two after the clamp: the stride comes from the top two slots, and with
+			  * n = 1 the second would be the stale slot above, a live object (the big
+			  * classes' batch is one) */
+			 "cmpl $2, %k[k]\n\t"
+			 "jl 5f\n\t"
 			 "subl %k[k], %k[c]\n\t"
 			 "leaq (%[t],%[c],8), %[t]\n\t"
 			 "leaq (%[t],%[k],8), %[en]\n\t"
@@ -252,6 +257,11 @@ static size_t pop_run(unsigned cls, size_t n, size_t size, uintptr_t *lo)
 	if (k) /* e is the address in the topmost slot; the run goes down from it by st */
 		*lo = (intptr_t)st > 0 ? e - (k - 1) * st : e;
 	return k;
+}
+
+size_t mcache_pop_run(unsigned cls, size_t n, uintptr_t *lo)
+{
+	return pop_run(cls, n, sa_class_to_size[cls], lo);
 }
 
 /* Take unused capacity (end beyond current) of class d on cpu, up to need bytes, leaving d keep

@@ -592,6 +592,62 @@ START_TEST(test_overflow_run_double_free)
 }
 END_TEST
 
+/* The overflow pops a run of at most the class's batch, and batches of the big classes are one
+ * object (20 KiB objects at the default mcache budget). A pop of one must not take the run's
+ * stride from the stale slot above the top: that slot still holds the object malloc last popped,
+ * which is live. The pop used to hand back that live neighbour (mcentral then freed a live object;
+ * check_stress aborted with "double free" once in ~25 runs) and lose the slot's own object. */
+START_TEST(test_pop_run_of_one)
+{
+	sa_ensure_init();
+	if (!sa_percpu)
+		return;
+	cpu_set_t set;
+	allowed_cpus(&set);
+	int cpu = -1;
+	for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
+		if (CPU_ISSET(i, &set))
+			cpu = i;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0);
+	const size_t size = 20480;
+	unsigned cls = size_to_class(size);
+	ck_assert_uint_eq(sa_class_to_size[cls], size);
+	/* two neighbours: the two objects of one 40 KiB span */
+	void *held[64];
+	int nheld = 0;
+	char *a = NULL, *b = NULL;
+	while (nheld < 64) {
+		char *p = sa_malloc(size), *q = sa_malloc(size);
+		ck_assert(p && q);
+		if (q == p + size) {
+			a = p, b = q;
+			break;
+		}
+		held[nheld++] = p;
+		held[nheld++] = q;
+	}
+	ck_assert_msg(a != NULL, "no two neighbouring %zu B objects in 32 tries", size);
+	char *under = sa_malloc(size); /* cached below them, so the slab holds two after the pop */
+	ck_assert(under != NULL);
+	sa_free(under);
+	sa_free(a);
+	sa_free(b); /* the slab's top three: under, a, b */
+	ck_assert_ptr_eq(sa_malloc(size), b); /* b is live again; its slot above the top is stale */
+	uintptr_t lo = 0;
+	size_t k = mcache_pop_run(cls, 1, &lo);
+	ck_assert_msg(k == 0 || (k == 1 && lo == (uintptr_t)a), "popped %zu at %#lx: a %p, b (live) %p", k,
+		      (unsigned long)lo, (void *)a, (void *)b);
+	if (k == 1)
+		mcentral_flush_run(make_spanclass(cls, true), lo, 1);
+	ck_assert_int_eq(rseq_current_cpu(), cpu);
+	sa_free(b);
+	while (nheld > 0)
+		sa_free(held[--nheld]);
+}
+END_TEST
+
 /* ---- threads that exit: their CPUs' caches stay usable, sa_release drains them ------------- */
 static void *short_thread(void *arg)
 {
@@ -785,6 +841,7 @@ static Suite *rseq_suite(void)
 	tcase_add_test(tc, test_refill_runs);
 	tcase_add_test(tc, test_flush_run_checks);
 	tcase_add_test(tc, test_overflow_run_double_free);
+	tcase_add_test(tc, test_pop_run_of_one);
 	tcase_add_test(tc, test_thread_churn_release);
 	tcase_add_test(tc, test_late_destructor);
 	tcase_add_test(tc, test_idle_drain);
