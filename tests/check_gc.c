@@ -1296,6 +1296,17 @@ static pid_t marker_tid(void)
 	return tid;
 }
 
+/* The markers run SCHED_BATCH: a cycle's start wakes them, and a marker woken on the CPU a
+ * program thread is running on must not preempt it (mark.c, worker_main). */
+START_TEST(test_marker_sched_batch)
+{
+	sa_gc_collect(); /* the markers exist and have run */
+	pid_t tid = marker_tid();
+	ck_assert_msg(tid > 0, "no sa-marker thread");
+	ck_assert_int_eq(sched_getscheduler(tid), SCHED_BATCH);
+}
+END_TEST
+
 /* One marker. A 16 MB tree is live (goal 32 MB); while the next cycle marks it, the marker is
  * stopped in a signal handler for 150 ms as soon as it holds a buffer (nbusy > 0 with this
  * thread not assisting) — a descheduled marker on a loaded machine — and this thread allocates
@@ -1404,6 +1415,7 @@ int main(void)
 	tcase_add_test(tr, test_dead_reclaimed);
 	tcase_add_test(tr, test_allocator_globals_no_roots);
 	tcase_add_test(tr, test_goal_holds_marker_stalled);
+	tcase_add_test(tr, test_marker_sched_batch);
 	suite_add_tcase(s, tr);
 	return run_suite(s);
 }
