@@ -90,6 +90,21 @@ static int allowed_cpus(cpu_set_t *set)
 }
 
 /* ---- mode ------------------------------------------------------------------------------- */
+/* Pin the calling thread to the first CPU it may run on; returns that CPU. */
+static int pin_first_cpu(void)
+{
+	cpu_set_t set;
+	allowed_cpus(&set);
+	int cpu = -1;
+	for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
+		if (CPU_ISSET(i, &set))
+			cpu = i;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0);
+	return cpu;
+}
+
 START_TEST(test_mode)
 {
 	void *p = sa_malloc(24);
@@ -141,15 +156,7 @@ START_TEST(test_lifo_same_cpu)
 	sa_ensure_init();
 	if (!sa_percpu)
 		return;
-	cpu_set_t set;
-	allowed_cpus(&set);
-	int cpu = -1;
-	for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
-		if (CPU_ISSET(i, &set))
-			cpu = i;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0);
+	int cpu = pin_first_cpu();
 	void *warm = sa_malloc(64); /* registers (own mode) and fills the class */
 	sa_free(warm);
 	for (int i = 0; i < 1000; i++) {
@@ -602,15 +609,7 @@ START_TEST(test_pop_run_of_one)
 	sa_ensure_init();
 	if (!sa_percpu)
 		return;
-	cpu_set_t set;
-	allowed_cpus(&set);
-	int cpu = -1;
-	for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
-		if (CPU_ISSET(i, &set))
-			cpu = i;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0);
+	int cpu = pin_first_cpu();
 	const size_t size = 20480;
 	unsigned cls = size_to_class(size);
 	ck_assert_uint_eq(sa_class_to_size[cls], size);
