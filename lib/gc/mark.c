@@ -442,21 +442,22 @@ void gc_assist(size_t budget)
 static void *worker_main(void *arg)
 {
 	int cpu = (int)(intptr_t)arg;
-	pthread_setname_np(pthread_self(), "sa-marker"); /* for top -H, perf, and the tests */
+	/* SCHED_BATCH: the same CPU share, but waking up (a cycle's first grey buffer) does not
+	 * preempt the thread running on this CPU. A marker is pinned and the program's threads are
+	 * not, so on a machine with few CPUs a program thread is often on the marker's CPU when a
+	 * cycle starts; with wake-up preemption it lost the CPU there until the load balancer moved
+	 * it (the live-heap benchmark's worst replacement was at most 1 ms in 7 of 18 runs with
+	 * this, 1 of 18 without; README "Garbage collector"). */
+	struct sched_param sp = {0};
+	pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp); /* best effort */
 	if (cpu >= 0) {
 		cpu_set_t set;
 		CPU_ZERO(&set);
 		CPU_SET(cpu, &set);
 		pthread_setaffinity_np(pthread_self(), sizeof set, &set); /* best effort */
 	}
-	/* SCHED_BATCH: the same CPU share, but waking up (a cycle's first grey buffer) does not
-	 * preempt the thread running on this CPU. A marker is pinned and the program's threads are
-	 * not, so on a machine with few CPUs a program thread is often on the marker's CPU when a
-	 * cycle starts; with wake-up preemption it lost the CPU there until the load balancer moved
-	 * it (the live-heap benchmark's worst replacement: median 7.2 ms in ten runs, 2.5 ms with
-	 * this, README "Garbage collector"). */
-	struct sched_param sp = {0};
-	pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp); /* best effort */
+	/* named last: a thread found by its name is set up (perf, top -H and the tests) */
+	pthread_setname_np(pthread_self(), "sa-marker");
 	for (;;) {
 		unsigned seq = atomic_load(&gc.pool_seq);
 		pthread_mutex_lock(&gc.pool_lock);
