@@ -660,6 +660,11 @@ still_full:;
 	size_t k = pop_run(cls, cpu_batch[cls], sa_class_to_size[cls], &lo);
 	if (k) {
 		mcentral_flush_run(sc, lo, k);
+		/* p inside the run: a second free of an object that was cached. The batch flush
+		 * caught that (p went with it); pushing p now would cache an object mcentral owns
+		 * again, so it goes to mcentral, whose bitmap reports the double free */
+		if ((uintptr_t)p - lo < k * sa_class_to_size[cls])
+			goto no_room;
 		SA_PERCPU_PUSH(p, cls | SA_CPU_BIT, no_room);
 		scav_poll();
 		return;

@@ -599,6 +599,75 @@ START_TEST(test_overflow_run_double_free)
 }
 END_TEST
 
+/* A second free of an object that is on the slab, made when the slab is at capacity: the overflow
+ * used to flush the top batch together with the freed object, so the bitmap caught the double
+ * free right there. With the run overflow the top batch (a run holding the object) goes back
+ * first and the object is then pushed again, its alloc bit clear: the slab would hand out an
+ * object mcentral also owns. The child writes 'g' when the class could still grow (the free only
+ * pushed a second copy: nothing tested) and 'n' when the overflow took the object silently. */
+static void overflow_refree_top(void *arg)
+{
+	(void)arg;
+	enum { N = 3000 };
+	static char *p[N];
+	const size_t size = 64;
+	unsigned cls = size_to_class(size);
+	int cpu = rseq_current_cpu();
+	cpuhdr_t *h = (cpuhdr_t *)(sa_slabs + ((size_t)cpu << SA_SLAB_SHIFT)) + (cls | SA_CPU_BIT);
+	for (int i = 0; i < N; i++)
+		p[i] = sa_malloc(size);
+	bool overflowed = false;
+	for (int i = 0; i < N; i++) {
+		unsigned before = h->current;
+		sa_free(p[i]);
+		if (h->current < before)
+			overflowed = true; /* the class is at what it may grow to */
+		if (overflowed && h->current == h->end && i > 2 && p[i] == p[i - 1] + size) {
+			void **sl = (void **)(sa_slabs + ((size_t)cpu << SA_SLAB_SHIFT));
+			sa_free(p[i]); /* on top of the slab, which is full */
+			char c = sl[h->current - 1] == p[i] && sl[h->current - 2] == p[i] ? 'g' : 'n';
+			ssize_t w = write(child_pipe[1], &c, 1);
+			(void)w;
+			_exit(5);
+		}
+	}
+	_exit(6);
+}
+
+START_TEST(test_overflow_refree_top)
+{
+	sa_ensure_init();
+	if (!sa_percpu)
+		return;
+	cpu_set_t set;
+	allowed_cpus(&set);
+	int cpu = -1;
+	for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
+		if (CPU_ISSET(i, &set))
+			cpu = i;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0);
+	char flag = '?';
+	for (int attempt = 0; attempt < 3; attempt++) {
+		ck_assert_int_eq(pipe(child_pipe), 0);
+		child_result_t r;
+		run_child(overflow_refree_top, NULL, NULL, &r);
+		close(child_pipe[1]);
+		if (read(child_pipe[0], &flag, 1) != 1)
+			flag = '?';
+		close(child_pipe[0]);
+		if (flag == 'g')
+			continue; /* grew after all: try again */
+		ck_assert_msg(flag != 'n', "a double free at capacity went unnoticed (stderr: %s)", r.err);
+		ck_assert_msg(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT, "status %#x, stderr: %s",
+			      r.status, r.err);
+		ck_assert_msg(strstr(r.err, "double free") != NULL, "'double free' not in: %s", r.err);
+		return;
+	}
+}
+END_TEST
+
 /* The overflow pops a run of at most the class's batch, and batches of the big classes are one
  * object (20 KiB objects at the default mcache budget). A pop of one must not take the run's
  * stride from the stale slot above the top: that slot still holds the object malloc last popped,
@@ -856,6 +925,7 @@ static Suite *rseq_suite(void)
 	tcase_add_test(tc, test_refill_runs);
 	tcase_add_test(tc, test_flush_run_checks);
 	tcase_add_test(tc, test_overflow_run_double_free);
+	tcase_add_test(tc, test_overflow_refree_top);
 	tcase_add_test(tc, test_pop_run_of_one);
 	tcase_add_test(tc, test_thread_churn_release);
 	tcase_add_test(tc, test_late_destructor);
