@@ -4,6 +4,7 @@
 #include "internal.h"
 
 #include <check.h>
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -359,18 +360,35 @@ static size_t runway_check(void)
 	return n;
 }
 
+/* Whether a thread of this process has this name: every entry of /proc/self/task (a thread's
+ * id can be anywhere in the pid space, not just above the process's). */
 static bool thread_named(const char *name)
 {
-	char path[64], comm[32];
-	for (int tid = getpid(); tid < getpid() + 4096; tid++) {
-		snprintf(path, sizeof path, "/proc/self/task/%d/comm", tid);
+	DIR *d = opendir("/proc/self/task");
+	if (d == NULL)
+		return false;
+	bool hit = false;
+	struct dirent *e;
+	while (!hit && (e = readdir(d)) != NULL) {
+		char path[300], comm[32];
+		snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
 		FILE *f = fopen(path, "r");
 		if (f == NULL)
 			continue;
-		bool hit = fgets(comm, sizeof comm, f) && !strncmp(comm, name, strlen(name));
+		hit = fgets(comm, sizeof comm, f) && !strncmp(comm, name, strlen(name));
 		fclose(f);
-		if (hit)
+	}
+	closedir(d);
+	return hit;
+}
+
+/* The same, waiting up to 5 s: a thread started just now names itself when it first runs. */
+static bool thread_named_soon(const char *name)
+{
+	for (int t = 0; t < 500; t++) {
+		if (thread_named(name))
 			return true;
+		usleep(10000);
 	}
 	return false;
 }
@@ -459,7 +477,7 @@ START_TEST(test_prefault_thread)
 		runway_check();
 	}
 	scav_poll();
-	ck_assert(thread_named("sa-prefault"));
+	ck_assert(thread_named_soon("sa-prefault"));
 	size_t h, m, f = 0;
 	for (int t = 0; t < 5000 && f == 0; t++) {
 		runway_check();
