@@ -20,7 +20,9 @@ void mspan_init_small(mspan_t *s, spanclass_t sc)
 	s->spanclass = sc;
 	s->elemsize = sa_class_to_size[cls];
 	s->divmagic = sa_class_to_divmagic[cls];
-	s->nelems = (uint16_t)class_nelems(cls);
+	/* as many objects as the span's pages hold: the class's span size for malloc, a larger one
+	 * for the GC's small spans (gcalloc.c) */
+	s->nelems = (uint16_t)(s->npages * SA_PAGE_SIZE / s->elemsize);
 	s->limit = s->base + (uintptr_t)s->nelems * s->elemsize;
 	s->alloc_count = 0;
 	s->freeindex = 0;

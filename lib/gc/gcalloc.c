@@ -89,10 +89,6 @@ static mspan_t *span_new(unsigned gcc, size_t large_bytes)
 	}
 	if (s == NULL)
 		return NULL;
-	if (cls != 0 && s->npages != sa_class_to_allocnpages[cls]) { /* as many objects as fit */
-		s->nelems = (uint16_t)(s->npages * SA_PAGE_SIZE / s->elemsize);
-		s->limit = s->base + (uintptr_t)s->nelems * s->elemsize;
-	}
 	scav_poll(); /* no lock held: the prefault thread a fresh chunk asked for may start */
 	if (s->needzero)
 		memset((void *)s->base, 0, cls == 0 ? s->npages * SA_PAGE_SIZE : (size_t)(s->limit - s->base));
