@@ -675,7 +675,7 @@ still_full:;
 	void *buf[BATCH_MAX + 1];
 	size_t n = pop_batch(cls, buf, cpu_batch[cls]);
 	buf[n++] = p;
-	mcentral_flush(make_spanclass(cls, true), buf, n);
+	mcentral_flush(sc, buf, n);
 }
 
 /* ---- set-up, release, statistics -------------------------------------------------------- */
