@@ -518,16 +518,23 @@ END_TEST
 
 static int child_pipe[2];
 
+/* 64 objects of class 5 refilled from a fresh heap: one run; returns its first object. */
+static uintptr_t fresh_run64(spanclass_t sc)
+{
+	objrun_t r[64];
+	size_t nr;
+	ck_assert_uint_eq(mcentral_refill_runs(sc, r, &nr, 64), 64);
+	ck_assert_uint_eq(nr, 1);
+	return r[0].base;
+}
+
 static void flush_run_twice(void *arg)
 {
 	(void)arg;
 	spanclass_t sc = make_spanclass(5, true);
-	objrun_t r[64];
-	size_t nr;
-	ck_assert_uint_eq(mcentral_refill_runs(sc, r, &nr, 64), 64);
-	ck_assert_uint_eq(nr, 1); /* a fresh heap: one run */
-	mcentral_flush_run(sc, r[0].base + 10 * sa_class_to_size[5], 20);
-	mcentral_flush_run(sc, r[0].base, 64); /* objects 10..29 a second time */
+	uintptr_t base = fresh_run64(sc);
+	mcentral_flush_run(sc, base + 10 * sa_class_to_size[5], 20);
+	mcentral_flush_run(sc, base, 64); /* objects 10..29 a second time */
 	_exit(5);
 }
 
@@ -535,10 +542,7 @@ static void flush_run_misaligned(void *arg)
 {
 	(void)arg;
 	spanclass_t sc = make_spanclass(5, true);
-	objrun_t r[64];
-	size_t nr;
-	ck_assert_uint_eq(mcentral_refill_runs(sc, r, &nr, 64), 64);
-	mcentral_flush_run(sc, r[0].base + 8, 3);
+	mcentral_flush_run(sc, fresh_run64(sc) + 8, 3);
 	_exit(5);
 }
 

@@ -34,6 +34,13 @@ static void heap_counts(size_t *scav, size_t *released, size_t *fallbacks)
 }
 
 /* free pages of every arena agree with the bitmaps; scavenged bytes agree with the scav bits */
+/* Every 4 KiB page of [q, q + n) reads zero (its first byte). */
+static void assert_pages_zero(const unsigned char *q, size_t n)
+{
+	for (size_t j = 0; j < n; j += 4096)
+		ck_assert_uint_eq(q[j], 0);
+}
+
 static void check_consistent(void)
 {
 	pthread_mutex_lock(&sa_mheap.lock);
@@ -86,8 +93,7 @@ START_TEST(test_release_zeroes)
 		unsigned char *q = sa_malloc((size_t)1 << 20);
 		mspan_t *s = spanof(q);
 		ck_assert_uint_eq(s->needzero, 0);
-		for (size_t j = 0; j < ((size_t)1 << 20); j += 4096)
-			ck_assert_uint_eq(q[j], 0);
+		assert_pages_zero(q, (size_t)1 << 20);
 		p[i] = q;
 	}
 	heap_counts(&scav, &rel, NULL);
@@ -239,8 +245,7 @@ START_TEST(test_uring_failure_falls_back)
 	sa_uring_inject = 0;
 	for (int i = 0; i < N; i++) {
 		unsigned char *q = sa_calloc(1, (size_t)1 << 20);
-		for (size_t j = 0; j < ((size_t)1 << 20); j += 4096)
-			ck_assert_uint_eq(q[j], 0);
+		assert_pages_zero(q, (size_t)1 << 20);
 		p[i] = q;
 	}
 	for (int i = 0; i < N; i++)
@@ -573,8 +578,7 @@ START_TEST(test_prefault_scavenger)
 	for (int i = KEEP; i < N; i++) {
 		unsigned char *q = sa_malloc((size_t)1 << 20);
 		ck_assert_uint_eq(spanof(q)->needzero, 0);
-		for (size_t j = 0; j < ((size_t)1 << 20); j += 4096)
-			ck_assert_uint_eq(q[j], 0);
+		assert_pages_zero(q, (size_t)1 << 20);
 		p[i] = q;
 	}
 	for (int i = 0; i < N; i++)
