@@ -343,6 +343,24 @@ static mspan_t *large_cache_take(size_t npages, int node)
 }
 
 /* Really free a span's pages (mheap.lock held). */
+/* Make record s the in-use span of spanclass sc (0: large) on the npages pages at base, which
+ * set_run has just taken (dirty: what it returned), and count it in use. mheap.lock held. */
+static void span_place_locked(mspan_t *s, uintptr_t base, size_t npages, spanclass_t sc, bool dirty)
+{
+	s->base = base;
+	s->npages = npages;
+	s->node = (uint8_t)arena_of(base)->node;
+	s->state = MSPAN_IN_USE;
+	s->needzero = dirty;
+	if (sc == 0)
+		mspan_init_large(s);
+	else
+		mspan_init_small(s, sc);
+	pagemap_set_span(base, npages, s);
+	sa_mheap.pages_inuse += npages;
+	sa_mheap.nspans_inuse++;
+}
+
 static void free_pages_locked(mspan_t *s)
 {
 	pagemap_set_span(s->base, s->npages, NULL);
@@ -415,19 +433,9 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 		return NULL;
 	}
 	bool fresh = false;
-	s->needzero = set_run(base, npages, true, &fresh);
+	bool dirty = set_run(base, npages, true, &fresh);
 	bool kick = runway_after_take_locked(fresh);
-	s->base = base;
-	s->npages = npages;
-	s->node = (uint8_t)arena_of(base)->node;
-	s->state = MSPAN_IN_USE;
-	if (sc == 0)
-		mspan_init_large(s);
-	else
-		mspan_init_small(s, sc);
-	pagemap_set_span(base, npages, s);
-	sa_mheap.pages_inuse += npages;
-	sa_mheap.nspans_inuse++;
+	span_place_locked(s, base, npages, sc, dirty);
 	if (sc == 0) {
 		sa_mheap.large_inuse += npages * SA_PAGE_SIZE;
 		sa_mheap.nlarge++;
@@ -480,21 +488,10 @@ size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out,
 		goto one;
 	}
 	bool fresh = false;
-	uint8_t dirty = set_run(base, k * npages, true, &fresh);
+	bool dirty = set_run(base, k * npages, true, &fresh);
 	bool kick = runway_after_take_locked(fresh);
-	uint8_t nd = (uint8_t)arena_of(base)->node;
-	for (size_t i = 0; i < k; i++) {
-		mspan_t *s = out[i];
-		s->base = base + i * npages * SA_PAGE_SIZE;
-		s->npages = npages;
-		s->node = nd;
-		s->state = MSPAN_IN_USE;
-		s->needzero = dirty;
-		mspan_init_small(s, sc);
-		pagemap_set_span(s->base, npages, s);
-	}
-	sa_mheap.pages_inuse += k * npages;
-	sa_mheap.nspans_inuse += k;
+	for (size_t i = 0; i < k; i++)
+		span_place_locked(out[i], base + i * npages * SA_PAGE_SIZE, npages, sc, dirty);
 	pthread_mutex_unlock(&sa_mheap.lock);
 	if (kick)
 		prefault_kick();
