@@ -42,7 +42,9 @@
 #define GC_SPAN_MAX_PAGES 4                   /* small-class GC spans: at most 32 KiB (gcalloc.c) */
 #define GC_BACKSTOP_NS 1000000ULL             /* longest backstop wait of one credit flush */
 #define GC_STOP_SPIN_NS 100000ULL             /* the collector spins this long for acknowledgements */
+#define GC_STOP_YIELD_NS 2000000ULL           /* ... and, while threads park, this long, yielding */
 #define GC_SNAP_MAX ((size_t)64 << 20)        /* larger used stacks: parked, copied by the collector */
+#define GC_SNAP_READY ((size_t)64 << 10)      /* snapshot bytes faulted in before a thread's first copy */
 #define GC_PARK_SPIN_NS 50000ULL              /* a parked thread spins this long before sleeping */
 #define WB_CAP 509 /* a workbuf is 4 KiB */
 
@@ -78,6 +80,7 @@ typedef struct gc_thread {
 	_Atomic unsigned hs_req;
 	_Atomic int hs_kind;
 	size_t snap_len;               /* HS_STACK: bytes copied to gc.snap (SIZE_MAX: too many) */
+	size_t snap_max;               /* the most it copied so far: how much of gc.snap to fault in */
 	uintptr_t snap_tiny;           /* HS_STACK: the tiny block when the copy was taken */
 	workbuf_t *handoff;            /* HS_FLUSH: the barrier buffer handed over */
 	uint64_t served_ns;            /* how long serving the last HS_STACK/HS_FLUSH took */
@@ -126,6 +129,7 @@ typedef struct gc_state {
 	_Atomic unsigned nacked;             /* futex: bumped by every acknowledgement */
 	uintptr_t *snap;                     /* stack snapshot buffer (HS_STACK), the controller's */
 	size_t snap_cap;
+	size_t snap_resident;                /* bytes at its start already faulted in (stw.c) */
 	/* work pool (mark.c) */
 	pthread_mutex_t pool_lock;
 	workbuf_t *full, *empty;
@@ -136,6 +140,7 @@ typedef struct gc_state {
 	_Atomic size_t black;                /* bytes allocated black this cycle (threads gone) */
 	int nworkers;
 	int workers_started;
+	_Atomic int workers_ready;           /* markers set up (pinned, named), about to wait */
 	int worker_cpu[256];
 	_Atomic uint64_t mark_cpu_ns;        /* markers' CPU time, all cycles */
 	_Atomic uint64_t assist_ns;

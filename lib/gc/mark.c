@@ -458,6 +458,7 @@ static void *worker_main(void *arg)
 	}
 	/* named last: a thread found by its name is set up (perf, top -H and the tests) */
 	pthread_setname_np(pthread_self(), "sa-marker");
+	atomic_fetch_add(&gc.workers_ready, 1);
 	for (;;) {
 		unsigned seq = atomic_load(&gc.pool_seq);
 		pthread_mutex_lock(&gc.pool_lock);
@@ -539,4 +540,11 @@ void gc_workers_start(void)
 	}
 	gc.nworkers = n;
 	gc.workers_started = 1;
+	/* Wait (50 ms at most) until every marker has set itself up: a new thread runs at once,
+	 * perhaps on the CPU of a program thread, and the first cycle's stack handshakes came
+	 * right after this — a thread copying its stack in its signal handler was preempted
+	 * there, and its pause grew from ~0.03 to 0.1-0.3 ms (the first cycle's only). */
+	uint64_t t0 = gc_nanotime();
+	while (atomic_load(&gc.workers_ready) < n && gc_nanotime() - t0 < 50000000)
+		sched_yield();
 }

@@ -28,8 +28,9 @@
  * release store; the time to stop (first signal to last acknowledgement) is recorded apart,
  * since on a loaded machine it is the scheduler's latency, and nothing is held waiting for
  * it except in the global stop. The collector spins GC_STOP_SPIN_NS for acknowledgements
- * before sleeping, because a collector that slept must be scheduled again before the stop can
- * end. The handler uses only atomics, clock_gettime and futex(2): async-signal-safe.
+ * before sleeping (GC_STOP_YIELD_NS, yielding, while threads park: wait_acked), because a
+ * collector that slept must be scheduled again before the stop can end. The handler uses only
+ * atomics, clock_gettime, sched_yield and futex(2): async-signal-safe.
  *
  * The collector holds the registry lock during a handshake, so threads register and
  * unregister only between them. fork: prepare takes the cycle lock and every GC lock; the
@@ -40,6 +41,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -104,6 +106,8 @@ __attribute__((noinline, no_sanitize_address)) static void self_copy(gc_thread_t
 		dst[i] = src[i];
 	t->snap_tiny = t->tiny;
 	t->snap_len = n;
+	if (n > t->snap_max)
+		t->snap_max = n;
 }
 
 static inline void ack(gc_thread_t *t, unsigned e)
@@ -153,13 +157,18 @@ static inline void serve(gc_thread_t *t)
 	unsigned r;
 	/* >=: a later request's handler may run nested in this wait (crit-exit path) and see its
 	 * own release. Spin briefly first: most parks last microseconds, and a futex wake-up
-	 * costs a trip through the scheduler, which on a loaded machine is the longest part. */
+	 * costs a trip through the scheduler, which on a loaded machine is the longest part.
+	 * Yield while spinning: the collector that ends the stop may be waiting for this very
+	 * CPU (it was when the thread took over 100 µs to stop: it had waited for the
+	 * collector's CPU), and a spin that keeps it off made the stop 50-70 µs longer. */
 	bool spinning = true;
 	for (unsigned spin = 1; (int)((r = atomic_load(&t->resume)) - e) < 0; spin++) {
 		if (spinning) {
 			cpu_relax();
-			if (spin % 64 == 0 && gc_nanotime() - t0 > GC_PARK_SPIN_NS)
-				spinning = false;
+			if (spin % 64 == 0) {
+				sched_yield();
+				spinning = gc_nanotime() - t0 <= GC_PARK_SPIN_NS;
+			}
 		} else {
 			gc_futex_wait(&t->resume, r, 0);
 		}
@@ -228,10 +237,18 @@ static void request(gc_thread_t *t, unsigned e, int kind)
 /* Wait until thread `only` (NULL: every registered thread) acknowledged epoch e. A signal that
  * arrived inside sa_gc_store's fast path was dropped (the store is a few instructions): send
  * it again. One that arrived in a crit region is served at crit exit: never re-sent, so a long
- * crit region is not interrupted over and over. */
-static void wait_acked(gc_thread_t *only, unsigned e)
+ * crit region is not interrupted over and over.
+ * Spin a little first: a running thread answers in microseconds, and a collector that slept
+ * must be scheduled again before it sees the answer. Where the threads park (`parking`), every
+ * parked thread waits for that too, and on this project's VM the wake-up took ~70 µs — most of
+ * a 100 µs stop whenever the last thread took longer than GC_STOP_SPIN_NS to answer (its
+ * signal crosses CPUs). So a stop keeps spinning up to GC_STOP_YIELD_NS, yielding the CPU at
+ * every round so that a thread waiting for this CPU (the one being stopped, perhaps) runs
+ * first; only then does it sleep (the answer wakes it; the timeout re-sends). */
+static void wait_acked(gc_thread_t *only, unsigned e, bool parking)
 {
 	uint64_t t0 = gc_nanotime();
+	const uint64_t spin_ns = parking ? GC_STOP_YIELD_NS : GC_STOP_SPIN_NS;
 	bool spinning = true;
 	for (unsigned round = 0;; round++) {
 		unsigned seen = atomic_load(&gc.nacked);
@@ -245,13 +262,13 @@ static void wait_acked(gc_thread_t *only, unsigned e)
 		}
 		if (all)
 			return;
-		/* Spin a little first: a running thread answers in microseconds, and a collector
-		 * that slept must be scheduled again before the stop can end — parked threads
-		 * wait for that too. Then sleep (the answer wakes us; the timeout re-sends). */
 		if (spinning) {
 			for (int i = 0; i < 64 && atomic_load(&gc.nacked) == seen; i++)
 				cpu_relax();
-			spinning = gc_nanotime() - t0 < GC_STOP_SPIN_NS;
+			uint64_t waited = gc_nanotime() - t0;
+			if (waited > GC_STOP_SPIN_NS && parking)
+				sched_yield();
+			spinning = waited < spin_ns;
 		} else {
 			gc_futex_wait(&gc.nacked, seen, round < 64 ? 20000 : 200000);
 		}
@@ -269,7 +286,7 @@ uint64_t gc_stop_world(uint64_t *stopped_at)
 	unsigned e = next_epoch();
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		request(t, e, HS_PARK);
-	wait_acked(NULL, e);
+	wait_acked(NULL, e, true);
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		if (atomic_load(&t->parked_ns) > last)
 			last = atomic_load(&t->parked_ns);
@@ -296,7 +313,7 @@ uint64_t gc_ack_all(void)
 	unsigned e = next_epoch();
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		request(t, e, HS_ACK);
-	wait_acked(NULL, e);
+	wait_acked(NULL, e, false);
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		atomic_store(&t->resume, e); /* nothing waits: keeps resume == acked for the next park */
 	return gc_nanotime() - t0;
@@ -308,7 +325,7 @@ static uint64_t gc_suspend_thread(gc_thread_t *t)
 	uint64_t t0 = gc_nanotime();
 	unsigned e = next_epoch();
 	request(t, e, HS_PARK);
-	wait_acked(t, e);
+	wait_acked(t, e, true);
 	return atomic_load(&t->parked_ns) - t0;
 }
 
@@ -341,13 +358,35 @@ __attribute__((no_sanitize_address)) static size_t parked_copy(gc_thread_t *t, u
 		munmap(gc.snap, gc.snap_cap);
 		gc.snap = b;
 		gc.snap_cap = cap;
+		gc.snap_resident = 0;
 	}
 	const volatile uintptr_t *src = (const uintptr_t *)sp;
 	for (size_t i = 0; i < n / 8; i++)
 		gc.snap[i] = src[i];
 	*tiny = t->tiny;
 	*pause = gc_resume_thread(t) - a;
+	if (n > gc.snap_resident)
+		gc.snap_resident = n & ~(size_t)4095; /* written just now */
 	return n;
+}
+
+/* Fault in the start of the snapshot buffer, as deep as t's copy may reach (half as much
+ * again as its deepest so far; GC_SNAP_READY before its first), so that the copy in t's signal
+ * handler finds its pages ready: t's pause lasts as long as its copy. With a store from user
+ * space, one per page: on this project's VM (shadow page tables) a page the kernel populated
+ * (MADV_POPULATE_WRITE) still cost its first user-space write 6 µs on average and up to
+ * 0.4 ms, and the first cycle's copy of 2-8 KiB took 16-150 µs; after a store from the
+ * collector's thread it takes ~1 µs (the process's threads share the page tables). */
+static void snap_ready(const gc_thread_t *t)
+{
+	size_t want = t->snap_max ? t->snap_max + t->snap_max / 2 : GC_SNAP_READY;
+	want = (want + 4095) & ~(size_t)4095;
+	if (want > gc.snap_cap)
+		want = gc.snap_cap;
+	for (size_t off = gc.snap_resident; off < want; off += 4096)
+		((volatile char *)gc.snap)[off] = 0;
+	if (want > gc.snap_resident)
+		gc.snap_resident = want;
 }
 
 size_t gc_stack_snapshot(gc_thread_t *t, uintptr_t *tiny, uint64_t *pause, uint64_t *ttsp)
@@ -359,11 +398,13 @@ size_t gc_stack_snapshot(gc_thread_t *t, uintptr_t *tiny, uint64_t *pause, uint6
 		gc.snap = os_map(gc.snap_cap);
 		if (gc.snap == NULL)
 			sa_fatal("gc: out of memory for a stack snapshot");
+		gc.snap_resident = 0;
 	}
+	snap_ready(t);
 	uint64_t t0 = gc_nanotime();
 	unsigned e = next_epoch();
 	request(t, e, HS_STACK);
-	wait_acked(t, e);
+	wait_acked(t, e, false);
 	*ttsp = gc_nanotime() - t0;
 	if (t->snap_len == SIZE_MAX)
 		return parked_copy(t, tiny, pause, ttsp);
@@ -377,7 +418,7 @@ workbuf_t *gc_take_wbuf(gc_thread_t *t, uint64_t *pause, uint64_t *ttsp)
 	uint64_t t0 = gc_nanotime();
 	unsigned e = next_epoch();
 	request(t, e, HS_FLUSH);
-	wait_acked(t, e);
+	wait_acked(t, e, false);
 	*ttsp = gc_nanotime() - t0;
 	*pause = t->served_ns;
 	workbuf_t *b = t->handoff;
@@ -550,6 +591,7 @@ static void fork_child(void)
 	gc.nbusy = 0;
 	gc.controller_started = 0;
 	gc.workers_started = 0;
+	atomic_store(&gc.workers_ready, 0);
 	gc.fin_started = 0;
 	atomic_store(&gc.req, atomic_load(&gc.started));
 }
