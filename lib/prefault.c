@@ -373,6 +373,11 @@ static void *prefault_main(void *arg)
 			uintptr_t d = serve(base);
 			while (!ring_push(&done, d))
 				sleep_ns_short(); /* cannot happen: RING bounds what is in flight */
+			/* one chunk per turn: where this thread shares a CPU with an allocating thread
+			 * (a busy machine, or the wake-up placed it there), a batch of chunks kept that
+			 * thread off its CPU for a whole time slice (3.2 ms seen in the live-heap
+			 * benchmark, perf sched_switch); a chunk's populate is ~0.1-0.3 ms */
+			sched_yield();
 		}
 		/* Dekker with prefault_kick: it bumps kick_seq, then reads sleeping */
 		atomic_store(&sleeping, 1);
