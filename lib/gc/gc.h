@@ -42,7 +42,6 @@
 #define GC_SPAN_MAX_PAGES 4                   /* small-class GC spans: at most 32 KiB (gcalloc.c) */
 #define GC_BACKSTOP_NS 1000000ULL             /* longest backstop wait of one credit flush */
 #define GC_STOP_SPIN_NS 100000ULL             /* the collector spins this long for acknowledgements */
-#define GC_STOP_YIELD_NS 2000000ULL           /* ... and, while threads park, this long, yielding */
 #define GC_SNAP_MAX ((size_t)64 << 20)        /* larger used stacks: parked, copied by the collector */
 #define GC_SNAP_READY ((size_t)64 << 10)      /* snapshot bytes faulted in before a thread's first copy */
 #define GC_PARK_SPIN_NS 50000ULL              /* a parked thread spins this long before sleeping */

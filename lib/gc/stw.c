@@ -28,9 +28,8 @@
  * release store; the time to stop (first signal to last acknowledgement) is recorded apart,
  * since on a loaded machine it is the scheduler's latency, and nothing is held waiting for
  * it except in the global stop. The collector spins GC_STOP_SPIN_NS for acknowledgements
- * before sleeping (GC_STOP_YIELD_NS, yielding, while threads park: wait_acked), because a
- * collector that slept must be scheduled again before the stop can end. The handler uses only
- * atomics, clock_gettime, sched_yield and futex(2): async-signal-safe.
+ * before sleeping, because a collector that slept must be scheduled again before the stop can
+ * end. The handler uses only atomics, clock_gettime and futex(2): async-signal-safe.
  *
  * The collector holds the registry lock during a handshake, so threads register and
  * unregister only between them. fork: prepare takes the cycle lock and every GC lock; the
@@ -41,7 +40,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -157,18 +155,13 @@ static inline void serve(gc_thread_t *t)
 	unsigned r;
 	/* >=: a later request's handler may run nested in this wait (crit-exit path) and see its
 	 * own release. Spin briefly first: most parks last microseconds, and a futex wake-up
-	 * costs a trip through the scheduler, which on a loaded machine is the longest part.
-	 * Yield while spinning: the collector that ends the stop may be waiting for this very
-	 * CPU (it was when the thread took over 100 µs to stop: it had waited for the
-	 * collector's CPU), and a spin that keeps it off made the stop 50-70 µs longer. */
+	 * costs a trip through the scheduler, which on a loaded machine is the longest part. */
 	bool spinning = true;
 	for (unsigned spin = 1; (int)((r = atomic_load(&t->resume)) - e) < 0; spin++) {
 		if (spinning) {
 			cpu_relax();
-			if (spin % 64 == 0) {
-				sched_yield();
-				spinning = gc_nanotime() - t0 <= GC_PARK_SPIN_NS;
-			}
+			if (spin % 64 == 0 && gc_nanotime() - t0 > GC_PARK_SPIN_NS)
+				spinning = false;
 		} else {
 			gc_futex_wait(&t->resume, r, 0);
 		}
@@ -237,18 +230,10 @@ static void request(gc_thread_t *t, unsigned e, int kind)
 /* Wait until thread `only` (NULL: every registered thread) acknowledged epoch e. A signal that
  * arrived inside sa_gc_store's fast path was dropped (the store is a few instructions): send
  * it again. One that arrived in a crit region is served at crit exit: never re-sent, so a long
- * crit region is not interrupted over and over.
- * Spin a little first: a running thread answers in microseconds, and a collector that slept
- * must be scheduled again before it sees the answer. Where the threads park (`parking`), every
- * parked thread waits for that too, and on this project's VM the wake-up took ~70 µs — most of
- * a 100 µs stop whenever the last thread took longer than GC_STOP_SPIN_NS to answer (its
- * signal crosses CPUs). So a stop keeps spinning up to GC_STOP_YIELD_NS, yielding the CPU at
- * every round so that a thread waiting for this CPU (the one being stopped, perhaps) runs
- * first; only then does it sleep (the answer wakes it; the timeout re-sends). */
-static void wait_acked(gc_thread_t *only, unsigned e, bool parking)
+ * crit region is not interrupted over and over. */
+static void wait_acked(gc_thread_t *only, unsigned e)
 {
 	uint64_t t0 = gc_nanotime();
-	const uint64_t spin_ns = parking ? GC_STOP_YIELD_NS : GC_STOP_SPIN_NS;
 	bool spinning = true;
 	for (unsigned round = 0;; round++) {
 		unsigned seen = atomic_load(&gc.nacked);
@@ -262,13 +247,13 @@ static void wait_acked(gc_thread_t *only, unsigned e, bool parking)
 		}
 		if (all)
 			return;
+		/* Spin a little first: a running thread answers in microseconds, and a collector
+		 * that slept must be scheduled again before the stop can end — parked threads
+		 * wait for that too. Then sleep (the answer wakes us; the timeout re-sends). */
 		if (spinning) {
 			for (int i = 0; i < 64 && atomic_load(&gc.nacked) == seen; i++)
 				cpu_relax();
-			uint64_t waited = gc_nanotime() - t0;
-			if (waited > GC_STOP_SPIN_NS && parking)
-				sched_yield();
-			spinning = waited < spin_ns;
+			spinning = gc_nanotime() - t0 < GC_STOP_SPIN_NS;
 		} else {
 			gc_futex_wait(&gc.nacked, seen, round < 64 ? 20000 : 200000);
 		}
@@ -286,7 +271,7 @@ uint64_t gc_stop_world(uint64_t *stopped_at)
 	unsigned e = next_epoch();
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		request(t, e, HS_PARK);
-	wait_acked(NULL, e, true);
+	wait_acked(NULL, e);
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		if (atomic_load(&t->parked_ns) > last)
 			last = atomic_load(&t->parked_ns);
@@ -313,7 +298,7 @@ uint64_t gc_ack_all(void)
 	unsigned e = next_epoch();
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		request(t, e, HS_ACK);
-	wait_acked(NULL, e, false);
+	wait_acked(NULL, e);
 	for (gc_thread_t *t = gc.threads; t; t = t->next)
 		atomic_store(&t->resume, e); /* nothing waits: keeps resume == acked for the next park */
 	return gc_nanotime() - t0;
@@ -325,7 +310,7 @@ static uint64_t gc_suspend_thread(gc_thread_t *t)
 	uint64_t t0 = gc_nanotime();
 	unsigned e = next_epoch();
 	request(t, e, HS_PARK);
-	wait_acked(t, e, true);
+	wait_acked(t, e);
 	return atomic_load(&t->parked_ns) - t0;
 }
 
@@ -404,7 +389,7 @@ size_t gc_stack_snapshot(gc_thread_t *t, uintptr_t *tiny, uint64_t *pause, uint6
 	uint64_t t0 = gc_nanotime();
 	unsigned e = next_epoch();
 	request(t, e, HS_STACK);
-	wait_acked(t, e, false);
+	wait_acked(t, e);
 	*ttsp = gc_nanotime() - t0;
 	if (t->snap_len == SIZE_MAX)
 		return parked_copy(t, tiny, pause, ttsp);
@@ -418,7 +403,7 @@ workbuf_t *gc_take_wbuf(gc_thread_t *t, uint64_t *pause, uint64_t *ttsp)
 	uint64_t t0 = gc_nanotime();
 	unsigned e = next_epoch();
 	request(t, e, HS_FLUSH);
-	wait_acked(t, e, false);
+	wait_acked(t, e);
 	*ttsp = gc_nanotime() - t0;
 	*pause = t->served_ns;
 	workbuf_t *b = t->handoff;
