@@ -38,9 +38,15 @@
  * kernel checks the reservation against that node's free huge pages (else a reservation taken
  * from another node's pool could fail at fault time, as a SIGBUS).
  *
- * Invariants: arena bases are 64 MB aligned; a chunk's committed bit is set exactly when it is
- * readable and writable; committed memory is never decommitted here (the scavenger advises it
- * away, DESIGN.md invariant 6). Callers hold mheap.lock.
+ * Premapped arenas: the reservation is made read-write and MADV_HUGEPAGE (by policy) whole,
+ * once (premap), so the thp and off steps above are bookkeeping only and a commit makes a
+ * system call only when it tries MAP_HUGETLB; where the kernel refuses the mprotect (strict
+ * overcommit), chunks are committed one by one as above.
+ *
+ * Invariants: arena bases are 64 MB aligned; a chunk with its committed bit set is readable
+ * and writable (so is every chunk of a premapped arena); committed memory is never
+ * decommitted here (the scavenger advises it away, DESIGN.md invariant 6). Callers hold
+ * mheap.lock.
  */
 #include "internal.h"
 #include "../numa/numa.h"
@@ -100,6 +106,28 @@ static void bind_range(void *addr, size_t len, int node)
 		sa_numa_bind(addr, len, -1);
 }
 
+static int thp_usable(void);
+
+/* Make a new reservation read-write (and MADV_HUGEPAGE) whole, so that committing a chunk needs
+ * no system call unless it tries MAP_HUGETLB; returns the backing its chunks get without one, or
+ * BACK_NONE when they are committed one by one as before (an mprotect the kernel refused, as
+ * under strict overcommit). Why: a commit's mprotect takes the mmap lock for writing, and so waited for
+ * every MADV_POPULATE_WRITE in progress (the prefault thread's, which holds the lock for
+ * reading while the kernel — and on a VM, the host — backs a huge page): in the live-heap
+ * benchmark the allocating thread slept in mprotect's rwsem_down_write_slowpath 150 times,
+ * 2-8 ms each (perf sched_switch). Memory still comes only on first touch (MAP_NORESERVE),
+ * the committed bits and counts stay as they were, and a chunk's pages are resident only
+ * once touched; what is lost is the fault on a stray write into never-committed space. */
+static int premap(void *base, size_t size)
+{
+	if (mprotect(base, size, PROT_READ | PROT_WRITE) != 0)
+		return BACK_NONE;
+	/* THP in "never" mode: MADV_HUGEPAGE would succeed and do nothing; count 4 KiB pages */
+	if (sa_config.hugepages != HUGE_OFF && thp_usable() && madvise(base, size, MADV_HUGEPAGE) == 0)
+		return BACK_THP;
+	return BACK_SMALL;
+}
+
 heaparena_t *arena_reserve(size_t n, uintptr_t hint, int node)
 {
 	if (n == 0 || n > (SA_MAX_ALLOC >> SA_ARENA_SHIFT))
@@ -107,13 +135,17 @@ heaparena_t *arena_reserve(size_t n, uintptr_t hint, int node)
 	char *base = reserve_aligned(n * SA_ARENA_SIZE, hint);
 	if (base == NULL)
 		return NULL;
+	int pre = premap(base, n * SA_ARENA_SIZE);
+	/* the n records in one mapping: one system call (each is ~80 KB, an os_map of its own) */
+	heaparena_t *meta = persistent_alloc(n * sizeof *meta);
+	if (meta == NULL) /* metadata exhausted: the address space stays reserved, unused */
+		return NULL;
 	heaparena_t *first = NULL;
 	for (size_t i = 0; i < n; i++) {
-		heaparena_t *a = persistent_alloc(sizeof *a);
-		if (a == NULL) /* metadata exhausted: the address space stays reserved, unused */
-			return NULL;
+		heaparena_t *a = &meta[i];
 		a->base = (uintptr_t)base + i * SA_ARENA_SIZE;
 		a->node = node;
+		a->premapped = (uint8_t)pre;
 		palloc_init(&a->palloc);
 		bind_range((void *)a->base, SA_ARENA_SIZE, node);
 		pagemap_set_arena(a->base, a);
@@ -181,6 +213,9 @@ static int thp_usable(void)
  * try_huge: attempt MAP_HUGETLB first (*huge_failed tells how that went). */
 static int commit_sys(uintptr_t chunk, int node, bool try_huge, bool *huge_failed)
 {
+	int pre = arena_of(chunk)->premapped;
+	if (pre != BACK_NONE && !try_huge)
+		return pre; /* read-write and advised since its reservation */
 	if (try_huge) {
 		sa_numa_saved_t saved;
 		if (sa_config.numa == 1)
@@ -194,11 +229,17 @@ static int commit_sys(uintptr_t chunk, int node, bool try_huge, bool *huge_faile
 			return BACK_HUGETLB;
 		}
 		/* Pool empty (ENOMEM) or no hugetlb support: remember, and step down. If the
-		 * failed mmap took the reservation with it, put PROT_NONE back first. */
+		 * failed mmap took the reservation with it, put it back first (read-write and
+		 * advised again in a premapped arena). */
 		*huge_failed = true;
-		if (mmap((void *)chunk, SA_CHUNK_SIZE, PROT_NONE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0) == (void *)chunk)
+		if (mmap((void *)chunk, SA_CHUNK_SIZE, pre != BACK_NONE ? PROT_READ | PROT_WRITE : PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0) == (void *)chunk) {
 			bind_range((void *)chunk, SA_CHUNK_SIZE, node);
+			if (pre == BACK_THP)
+				madvise((void *)chunk, SA_CHUNK_SIZE, MADV_HUGEPAGE);
+		}
+		if (pre != BACK_NONE)
+			return pre;
 	}
 	if (mprotect((void *)chunk, SA_CHUNK_SIZE, PROT_READ | PROT_WRITE) != 0)
 		return BACK_NONE;

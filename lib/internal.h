@@ -177,6 +177,9 @@ typedef struct heaparena {
 	uint32_t zerochunk;                /* bit per chunk: every free page of it reads zero (a
 					    * scavenged chunk pre-faulted again; mheap.c set_run) */
 	int node;                          /* heap node (0 .. sa_heap_nodes-1), see mheap */
+	uint8_t premapped;                 /* enum backing every chunk gets without a system call:
+					    * the arena was made read-write (and advised) whole at
+					    * reservation (arena.c); 0: chunks are committed one by one */
 	/* page → size class of the malloc span on it (mcentral sets it when a span joins a class
 	 * and clears it when the span goes back to mheap); 0 for anything else: free pages, large
 	 * and GC spans. free's fast path reads this one byte instead of the span record. */
@@ -255,6 +258,10 @@ typedef struct mheap {
 	heaparena_t **arenas;          /* sorted by base address; each belongs to one heap node */
 	size_t narenas, cap_arenas;
 	mspan_t *spanfree;             /* pool of dead span records */
+	char *rec_next;                /* new span records: bumped through one reserved region */
+	_Atomic(char *) rec_cursor;    /* rec_next, for the prefault thread (touches ahead of it) */
+	_Atomic(char *) rec_end;       /* the region's end (NULL: not reserved yet) */
+	int rec_failed;                /* the region could not be reserved: records in batches */
 	size_t nspans_inuse;
 	/* statistics, updated under lock */
 	size_t reserved, committed, pages_inuse;
@@ -291,6 +298,7 @@ SA_INTERNAL bool mheap_free(mspan_t *s, const void *p);
 SA_INTERNAL size_t mheap_alloc_spans(size_t npages, spanclass_t sc, int node, mspan_t **out, size_t k);
 SA_INTERNAL void mheap_free_spans(mspan_t **v, size_t n);
 SA_INTERNAL void mheap_release_cached_locked(bool only_idle);
+#define SA_REC_REGION ((size_t)64 << 20) /* address space for span records (then: batches) */
 
 /* persistent.c: metadata memory that is never freed (Go's persistentalloc). */
 SA_INTERNAL void *persistent_alloc(size_t n);

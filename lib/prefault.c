@@ -13,8 +13,8 @@
  * every 4 KiB page (which faults a page in without changing what a concurrent writer stored;
  * on an older kernel it does the whole job, and after a populate it still saves the allocating
  * thread the first user-space access, which costs on a VM with shadow page tables).
- * Such a chunk gets its arena's runway bit. So the allocating thread finds the memory resident, and the zeroing
- * runs on another CPU.
+ * Such a chunk gets its arena's runway bit. So the allocating thread finds the memory resident,
+ * and the zeroing runs on another CPU.
  *
  * Who does what. The allocating thread plans: when mheap_alloc_node takes pages from a wholly
  * free chunk (set_run), it picks, under the mheap.lock it holds, the chunks that should be on
@@ -30,8 +30,12 @@
  * the pages and sets the runway bit under the lock (complete_locked). So the allocating thread
  * makes no mprotect/madvise while the runway keeps up: such a call takes the mmap lock for
  * writing and waited behind a populate, which holds it for reading while it zeroes a huge
- * page. The thread takes no lock of ours (preempted holding one, it would stall every
- * allocation). A heap that does not grow never plans anything.
+ * page. (Arenas are premapped now, arena.c, so a commit past the runway makes no such call
+ * either, and reservations grow by up to 8 arenas at a time, mheap.c mheap_grow_locked.)
+ * After a chunk, the thread also faults in the metadata the allocating thread will write
+ * for it: its page map entries and class bytes, and the span records ahead of the bump
+ * (touch_metadata). The thread takes no lock of ours (preempted holding one, it would stall
+ * every allocation). A heap that does not grow never plans anything.
  *
  * Bounds and invariants (mheap.lock):
  *   - a chunk with its runway bit is wholly free, committed and has no scav bit; a chunk with
@@ -119,6 +123,14 @@ static void sleep_ns_short(void)
 	nanosleep(&ts, NULL);
 }
 
+/* Write-fault [p, p + len) in page by page, keeping its contents (see populate). */
+static void touch_range(const void *p, size_t len)
+{
+	uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095;
+	for (; a < (uintptr_t)p + len; a += 4096)
+		__atomic_fetch_add((volatile uint64_t *)a, 0, __ATOMIC_RELAXED);
+}
+
 /* Fault chunk [base, base + 2 MiB) in, writable, without changing its contents. */
 static bool populate(uintptr_t base)
 {
@@ -140,8 +152,7 @@ static bool populate(uintptr_t base)
 		 * VM (shadow page tables) the first user-space write to a page the kernel populated
 		 * still cost 6 µs on average (up to 0.4 ms) with 4 KiB pages and 46 µs a chunk with
 		 * a huge page; this moves that cost to this thread as well. */
-		for (uintptr_t p = base; p < base + SA_CHUNK_SIZE; p += 4096)
-			__atomic_fetch_add((volatile uint64_t *)p, 0, __ATOMIC_RELAXED);
+		touch_range((void *)base, SA_CHUNK_SIZE);
 		ok = true;
 	}
 	errno = saved;
@@ -277,6 +288,33 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 }
 
 /* No lock: commit (when asked) and populate the chunk of entry e; returns its done entry. */
+#define REC_AHEAD ((size_t)128 << 10) /* span records faulted in ahead of use: 390 */
+static char *rec_touched;               /* this thread's: records faulted in below this */
+
+/* The metadata the allocating thread writes when it makes spans in a chunk: the chunk's page
+ * map entries and class bytes (in its arena's record, faulted in as spans appear) and the
+ * span records ahead of the bump (mheap.c span_record_new). Faulting them in here takes those
+ * faults off the allocating thread too. */
+static void touch_metadata(uintptr_t base)
+{
+	heaparena_t *a = arena_of(base);
+	if (a != NULL) {
+		size_t pg = (base - a->base) >> SA_PAGE_SHIFT;
+		touch_range(&a->spans[pg], SA_CHUNK_PAGES * sizeof a->spans[0]);
+		touch_range(&a->pageclass[pg], SA_CHUNK_PAGES);
+	}
+	char *end = atomic_load_explicit(&sa_mheap.rec_end, memory_order_acquire);
+	if (end == NULL)
+		return;
+	char *cur = atomic_load_explicit(&sa_mheap.rec_cursor, memory_order_relaxed);
+	char *from = rec_touched > cur ? rec_touched : cur;
+	char *to = (size_t)(end - cur) > REC_AHEAD ? cur + REC_AHEAD : end;
+	if (to > from) {
+		touch_range(from, (size_t)(to - from));
+		rec_touched = to;
+	}
+}
+
 static uintptr_t serve(uintptr_t e)
 {
 	uintptr_t base = e & ~E_MASK, d = e & (E_COMMIT | E_HUGE);
@@ -288,6 +326,7 @@ static uintptr_t serve(uintptr_t e)
 	}
 	if (ok)
 		ok = populate(base);
+	touch_metadata(base);
 	return base | d | (ok ? D_OK : 0) | (hfail ? D_HFAIL : 0);
 }
 
