@@ -16,7 +16,9 @@
  *                                switch, and the worst by the thread's own CPU time (a fault's
  *                                zeroing counts, time preempted does not: what the allocator
  *                                costs, whatever the machine's load); a getrusage and two clock
- *                                reads per replacement: slower, for finding causes only
+ *                                reads per replacement: slower, for finding causes only.
+ *                                A SWITCHES line gives the thread's voluntary (blocked) and
+ *                                involuntary (preempted) context switches in both phases
  *
  * GCBENCH_RSSLOG=1 (sagc binary-trees): an RSSPEAK line splits the peak RSS into pages in spans
  *                                (object bytes the pacer counts and the rest), committed free
@@ -266,6 +268,8 @@ static uint64_t thread_cpu_ns(void)
 
 static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 {
+	struct rusage sw0, sw1, sw2; /* the thread's context switches: SWITCHES line */
+	getrusage(RUSAGE_THREAD, &sw0);
 	void **a;
 	if (mode == M_SAGC)
 		a = sa_gc_alloc(n * sizeof *a);
@@ -281,6 +285,7 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 		else
 			a[i] = o;
 	}
+	getrusage(RUSAGE_THREAD, &sw1);
 	uint64_t t1 = gc_nanotime(), worst = 0;
 	const char *slowlog = getenv("GCBENCH_SLOWLOG");
 	struct rusage pru;
@@ -332,6 +337,12 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 		}
 	}
 	uint64_t t2 = gc_nanotime();
+	getrusage(RUSAGE_THREAD, &sw2);
+	/* voluntary switches are where the thread blocked (a lock, the kernel's mmap lock, a
+	 * futex); involuntary ones, where it was preempted */
+	fprintf(stderr, "SWITCHES %s build: %ld voluntary, %ld involuntary; replacements: %ld voluntary, %ld involuntary\n", m,
+		sw1.ru_nvcsw - sw0.ru_nvcsw, sw1.ru_nivcsw - sw0.ru_nivcsw, sw2.ru_nvcsw - sw1.ru_nvcsw,
+		sw2.ru_nivcsw - sw1.ru_nivcsw);
 	if (slowlog)
 		fprintf(stderr, "SLOWSUM %zu replacements over 1 ms, %zu of them without a context switch; worst replacement by the thread's own CPU time %.3f ms (each includes a getrusage)\n",
 			slow1, slow1_nocsw, (double)cpu_worst / 1e6);
