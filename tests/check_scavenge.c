@@ -280,6 +280,7 @@ START_TEST(test_memlimit)
 		if (r > maxrss)
 			maxrss = r;
 	}
+	fprintf(stderr, "memlimit: peak RSS beyond the program's own %.1f MiB, limit %zu MiB\n", (double)maxrss / (1 << 20), limit >> 20);
 	ck_assert_msg(maxrss < limit, "RSS %zu MiB (beyond the program's own) over the %zu MiB limit", maxrss >> 20, limit >> 20);
 	size_t scav, rel;
 	heap_counts(&scav, &rel, NULL);
@@ -468,6 +469,104 @@ START_TEST(test_prefault_runway)
 }
 END_TEST
 
+/* Pages of [p, p + len) resident (mincore). */
+static size_t resident_pages(const void *p, size_t len)
+{
+	uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095, e = ((uintptr_t)p + len + 4095) & ~(uintptr_t)4095;
+	static unsigned char vec[1024];
+	ck_assert_uint_le((e - a) / 4096, sizeof vec);
+	ck_assert_int_eq(mincore((void *)a, e - a, vec), 0);
+	size_t in = 0;
+	for (size_t j = 0; j < (e - a) / 4096; j++)
+		in += vec[j] & 1;
+	return in;
+}
+
+/* With each chunk it populates, the prefault thread faults in what the allocating thread will
+ * write for it (prefault.c touch_metadata): the chunk's page-map entries and class bytes, and
+ * the span records ahead of the bump, so none of them is first touched on the allocation path.
+ * Checked with the populates on this thread (sa_prefault_inline). */
+START_TEST(test_prefault_metadata)
+{
+	sa_prefault_inline = 1;
+	sa_free(sa_malloc(8));
+	enum { N = 72 }; /* the whole runway of 4 */
+	static void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 7, (size_t)1 << 20);
+		scav_poll();
+	}
+	ck_assert_uint_eq(runway_check(), 4);
+	pthread_mutex_lock(&sa_mheap.lock);
+	heaparena_t *ra = NULL;
+	unsigned rc = 0;
+	for (size_t i = 0; i < sa_mheap.narenas && ra == NULL; i++)
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA && ra == NULL; ci++)
+			if (sa_mheap.arenas[i]->runway & (1u << ci)) {
+				ra = sa_mheap.arenas[i];
+				rc = ci;
+			}
+	char *cur = atomic_load(&sa_mheap.rec_cursor), *end = atomic_load(&sa_mheap.rec_end);
+	pthread_mutex_unlock(&sa_mheap.lock);
+	ck_assert_ptr_nonnull(ra);
+	/* the runway chunk's page-map entries (2 KiB) and class bytes (their pages may hold a
+	 * neighbour's too, so this alone would not tell) */
+	size_t pg = (size_t)rc * SA_CHUNK_PAGES;
+	ck_assert_uint_ge(resident_pages(&ra->spans[pg], SA_CHUNK_PAGES * sizeof ra->spans[0]), 1);
+	ck_assert_uint_ge(resident_pages(&ra->pageclass[pg], SA_CHUNK_PAGES), 1);
+	/* span records: the region exists and 64 KiB past the cursor — written by nothing but the
+	 * prefault thread's touch — are resident already */
+	ck_assert_ptr_nonnull(end);
+	ck_assert((size_t)(end - cur) > ((size_t)64 << 10));
+	ck_assert_uint_eq(resident_pages(cur, (size_t)64 << 10), (((uintptr_t)cur + ((size_t)64 << 10) - 1) >> 12) - ((uintptr_t)cur >> 12) + 1);
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	check_consistent();
+}
+END_TEST
+
+/* Arenas are premapped (arena.c premap): read-write and advised whole at reservation, so a
+ * chunk's commit makes no system call; /proc/self/maps shows every arena as one read-write
+ * range, its never-committed chunks included. */
+START_TEST(test_premapped_arenas)
+{
+	void *q = sa_malloc((size_t)3 << 20); /* two chunks committed, the arena's other 30 not */
+	memset(q, 1, (size_t)3 << 20);
+	pthread_mutex_lock(&sa_mheap.lock);
+	size_t n = sa_mheap.narenas;
+	uintptr_t base[64];
+	uint32_t committed = 0;
+	ck_assert_uint_le(n, 64);
+	for (size_t i = 0; i < n; i++) {
+		base[i] = sa_mheap.arenas[i]->base;
+		ck_assert_int_ne(sa_mheap.arenas[i]->premapped, BACK_NONE);
+		committed |= sa_mheap.arenas[i]->committed;
+	}
+	pthread_mutex_unlock(&sa_mheap.lock);
+	ck_assert_uint_ne(committed, 0xffffffffu); /* some chunk never committed */
+	for (size_t i = 0; i < n; i++) {
+		FILE *f = fopen("/proc/self/maps", "r");
+		ck_assert_ptr_nonnull(f);
+		char line[512];
+		uintptr_t covered = base[i];
+		while (fgets(line, sizeof line, f)) {
+			unsigned long lo, hi;
+			char perm[5];
+			if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perm) != 3 || hi <= covered || lo > covered)
+				continue;
+			ck_assert_msg(perm[0] == 'r' && perm[1] == 'w', "arena %#lx: %s", (unsigned long)base[i], line);
+			covered = hi;
+			if (covered >= base[i] + SA_ARENA_SIZE)
+				break;
+		}
+		fclose(f);
+		ck_assert_uint_ge(covered, base[i] + SA_ARENA_SIZE);
+	}
+	sa_free(q);
+}
+END_TEST
+
 /* The thread: started from a safe point once growth hands it chunks, it populates them (it is
  * SCHED_BATCH: on a busy machine it may wait for a CPU, hence the long wait), and the
  * runway stays bounded meanwhile. */
@@ -601,6 +700,8 @@ int main(void)
 	tcase_add_test(tc, test_memlimit);
 	tcase_add_test(tc, test_fork);
 	tcase_add_test(tc, test_prefault_runway);
+	tcase_add_test(tc, test_prefault_metadata);
+	tcase_add_test(tc, test_premapped_arenas);
 	tcase_add_test(tc, test_prefault_thread);
 	tcase_add_test(tc, test_prefault_off);
 	tcase_add_test(tc, test_prefault_scavenger);
