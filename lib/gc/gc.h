@@ -44,7 +44,9 @@
 #define GC_STOP_SPIN_NS 100000ULL             /* the collector spins this long for acknowledgements */
 #define GC_SNAP_MAX ((size_t)64 << 20)        /* larger used stacks: parked, copied by the collector */
 #define GC_SNAP_READY ((size_t)64 << 10)      /* snapshot bytes faulted in before a thread's first copy */
-#define GC_PARK_SPIN_NS 50000ULL              /* a parked thread spins this long before sleeping */
+#define GC_PARK_SPIN_NS 25000ULL              /* a parked thread spins this long before sleeping:
+					       * a stop's own work is ~10 µs; on the collector's
+					       * CPU the spin delays it (50 µs: stops of 60-118 µs) */
 #define WB_CAP 509 /* a workbuf is 4 KiB */
 
 static inline unsigned gc_class(unsigned sizeclass, bool typed, bool noscan)

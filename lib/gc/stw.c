@@ -9,7 +9,7 @@
  * and, when asked to park, saves its stack pointer (the kernel saved every register in the
  * signal frame, above that pointer on the same stack; __builtin_unwind_init spills the
  * callee-saved ones), notes the time, and waits until resume reaches the epoch — spinning
- * GC_PARK_SPIN_NS first, then on a futex. Built on it:
+ * GC_PARK_SPIN_NS (25 µs) first, then on a futex. Built on it:
  *   gc_ack_all         every thread acknowledges, none parks (mark start: barrier on);
  *   gc_stack_snapshot  one thread copies its own used stack into the collector's buffer in
  *                      its handler, then runs on (mark start; a stack deeper than the buffer
