@@ -802,10 +802,13 @@ END_TEST
 
 /* Nothing stays on the spare stacks: after a burst of small objects is freed, the background
  * scavenger gives the empty spans kept back to mheap once nobody uses them (here within a few
- * of its 10 ms intervals; CPU caches drain after a second idle, so allow for that). */
+ * of its 200 ms intervals; CPU caches drain after a second idle, so allow for that). The
+ * interval is long enough that the spares are still there when this thread looks right after
+ * the frees: with 10 ms, a test thread descheduled for two intervals under a parallel make
+ * check found them gone already (CI, 2026-12-06; 1 in 8 runs beside a CPU hog). */
 START_TEST(test_spares_returned_by_scavenger)
 {
-	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=10,cpu=50", 1);
+	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=200,cpu=50", 1);
 	sa_ensure_init();
 	enum { N = 200000 };
 	void **p = malloc(N * sizeof *p);
