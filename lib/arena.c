@@ -39,9 +39,9 @@
  * from another node's pool could fail at fault time, as a SIGBUS).
  *
  * Premapped arenas: the reservation is made read-write and MADV_HUGEPAGE (by policy) whole,
- * once (premap), so the thp and off steps above are bookkeeping only and a commit makes a
- * system call only when it tries MAP_HUGETLB; where the kernel refuses the mprotect (strict
- * overcommit), chunks are committed one by one as above.
+ * once (make_rw, the same call a chunk's commit makes), so the thp and off steps above are
+ * bookkeeping only and a commit makes a system call only when it tries MAP_HUGETLB; where the
+ * kernel refuses the mprotect (strict overcommit), chunks are committed one by one as above.
  *
  * Invariants: arena bases are 64 MB aligned; a chunk with its committed bit set is readable
  * and writable (so is every chunk of a premapped arena); committed memory is never
@@ -108,17 +108,19 @@ static void bind_range(void *addr, size_t len, int node)
 
 static int thp_usable(void);
 
-/* Make a new reservation read-write (and MADV_HUGEPAGE) whole, so that committing a chunk needs
- * no system call unless it tries MAP_HUGETLB; returns the backing its chunks get without one, or
- * BACK_NONE when they are committed one by one as before (an mprotect the kernel refused, as
- * under strict overcommit). Why: a commit's mprotect takes the mmap lock for writing, and so waited for
- * every MADV_POPULATE_WRITE in progress (the prefault thread's, which holds the lock for
- * reading while the kernel — and on a VM, the host — backs a huge page): in the live-heap
- * benchmark the allocating thread slept in mprotect's rwsem_down_write_slowpath 150 times,
- * 2-8 ms each (perf sched_switch). Memory still comes only on first touch (MAP_NORESERVE),
- * the committed bits and counts stay as they were, and a chunk's pages are resident only
- * once touched; what is lost is the fault on a stray write into never-committed space. */
-static int premap(void *base, size_t size)
+/* Make [base, base + size) read-write and, by policy, MADV_HUGEPAGE: the thp and off steps of a
+ * chunk's commit, and premapping, which does it once for a whole new reservation so that
+ * committing a chunk needs no system call unless it tries MAP_HUGETLB. Returns the backing the
+ * range gets, or BACK_NONE when the kernel refused the mprotect (as under strict overcommit:
+ * then a reservation's chunks are committed one by one). Why premap: a commit's mprotect takes
+ * the mmap lock for writing, and so waited for every MADV_POPULATE_WRITE in progress (the
+ * prefault thread's, which holds the lock for reading while the kernel — and on a VM, the
+ * host — backs a huge page): in the live-heap benchmark the allocating thread slept in
+ * mprotect's rwsem_down_write_slowpath 150 times, 2-8 ms each (perf sched_switch). Memory
+ * still comes only on first touch (MAP_NORESERVE), the committed bits and counts stay as they
+ * were, and a chunk's pages are resident only once touched; what is lost is the fault on a
+ * stray write into never-committed space. */
+static int make_rw(void *base, size_t size)
 {
 	if (mprotect(base, size, PROT_READ | PROT_WRITE) != 0)
 		return BACK_NONE;
@@ -135,7 +137,7 @@ heaparena_t *arena_reserve(size_t n, uintptr_t hint, int node)
 	char *base = reserve_aligned(n * SA_ARENA_SIZE, hint);
 	if (base == NULL)
 		return NULL;
-	int pre = premap(base, n * SA_ARENA_SIZE);
+	int pre = make_rw(base, n * SA_ARENA_SIZE); /* premap */
 	/* the n records in one mapping: one system call (each is ~80 KB, an os_map of its own) */
 	heaparena_t *meta = persistent_alloc(n * sizeof *meta);
 	if (meta == NULL) /* metadata exhausted: the address space stays reserved, unused */
@@ -241,13 +243,7 @@ static int commit_sys(uintptr_t chunk, int node, bool try_huge, bool *huge_faile
 		if (pre != BACK_NONE)
 			return pre;
 	}
-	if (mprotect((void *)chunk, SA_CHUNK_SIZE, PROT_READ | PROT_WRITE) != 0)
-		return BACK_NONE;
-	/* THP in "never" mode: MADV_HUGEPAGE would succeed and do nothing; count 4 KiB pages */
-	if (sa_config.hugepages != HUGE_OFF && thp_usable() &&
-	    madvise((void *)chunk, SA_CHUNK_SIZE, MADV_HUGEPAGE) == 0)
-		return BACK_THP;
-	return BACK_SMALL;
+	return make_rw((void *)chunk, SA_CHUNK_SIZE);
 }
 
 static int commit_chunk(uintptr_t chunk, int node)
