@@ -258,8 +258,8 @@ typedef struct mheap {
 	heaparena_t **arenas;          /* sorted by base address; each belongs to one heap node */
 	size_t narenas, cap_arenas;
 	mspan_t *spanfree;             /* pool of dead span records */
-	char *rec_next;                /* new span records: bumped through one reserved region */
-	_Atomic(char *) rec_cursor;    /* rec_next, for the prefault thread (touches ahead of it) */
+	_Atomic(char *) rec_next;      /* new span records: bumped through one reserved region
+					* (under lock; the prefault thread reads it to touch ahead) */
 	_Atomic(char *) rec_end;       /* the region's end (NULL: not reserved yet) */
 	int rec_failed;                /* the region could not be reserved: records in batches */
 	size_t nspans_inuse;

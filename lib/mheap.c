@@ -71,17 +71,15 @@ static mspan_t *span_record_new(void)
 		if (r == MAP_FAILED) {
 			sa_mheap.rec_failed = 1;
 		} else {
-			sa_mheap.rec_next = r;
-			atomic_store_explicit(&sa_mheap.rec_cursor, (char *)r, memory_order_relaxed);
+			atomic_store_explicit(&sa_mheap.rec_next, (char *)r, memory_order_relaxed);
 			atomic_store_explicit(&sa_mheap.rec_end, (char *)r + SA_REC_REGION, memory_order_release);
 		}
 	}
 	char *end = atomic_load_explicit(&sa_mheap.rec_end, memory_order_relaxed);
-	if (end != NULL && (size_t)(end - sa_mheap.rec_next) >= sizeof(mspan_t)) {
-		mspan_t *s = (mspan_t *)sa_mheap.rec_next;
-		sa_mheap.rec_next += sizeof(mspan_t);
-		atomic_store_explicit(&sa_mheap.rec_cursor, sa_mheap.rec_next, memory_order_relaxed);
-		return s;
+	char *next = atomic_load_explicit(&sa_mheap.rec_next, memory_order_relaxed);
+	if (end != NULL && (size_t)(end - next) >= sizeof(mspan_t)) {
+		atomic_store_explicit(&sa_mheap.rec_next, next + sizeof(mspan_t), memory_order_relaxed);
+		return (mspan_t *)next;
 	}
 	const size_t batch = 64;
 	mspan_t *b = persistent_alloc(batch * sizeof *b);

@@ -287,7 +287,6 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 	return nt;
 }
 
-/* No lock: commit (when asked) and populate the chunk of entry e; returns its done entry. */
 #define REC_AHEAD ((size_t)128 << 10) /* span records faulted in ahead of use: 390 */
 static char *rec_touched;               /* this thread's: records faulted in below this */
 
@@ -306,7 +305,7 @@ static void touch_metadata(uintptr_t base)
 	char *end = atomic_load_explicit(&sa_mheap.rec_end, memory_order_acquire);
 	if (end == NULL)
 		return;
-	char *cur = atomic_load_explicit(&sa_mheap.rec_cursor, memory_order_relaxed);
+	char *cur = atomic_load_explicit(&sa_mheap.rec_next, memory_order_relaxed);
 	char *from = rec_touched > cur ? rec_touched : cur;
 	char *to = (size_t)(end - cur) > REC_AHEAD ? cur + REC_AHEAD : end;
 	if (to > from) {
@@ -315,6 +314,7 @@ static void touch_metadata(uintptr_t base)
 	}
 }
 
+/* No lock: commit (when asked) and populate the chunk of entry e; returns its done entry. */
 static uintptr_t serve(uintptr_t e)
 {
 	uintptr_t base = e & ~E_MASK, d = e & (E_COMMIT | E_HUGE);

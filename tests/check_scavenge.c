@@ -507,7 +507,7 @@ START_TEST(test_prefault_metadata)
 				ra = sa_mheap.arenas[i];
 				rc = ci;
 			}
-	char *cur = atomic_load(&sa_mheap.rec_cursor), *end = atomic_load(&sa_mheap.rec_end);
+	char *cur = atomic_load(&sa_mheap.rec_next), *end = atomic_load(&sa_mheap.rec_end);
 	pthread_mutex_unlock(&sa_mheap.lock);
 	ck_assert_ptr_nonnull(ra);
 	/* the runway chunk's page-map entries (2 KiB) and class bytes (their pages may hold a
