@@ -338,16 +338,16 @@ static bool set_run(uintptr_t base, size_t n, bool used, bool *fresh)
 bool mheap_grow_locked(size_t npages, int node)
 {
 	size_t n = (npages + SA_PAGES_PER_ARENA - 1) / SA_PAGES_PER_ARENA;
-	size_t have = 0;
-	for (size_t i = 0; i < sa_mheap.narenas; i++)
+	size_t have = 0; /* the node's arenas */
+	uintptr_t hint = 0;
+	for (size_t i = 0; i < sa_mheap.narenas; i++) {
 		have += sa_mheap.arenas[i]->node == node;
+		if (sa_mheap.arenas[i]->base + SA_ARENA_SIZE > hint)
+			hint = sa_mheap.arenas[i]->base + SA_ARENA_SIZE;
+	}
 	size_t ahead = have / 4 > 8 ? 8 : have / 4;
 	if (n < ahead)
 		n = ahead;
-	uintptr_t hint = 0;
-	for (size_t i = 0; i < sa_mheap.narenas; i++)
-		if (sa_mheap.arenas[i]->base + SA_ARENA_SIZE > hint)
-			hint = sa_mheap.arenas[i]->base + SA_ARENA_SIZE;
 	if (hint == 0)
 		hint = (uintptr_t)0x00c0 << 32; /* Go's first hint: far from the program's own maps */
 	heaparena_t *a = arena_reserve(n, hint, node);
