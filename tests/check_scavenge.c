@@ -408,6 +408,40 @@ static void runway_counts(size_t *hits, size_t *misses, size_t *prefaulted)
 	pthread_mutex_unlock(&sa_mheap.lock);
 }
 
+/* Pages of [p, p + len) resident (mincore), and all of them (the pages the range touches). */
+static size_t resident_pages(const void *p, size_t len, size_t *spanned)
+{
+	uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095, e = ((uintptr_t)p + len + 4095) & ~(uintptr_t)4095;
+	static unsigned char vec[1024];
+	ck_assert_uint_le((e - a) / 4096, sizeof vec);
+	ck_assert_int_eq(mincore((void *)a, e - a, vec), 0);
+	size_t in = 0;
+	for (size_t j = 0; j < (e - a) / 4096; j++)
+		in += vec[j] & 1;
+	if (spanned)
+		*spanned = (e - a) / 4096;
+	return in;
+}
+
+static bool all_resident(const void *p, size_t len)
+{
+	size_t spanned;
+	return resident_pages(p, len, &spanned) == spanned;
+}
+
+/* The bases of the chunks on the runway, at most max. */
+static size_t runway_chunks(uintptr_t *out, size_t max)
+{
+	size_t nc = 0;
+	pthread_mutex_lock(&sa_mheap.lock);
+	for (size_t i = 0; i < sa_mheap.narenas; i++)
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++)
+			if ((sa_mheap.arenas[i]->runway & (1u << ci)) && nc < max)
+				out[nc++] = sa_mheap.arenas[i]->base + ((uintptr_t)ci << SA_CHUNK_SHIFT);
+	pthread_mutex_unlock(&sa_mheap.lock);
+	return nc;
+}
+
 /* As the heap grows the runway holds SPANALLOC_PREFAULT (default 4) chunks ahead, never more,
  * resident (mincore), and the next fresh chunks the heap takes come from it. The populates run
  * on this thread (sa_prefault_inline), so what is checked does not wait for the thread to be
@@ -433,24 +467,12 @@ START_TEST(test_prefault_runway)
 	}
 	ck_assert_uint_eq(runway_check(), 4);
 	ck_assert(!thread_named("sa-prefault"));
-	pthread_mutex_lock(&sa_mheap.lock);
-	uintptr_t chunks[4];
-	size_t nc = 0;
-	for (size_t i = 0; i < sa_mheap.narenas; i++)
-		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++)
-			if (sa_mheap.arenas[i]->runway & (1u << ci))
-				chunks[nc++] = sa_mheap.arenas[i]->base + ((uintptr_t)ci << SA_CHUNK_SHIFT);
-	pthread_mutex_unlock(&sa_mheap.lock);
+	uintptr_t chunks[5];
+	size_t nc = runway_chunks(chunks, 5);
 	ck_assert_uint_eq(nc, 4);
 	/* the runway is faulted in, every page (the heap hands none of it out: nothing else touches it) */
-	static unsigned char vec[SA_CHUNK_SIZE / 4096];
-	for (size_t i = 0; i < nc; i++) {
-		ck_assert_int_eq(mincore((void *)chunks[i], SA_CHUNK_SIZE, vec), 0);
-		size_t in = 0;
-		for (size_t j = 0; j < sizeof vec; j++)
-			in += vec[j] & 1;
-		ck_assert_uint_eq(in, sizeof vec);
-	}
+	for (size_t i = 0; i < nc; i++)
+		ck_assert(all_resident((void *)chunks[i], SA_CHUNK_SIZE));
 	/* two more fresh chunks: both from the runway, none faulted by this thread */
 	size_t h0, m0, f0, h1, m1, f1;
 	runway_counts(&h0, &m0, &f0);
@@ -469,19 +491,6 @@ START_TEST(test_prefault_runway)
 }
 END_TEST
 
-/* Pages of [p, p + len) resident (mincore). */
-static size_t resident_pages(const void *p, size_t len)
-{
-	uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095, e = ((uintptr_t)p + len + 4095) & ~(uintptr_t)4095;
-	static unsigned char vec[1024];
-	ck_assert_uint_le((e - a) / 4096, sizeof vec);
-	ck_assert_int_eq(mincore((void *)a, e - a, vec), 0);
-	size_t in = 0;
-	for (size_t j = 0; j < (e - a) / 4096; j++)
-		in += vec[j] & 1;
-	return in;
-}
-
 /* With each chunk it populates, the prefault thread faults in what the allocating thread will
  * write for it (prefault.c touch_metadata): the chunk's page-map entries and class bytes, and
  * the span records ahead of the bump, so none of them is first touched on the allocation path.
@@ -498,35 +507,27 @@ START_TEST(test_prefault_metadata)
 		scav_poll();
 	}
 	ck_assert_uint_eq(runway_check(), 4);
-	pthread_mutex_lock(&sa_mheap.lock);
-	heaparena_t *ra = NULL;
-	unsigned rc = 0;
-	for (size_t i = 0; i < sa_mheap.narenas && ra == NULL; i++)
-		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA && ra == NULL; ci++)
-			if (sa_mheap.arenas[i]->runway & (1u << ci)) {
-				ra = sa_mheap.arenas[i];
-				rc = ci;
-			}
+	uintptr_t chunk;
+	ck_assert_uint_eq(runway_chunks(&chunk, 1), 1);
+	heaparena_t *ra = arena_of(chunk);
 	char *cur = atomic_load(&sa_mheap.rec_next), *end = atomic_load(&sa_mheap.rec_end);
-	pthread_mutex_unlock(&sa_mheap.lock);
-	ck_assert_ptr_nonnull(ra);
 	/* the runway chunk's page-map entries (2 KiB) and class bytes (their pages may hold a
 	 * neighbour's too, so this alone would not tell) */
-	size_t pg = (size_t)rc * SA_CHUNK_PAGES;
-	ck_assert_uint_ge(resident_pages(&ra->spans[pg], SA_CHUNK_PAGES * sizeof ra->spans[0]), 1);
-	ck_assert_uint_ge(resident_pages(&ra->pageclass[pg], SA_CHUNK_PAGES), 1);
+	size_t pg = (chunk - ra->base) >> SA_PAGE_SHIFT;
+	ck_assert_uint_ge(resident_pages(&ra->spans[pg], SA_CHUNK_PAGES * sizeof ra->spans[0], NULL), 1);
+	ck_assert_uint_ge(resident_pages(&ra->pageclass[pg], SA_CHUNK_PAGES, NULL), 1);
 	/* span records: the region exists and 64 KiB past the cursor — written by nothing but the
 	 * prefault thread's touch — are resident already */
 	ck_assert_ptr_nonnull(end);
 	ck_assert((size_t)(end - cur) > ((size_t)64 << 10));
-	ck_assert_uint_eq(resident_pages(cur, (size_t)64 << 10), (((uintptr_t)cur + ((size_t)64 << 10) - 1) >> 12) - ((uintptr_t)cur >> 12) + 1);
+	ck_assert(all_resident(cur, (size_t)64 << 10));
 	for (int i = 0; i < N; i++)
 		sa_free(p[i]);
 	check_consistent();
 }
 END_TEST
 
-/* Arenas are premapped (arena.c premap): read-write and advised whole at reservation, so a
+/* Arenas are premapped (arena.c make_rw at reservation): read-write and advised whole at reservation, so a
  * chunk's commit makes no system call; /proc/self/maps shows every arena as one read-write
  * range, its never-committed chunks included. */
 START_TEST(test_premapped_arenas)
