@@ -5,9 +5,9 @@
  * malloc(n), n ≤ 4096: class byte = sa_class_of[n] (one byte load), then pop the current CPU's
  * slab of that class in a restartable sequence (SA_PERCPU_POP), or, in per-thread mode, the
  * thread's list head[cls]. Anything else (a bigger size, an empty cache) goes out of line.
- * free(p): the arena index gives p's heaparena's pageclass bytes (sa_pageclass_base, biased by
- * the arena's first page number, so no mask); p's page's byte gives the size class of the
- * malloc span on it (0: not a small malloc object — NULL, a large or GC object, a foreign
+ * free(p): p's page number indexes the flat class map (sa_pageclass_flat, pagemap.c): one shift,
+ * one compare against the map's 1 TiB, one byte load; the byte gives the size class of the
+ * malloc span on p's page (0: not a small malloc object — NULL, a large or GC object, a foreign
  * pointer, a free page); then push on the CPU's slab or the thread's list.
  * Class bytes: in per-CPU mode both tables hold class | SA_CPU_BIT (internal.h), in per-thread
  * mode the plain class, so the sign of the byte chooses the path (the mode is fixed at init,
@@ -109,31 +109,27 @@ static SA_ALWAYS_INLINE void sa_small_free(void *p, uintptr_t cb)
 
 static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 {
-	uintptr_t ai = (uintptr_t)p >> SA_ARENA_SHIFT;
-	if (likely(ai < SA_ARENA_L2_ENTRIES)) {
-		uintptr_t pc = sa_pageclass_base(ai);
-		if (likely(pc != 0)) {
-			/* one movzbl (clang makes a relaxed atomic byte load a mov and a movzbl); it
-			 * depends on pc, so it cannot move above that acquire load */
-			uintptr_t cb;
-			__asm__ volatile("movzbl (%[pc],%[pg]), %k[cb]"
-					 : [cb] "=r"(cb)
-					 : [pc] "r"(pc), [pg] "r"((uintptr_t)p >> SA_PAGE_SHIFT));
-			/* one compare for the thread path: cb - 1 is negative for 0 (not a small
-			 * malloc object) and for per-CPU bytes. Byte 0 takes the per-CPU push, whose
-			 * header 0 is never open (zero in every CPU's region, locked in the guard
-			 * regions; in per-thread mode the thread's unregistered rseq area has cpu_id -1
-			 * and sa_slabs puts a zero header there): the push fails and
-			 * mcache_percpu_free_slow sends byte 0 to sa_free_slow. */
-			__asm__ goto("cmpb $1, %b[cb]\n\tjns %l[thread]" : : [cb] "r"(cb) : "cc" : thread);
-			sa_small_free_cpu(p, cb); /* falls through, as malloc's */
-			return;
-		thread:
-			sa_small_free_thread(p, cb);
-			return;
-		}
+	uintptr_t pg = (uintptr_t)p >> SA_PAGE_SHIFT;
+	if (likely(pg < SA_FLAT_PAGES)) {
+		/* one movzbl (clang makes a relaxed atomic byte load a mov and a movzbl) */
+		uintptr_t cb;
+		__asm__ volatile("movzbl (%[map],%[pg]), %k[cb]"
+				 : [cb] "=r"(cb)
+				 : [map] "r"(sa_pageclass_flat), [pg] "r"(pg));
+		/* one compare for the thread path: cb - 1 is negative for 0 (not a small malloc
+		 * object) and for per-CPU bytes. Byte 0 takes the per-CPU push, whose header 0 is
+		 * never open (zero in every CPU's region, locked in the guard regions; in per-thread
+		 * mode the thread's unregistered rseq area has cpu_id -1 and sa_slabs puts a zero
+		 * header there): the push fails and mcache_percpu_free_slow sends byte 0 to
+		 * sa_free_slow. */
+		__asm__ goto("cmpb $1, %b[cb]\n\tjns %l[thread]" : : [cb] "r"(cb) : "cc" : thread);
+		sa_small_free_cpu(p, cb); /* falls through, as malloc's */
+		return;
+	thread:
+		sa_small_free_thread(p, cb);
+		return;
 	}
-	sa_free_slow(p);
+	sa_free_slow(p); /* an arena above 1 TiB, or no pointer of ours: through the span record */
 }
 
 #endif /* SA_FASTPATH_H */

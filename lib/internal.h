@@ -44,6 +44,10 @@
 #define SA_CHUNKS_PER_ARENA (SA_ARENA_SIZE / SA_CHUNK_SIZE) /* 32 */
 #define SA_ADDR_BITS 47                        /* user-space addresses on x86-64 */
 #define SA_ARENA_L2_ENTRIES ((size_t)1 << (SA_ADDR_BITS - SA_ARENA_SHIFT)) /* 2M */
+/* The flat class map covers addresses below 1 TiB, where the arena hints (0xc000000000 up) put
+ * the heap: 2^27 class bytes, one per 8 KiB page, indexed by p >> SA_PAGE_SHIFT alone. */
+#define SA_FLAT_BITS 40
+#define SA_FLAT_PAGES ((size_t)1 << (SA_FLAT_BITS - SA_PAGE_SHIFT))
 
 #define SA_NUM_SIZE_CLASSES 67                 /* class 0 (large) + 66 small classes */
 #define SA_NUM_SPAN_CLASSES (SA_NUM_SIZE_CLASSES << 1)
@@ -182,31 +186,27 @@ typedef struct heaparena {
 					    * reservation (arena.c); 0: chunks are committed one by one */
 	/* page → size class of the malloc span on it (mcentral sets it when a span joins a class
 	 * and clears it when the span goes back to mheap); 0 for anything else: free pages, large
-	 * and GC spans. free's fast path reads this one byte instead of the span record. */
-	uint8_t pageclass[SA_PAGES_PER_ARENA];
+	 * and GC spans. free's fast path reads this one byte instead of the span record. It points
+	 * into sa_pageclass_flat for an arena below 1 TiB (the usual case), else at pageclass_own. */
+	uint8_t *pageclass;
+	uint8_t pageclass_own[SA_PAGES_PER_ARENA];
 } heaparena_t;
 
-/* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go), kept in
- * the second half of sa_arenas; the first half holds the class-byte bases (sa_pageclass_base
- * below), which free's fast path indexes with no offset. It lives in .bss, so the fast path
- * indexes it without loading a pointer first; the kernel backs only the pages that hold entries.
- * One array for both, so whoever skips sa_arenas (the GC's root scan) skips both halves. */
-extern heaparena_t *_Atomic sa_arenas[2 * SA_ARENA_L2_ENTRIES] SA_INTERNAL;
+/* The arena index: one flat L2 array (48-bit addresses need no L1 on linux/amd64, as Go). It
+ * lives in .bss; the kernel backs only the pages that hold entries. */
+extern heaparena_t *_Atomic sa_arenas[SA_ARENA_L2_ENTRIES] SA_INTERNAL;
 
-/* The first half of sa_arenas, per arena index: arena->pageclass - (arena base >> SA_PAGE_SHIFT)
- * as an address, 0 where there is no arena; p's class byte is at that + (p >> SA_PAGE_SHIFT)
- * (free's fast path: one mask fewer than through the heaparena). Published before the arena's
- * entry, never removed. */
-static inline uintptr_t sa_pageclass_base(uintptr_t ai)
-{
-	return (uintptr_t)atomic_load_explicit(&sa_arenas[ai], memory_order_acquire);
-}
+/* The class bytes of every page below 1 TiB (SA_FLAT_PAGES), indexed by page number: free's
+ * fast path reads p's byte at sa_pageclass_flat[p >> SA_PAGE_SHIFT], with no arena lookup first.
+ * 128 MiB of .bss, backed by the kernel only where arenas are (8 KiB per 64 MB arena); the rest
+ * reads zero (not a small malloc object). The arenas' pageclass pointers point into it. */
+extern uint8_t sa_pageclass_flat[SA_FLAT_PAGES] SA_INTERNAL;
 
 static inline heaparena_t *arena_of(uintptr_t p)
 {
 	if (unlikely((p >> SA_ADDR_BITS) != 0))
 		return NULL;
-	return atomic_load_explicit(&sa_arenas[SA_ARENA_L2_ENTRIES + (p >> SA_ARENA_SHIFT)], memory_order_acquire);
+	return atomic_load_explicit(&sa_arenas[p >> SA_ARENA_SHIFT], memory_order_acquire);
 }
 /* The span owning address p, or NULL when p is in no span spanalloc handed out. Two dependent
  * loads, no lock. */
@@ -489,11 +489,10 @@ SA_INTERNAL void mcache_fork_child(void);
 
 /* rseq.c: registration and cross-CPU fences */
 enum rseq_mode { RSEQ_MODE_NONE = 0, RSEQ_MODE_GLIBC, RSEQ_MODE_OWN };
-SA_INTERNAL int rseq_init(const char **why);  /* enum rseq_mode; sets sa_rseq_off */
+SA_INTERNAL int rseq_init(const char **why, long *off); /* enum rseq_mode; *off for sa_rseq_off */
 SA_INTERNAL bool rseq_register_thread(void);  /* RSEQ_MODE_OWN: this thread; false on failure */
 SA_INTERNAL void rseq_unregister_thread(void);
 SA_INTERNAL int rseq_current_cpu(void);       /* cpu_id of the thread's area, -1 when unknown */
-SA_INTERNAL void rseq_idle_area(void);        /* per-thread mode: sa_rseq_off at an unregistered area */
 SA_INTERNAL bool rseq_fence_cpu(int cpu);     /* restart rseq sequences running on cpu */
 SA_INTERNAL bool rseq_fence_init(void);       /* MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ */
 SA_INTERNAL uint32_t rseq_possible_cpus(void);/* highest possible CPU + 1, 0 when unknown */

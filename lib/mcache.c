@@ -43,7 +43,13 @@ __thread mcache_t sa_mcache __attribute__((tls_model("initial-exec")));
 
 uint8_t sa_percpu;
 uint8_t sa_cpu_bit;
-char *sa_slabs;
+/* Where free's fast path sends byte 0 before the per-CPU slabs exist, and for good in per-thread
+ * mode: the push reads header 0 of "CPU 0" (sa_rseq_off's idle value reads cpu_id 0, rseq.c),
+ * which is this zero header: current 0, end 0, so the push fails and its slow path passes byte 0
+ * to sa_free_slow. percpu_init publishes the slabs before the real offset, so a free racing with
+ * it reads either CPU 0 of the new slabs or this header. */
+static cpuhdr_t idle_hdr;
+char *sa_slabs = (char *)&idle_hdr;
 uint32_t sa_ncpu;
 
 static pthread_key_t mcache_key;
@@ -679,17 +685,6 @@ still_full:;
 }
 
 /* ---- set-up, release, statistics -------------------------------------------------------- */
-/* Where free's fast path sends byte 0 in per-thread mode (see sa_free_fast): the push reads the
- * header of class index 0 in the region of CPU -1 (the thread's unregistered rseq area,
- * rseq_idle_area), which is this zero header: current 0, end 0, so the push fails. */
-static cpuhdr_t idle_hdr;
-
-static void percpu_fallback(void)
-{
-	rseq_idle_area();
-	sa_slabs = (char *)((uintptr_t)&idle_hdr + ((uintptr_t)1 << SA_SLAB_SHIFT));
-}
-
 static void percpu_init(void)
 {
 	if (sa_config.debug) {
@@ -710,7 +705,8 @@ static void percpu_init(void)
 		return;
 	}
 	const char *why;
-	int mode = rseq_init(&why);
+	long rseq_off;
+	int mode = rseq_init(&why, &rseq_off);
 	if (mode == RSEQ_MODE_NONE) {
 		fallback_why = why;
 		return;
@@ -758,6 +754,8 @@ static void percpu_init(void)
 	}
 	cpus = cs;
 	sa_slabs = slabs;
+	/* after the slabs: a byte-0 free in another thread that reads the real offset finds them */
+	__atomic_store_n(&sa_rseq_off, rseq_off, __ATOMIC_RELEASE);
 	sa_ncpu = ncpu;
 	rseq_mode = mode;
 	if (mode == RSEQ_MODE_OWN) { /* this thread registered in rseq_init */
@@ -780,8 +778,6 @@ void mcache_init(void)
 		class_max[i] = sa_config.debug || per_class == 0 ? 0 : (uint32_t)(2 * class_batch[i]);
 	}
 	percpu_init();
-	if (!sa_percpu)
-		percpu_fallback();
 	/* after the mode is known: per-CPU class bytes carry SA_CPU_BIT */
 	for (size_t n = 0; n <= SA_DIRECT_MAX; n++)
 		sa_class_of[n] = (uint8_t)(size_to_class(n) | sa_cpu_bit);

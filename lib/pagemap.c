@@ -1,16 +1,17 @@
 /* pagemap.c — from any address to its span, without a lock.
  *
  * A two-level radix tree, as Go's arena index: the top level is one flat array indexed by
- * address >> 26 (2^21 entries for 47-bit user addresses: 16 MiB of .bss, the second half of
- * sa_arenas, that the kernel backs only where it is touched); each entry points to the heapArena metadata of that
+ * address >> 26 (2^21 entries for 47-bit user addresses: 16 MiB of .bss, sa_arenas, that the
+ * kernel backs only where it is touched); each entry points to the heapArena metadata of that
  * 64 MB arena; the arena's spans[] maps each 8 KiB page to its mspan. Lookups are two dependent
  * loads (spanof in internal.h).
  *
- * The arena entries are the second half of sa_arenas; its first half (sa_pageclass_base) holds
- * per arena the address of its pageclass bytes minus the arena's first page number, so free's
- * fast path reads p's class byte at sa_pageclass_base(p >> 26) + (p >> 13) with no mask (0: no
- * arena there). One array for both, so whoever skips sa_arenas (the GC's root scan skips
- * sizeof sa_arenas) skips both halves.
+ * Beside it, free's fast path has a one-level map of class bytes, sa_pageclass_flat: one byte
+ * per page below 1 TiB, indexed by p >> 13, so free finds p's size class with one shift, one
+ * compare and one load, and no arena entry first. The heap lives there (the arena hints start at
+ * 0xc000000000); an arena the kernel placed above 1 TiB keeps its bytes in its own record, and
+ * free reaches it through the span record (sa_free_slow). 128 MiB of .bss, of which the kernel
+ * backs 8 KiB per arena; a foreign pointer below 1 TiB reads a zero byte.
  *
  * Invariants: an arena entry is published once, after its metadata is complete, and never
  * removed. A page's span entry is non-NULL exactly while the page belongs to an in-use span;
@@ -19,14 +20,15 @@
  */
 #include "internal.h"
 
-heaparena_t *_Atomic sa_arenas[2 * SA_ARENA_L2_ENTRIES];
+heaparena_t *_Atomic sa_arenas[SA_ARENA_L2_ENTRIES];
+uint8_t sa_pageclass_flat[SA_FLAT_PAGES];
 
 void pagemap_set_arena(uintptr_t base, heaparena_t *a)
 {
-	/* the class bytes first: free's fast path finds them through this entry alone */
-	atomic_store_explicit(&sa_arenas[base >> SA_ARENA_SHIFT],
-			      (heaparena_t *)((uintptr_t)a->pageclass - (base >> SA_PAGE_SHIFT)), memory_order_release);
-	atomic_store_explicit(&sa_arenas[SA_ARENA_L2_ENTRIES + (base >> SA_ARENA_SHIFT)], a, memory_order_release);
+	a->pageclass = base + SA_ARENA_SIZE <= ((uintptr_t)1 << SA_FLAT_BITS)
+			       ? &sa_pageclass_flat[base >> SA_PAGE_SHIFT]
+			       : a->pageclass_own;
+	atomic_store_explicit(&sa_arenas[base >> SA_ARENA_SHIFT], a, memory_order_release);
 }
 
 /* Map npages pages from base to s (NULL to unmap). The run may cross adjacent arenas. */
