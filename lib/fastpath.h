@@ -118,10 +118,10 @@ static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 				 : [map] "r"(sa_pageclass_flat), [pg] "r"(pg));
 		/* one compare for the thread path: cb - 1 is negative for 0 (not a small malloc
 		 * object) and for per-CPU bytes. Byte 0 takes the per-CPU push, whose header 0 is
-		 * never open (zero in every CPU's region, locked in the guard regions; in per-thread
-		 * mode the thread's unregistered rseq area has cpu_id -1 and sa_slabs puts a zero
-		 * header there): the push fails and mcache_percpu_free_slow sends byte 0 to
-		 * sa_free_slow. */
+		 * never open (zero in every CPU's region, locked in the guard regions; before the
+		 * slabs exist and in per-thread mode, sa_rseq_off's idle value reads CPU 0 and
+		 * sa_slabs is one zero header, mcache.c): the push fails and
+		 * mcache_percpu_free_slow sends byte 0 to sa_free_slow. */
 		__asm__ goto("cmpb $1, %b[cb]\n\tjns %l[thread]" : : [cb] "r"(cb) : "cc" : thread);
 		sa_small_free_cpu(p, cb); /* falls through, as malloc's */
 		return;

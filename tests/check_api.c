@@ -442,7 +442,7 @@ END_TEST
 START_TEST(test_free_libc) { check_invalid(free_libc, "invalid pointer"); }
 END_TEST
 
-/* free's fast path reads the class byte through sa_pageclass_base(p >> 26) + (p >> 13): any
+/* free's fast path reads the class byte at sa_pageclass_flat[p >> 13] below 1 TiB: any
  * pointer value must end in a clean report, never a fault or a stray read, in both modes and
  * before initialisation. arg: the pointer's number in odd_ptrs; the child initialises first
  * when the number is positive, and frees NULL before and after. */

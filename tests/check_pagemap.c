@@ -140,6 +140,62 @@ START_TEST(test_spanof_inside)
 }
 END_TEST
 
+/* free's class bytes: a small object's page below 1 TiB has its byte in the flat map, which the
+ * arena's pageclass points into; the byte follows the span (class while it is a malloc span, 0
+ * once its pages went back to mheap). */
+START_TEST(test_flat_classmap)
+{
+	char *p = sa_malloc(64);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_uint_lt((uintptr_t)p, (uintptr_t)1 << SA_FLAT_BITS); /* the arena hints' range */
+	heaparena_t *a = arena_of((uintptr_t)p);
+	ck_assert_ptr_eq(a->pageclass, &sa_pageclass_flat[a->base >> SA_PAGE_SHIFT]);
+	mspan_t *s = spanof(p);
+	unsigned want = spanclass_sizeclass(s->spanclass) | sa_cpu_bit;
+	for (size_t k = 0; k < s->npages; k++)
+		ck_assert_uint_eq(sa_pageclass_flat[(s->base >> SA_PAGE_SHIFT) + k], want);
+	uintptr_t base = s->base;
+	sa_free(p);
+	sa_release(); /* the span's only object back: the span goes back to mheap */
+	ck_assert_uint_eq(sa_pageclass_flat[base >> SA_PAGE_SHIFT], 0);
+}
+END_TEST
+
+/* An arena the kernel puts above 1 TiB (the hint range is taken) keeps its class bytes in its
+ * record; free finds its objects through the span record, and every object comes back intact. */
+START_TEST(test_far_arena)
+{
+	const uintptr_t hint = (uintptr_t)0xc0 << 32, top = (uintptr_t)1 << SA_FLAT_BITS;
+	void *hold = mmap((void *)hint, top - hint, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+			  -1, 0);
+	ck_assert_ptr_eq(hold, (void *)hint);
+	enum { N = 20000 };
+	static unsigned char *v[N];
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < N; i++) {
+			size_t n = 1 + (size_t)(i * 37 % 3000);
+			v[i] = sa_malloc(n);
+			ck_assert_ptr_nonnull(v[i]);
+			memset(v[i], (i + round) & 0xff, n);
+		}
+		ck_assert_uint_ge((uintptr_t)v[0], top);
+		heaparena_t *a = arena_of((uintptr_t)v[0]);
+		ck_assert_ptr_eq(a->pageclass, a->pageclass_own);
+		mspan_t *s = spanof(v[0]);
+		ck_assert_uint_eq(a->pageclass[(v[0] - (unsigned char *)a->base) >> SA_PAGE_SHIFT],
+				  spanclass_sizeclass(s->spanclass) | sa_cpu_bit);
+		for (int i = 0; i < N; i++) {
+			size_t n = 1 + (size_t)(i * 37 % 3000);
+			for (size_t k = 0; k < n; k += 61)
+				if (v[i][k] != ((i + round) & 0xff))
+					ck_abort_msg("round %d, object %d, byte %zu overwritten", round, i, k);
+			sa_free(v[i]);
+		}
+	}
+	munmap(hold, top - hint);
+}
+END_TEST
+
 START_TEST(test_mheap_runs)
 {
 	sa_ensure_init();
@@ -1005,6 +1061,8 @@ static Suite *pagemap_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_spanof_foreign);
 	tcase_add_test(tc, test_spanof_inside);
+	tcase_add_test(tc, test_flat_classmap);
+	tcase_add_test(tc, test_far_arena);
 	suite_add_tcase(s, tc);
 	TCase *th = tcase_create("mheap");
 	tcase_set_timeout(th, 60);
