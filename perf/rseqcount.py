@@ -31,12 +31,12 @@ PATHS = {
     # on the per-CPU slab, je on the thread's list)
     ("malloc", "per-CPU"): [False, False, False],
     ("malloc", "per-thread"): [False, True, False],
-    # free(p) of a small object, cache not full: arena index range (ja), arena present (je),
+    # free(p) of a small object, cache not full: page number inside the flat class map (ja),
     # class byte - 1 not negative (jns: taken to the per-thread list; per-CPU bytes, and byte
     # 0, which the per-CPU push's closed header 0 sends to the slow path, fall through), then the
     # push's fullness check (jae on the slab, js on the list's room counter)
-    ("free", "per-CPU"): [False, False, False, False],
-    ("free", "per-thread"): [False, False, True, False],
+    ("free", "per-CPU"): [False, False, False],
+    ("free", "per-thread"): [False, True, False],
 }
 # The caller's side of a pair, identical for every allocator and counted by callgrind.sh's
 # subtraction too (perf/rseqbench's cg_pair_loop minus cg_pair_empty): the size moved into
