@@ -316,6 +316,9 @@ typedef struct mcentral {
 	size_t spare_pages;            /* their pages (bounded, mcentral.c) */
 	size_t nspans;                 /* spans of this mcentral: partial, full and spares */
 	uint8_t spare_used;            /* spares taken or given since the scavenger last looked */
+	uint8_t batch_used;            /* batches put or taken since the scavenger last looked */
+	void *batches;                 /* whole batches of freed objects (transfer.c), a stack */
+	size_t batched;                /* the objects in them */
 	spanclass_t spanclass;
 	uint8_t node;
 } __attribute__((aligned(SA_CACHE_LINE))) mcentral_t;
@@ -350,6 +353,16 @@ SA_INTERNAL void *mcentral_flush_list(spanclass_t sc, void *head, size_t n);
 SA_INTERNAL void mcentral_release_spares(void);
 SA_INTERNAL size_t mcentral_release_idle_spares(void); /* the scavenger: spares unused for an interval */
 SA_INTERNAL size_t mcentral_spare_pages(void);         /* pages on all spare stacks */
+
+/* Whole batches of freed objects for the per-thread lists, kept by mcentral (transfer.c). */
+SA_INTERNAL bool transfer_usable(unsigned sizeclass);   /* class and configuration allow batches */
+SA_INTERNAL void transfer_put(spanclass_t sc, void *head, size_t n); /* list of n >= 2 objects */
+SA_INTERNAL void *transfer_take(spanclass_t sc, size_t *n);          /* NULL: none on this node */
+SA_INTERNAL void transfer_drain_some(void); /* a refill about to ask mheap: a few, the largest */
+SA_INTERNAL void transfer_drain_idle(void); /* the scavenger: mcentrals idle for an interval */
+SA_INTERNAL void transfer_drain_all(void);  /* sa_release */
+SA_INTERNAL size_t transfer_batched(unsigned sizeclass); /* objects of the class in batches */
+SA_INTERNAL size_t transfer_batched_total(void);
 
 /* ------------------------------------------------------------------------------------------
  * mcache: per-CPU object arrays reached through rseq, per-thread free lists as the fallback

@@ -192,6 +192,7 @@ void sa_release(void)
 {
 	sa_ensure_init();
 	mcache_release_all(); /* this thread's lists and every CPU's slab */
+	transfer_drain_all(); /* the lists' batches kept by mcentral, back to their spans */
 	mcentral_release_spares();
 	pthread_mutex_lock(&sa_mheap.lock);
 	scav_locked(SIZE_MAX, SCAV_DENSE); /* every free page back to the kernel, now */

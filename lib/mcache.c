@@ -60,6 +60,7 @@ static uint16_t cpu_batch[SA_NUM_SIZE_CLASSES];
 static uint32_t class_max[SA_NUM_SIZE_CLASSES];
 
 #define BATCH_MAX 256
+#define TRANSFER_KEEP 16 /* objects an overflow that hands a batch to mcentral keeps */
 #define CLASS_CAP_MAX 960 /* slots per class and CPU: 66 classes fit 16-bit offsets */
 #define SA_IDLE_MS 1000
 
@@ -512,6 +513,16 @@ static void *thread_refill(unsigned cls)
 		c->room[cls]++;
 		return p;
 	}
+	/* a whole batch another list gave back (transfer.c): one pointer swap */
+	if (c->max[cls] && transfer_usable(cls)) {
+		size_t n;
+		void *b = transfer_take(make_spanclass(cls, true), &n);
+		if (b) {
+			c->head[cls] = *(void **)b;
+			c->room[cls] -= (int32_t)(n - 1);
+			return b;
+		}
+	}
 	/* mcentral links the batch through the objects: first → ... → last, whose link gets the
 	 * (empty) list; the first object is the one returned */
 	void *first, **tail = &first;
@@ -541,8 +552,27 @@ void mcache_overflow(unsigned cls)
 	if (unlikely(sa_config.debug)) /* poison all but the link word: use-after-free shows */
 		memset((char *)c->head[cls] + sizeof(void *), 0xde, sa_class_to_size[cls] - sizeof(void *));
 	/* keep half the bound so a free/malloc ping-pong at the edge does not flush every time */
-	size_t count = freelist_count(c, cls);
-	flush_list(c, cls, c->max[cls] ? count - c->max[cls] / 2 : count);
+	size_t count = freelist_count(c, cls), keep = c->max[cls] / 2;
+	if (keep > 0 && count >= keep + 2 && transfer_usable(cls)) {
+		/* The older part, still linked, to mcentral's batches: walk to the keep-th object
+		 * (a load an object, not the flush's lookups and bitmap updates). Only the newest
+		 * TRANSFER_KEEP stay: the walk is short, and a batch taken back leaves as many slots
+		 * free, so a ping-pong at the edge still meets the slow path once in that many. */
+		if (keep > TRANSFER_KEEP)
+			keep = TRANSFER_KEEP;
+		void **x = c->head[cls];
+		size_t k = keep - 1;
+		for (; k >= 4; k -= 4)
+			x = *(void ***)*(void ***)*(void ***)*(void ***)x;
+		for (; k > 0; k--)
+			x = *(void ***)x;
+		void *batch = *x;
+		*x = NULL;
+		c->room[cls] += (int32_t)(count - keep);
+		transfer_put(make_spanclass(cls, true), batch, count - keep);
+		return;
+	}
+	flush_list(c, cls, c->max[cls] ? count - keep : count);
 }
 
 /* ---- slow paths of the per-CPU fast path ------------------------------------------------ */
@@ -861,10 +891,10 @@ static size_t percpu_cached(unsigned cls)
 	return n;
 }
 
-/* Objects of class cls held by all caches. */
+/* Objects of class cls held by all caches, and by mcentral's batches for them (transfer.c). */
 size_t mcache_cached(unsigned cls)
 {
-	return mcache_thread_cached(cls) + percpu_cached(cls);
+	return mcache_thread_cached(cls) + percpu_cached(cls) + transfer_batched(cls);
 }
 
 size_t mcache_percpu_bytes(void)

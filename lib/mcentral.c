@@ -205,10 +205,20 @@ static inline __attribute__((always_inline)) size_t refill(spanclass_t sc, void 
 	const int node = heap_node();
 	mcentral_t *c = &sa_mcentrals[node][sc];
 	size_t got = 0;
+	bool drained = false;
 	pthread_mutex_lock(&c->lock);
 	while (got < want) {
 		mspan_t *s = c->partial;
 		if (s == NULL) {
+			/* before mheap: give some of the per-thread lists' batches (transfer.c) back
+			 * to their spans, so memory freed in one class serves another */
+			if (c->spares == NULL && !drained && transfer_batched_total() > 0) {
+				pthread_mutex_unlock(&c->lock);
+				transfer_drain_some();
+				pthread_mutex_lock(&c->lock);
+				drained = true;
+				continue;
+			}
 			if ((s = refill_span(c, sc, node)) == NULL)
 				break;
 			list_push(&c->partial, s, LIST_PARTIAL);

@@ -64,6 +64,49 @@ static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out,
 	const size_t n = s->nelems, size = s->elemsize;
 	const uintptr_t base = s->base;
 	void **link = list ? *tail : NULL;
+	if (mode != TAKE_ARRAY && s->alloc_count == i && i < n) {
+		/* everything from freeindex up is free (the bits set are exactly those below it: a
+		 * fresh or empty span, or the rest of one a refill took the start of): one run, linked
+		 * or recorded with no bit scan, its bits set a word at a time */
+		size_t run = n - i < max ? n - i : max;
+		uintptr_t p = base + i * size;
+		if (list) {
+			uintptr_t last = p + (run - 1) * size;
+			*link = (void *)p;
+			for (const uintptr_t stop = last - 4 * size; p <= stop;) {
+				uintptr_t q = p + size;
+				*(void **)p = (void *)q;
+				p = q + size;
+				*(void **)q = (void *)p;
+				q = p + size;
+				*(void **)p = (void *)q;
+				p = q + size;
+				*(void **)q = (void *)p;
+			}
+			for (; p != last; p += size)
+				*(void **)p = (void *)(p + size);
+			link = (void **)last;
+			*tail = link;
+		} else {
+			if (nr && runs[nr - 1].base + runs[nr - 1].n * size == p)
+				runs[nr - 1].n += run;
+			else
+				runs[nr++] = (objrun_t){.base = p, .n = run};
+			*nruns = nr;
+		}
+		size_t end = i + run;
+		for (size_t w = i / 64; w * 64 < end; w++) {
+			uint64_t m = ~0ULL;
+			if (w == i / 64)
+				m &= ~0ULL << (i % 64);
+			if ((w + 1) * 64 > end)
+				m &= (1ULL << (end % 64)) - 1;
+			s->allocbits[w] |= m;
+		}
+		s->freeindex = (uint16_t)end;
+		s->alloc_count = (uint16_t)end;
+		return run;
+	}
 	while (got < max && i < n) {
 		size_t w = i / 64;
 		uint64_t free = ~s->allocbits[w] & (~0ULL << (i % 64));

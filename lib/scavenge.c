@@ -360,7 +360,8 @@ static void *scav_main(void *arg)
 		/* empty spans mcentral kept back and nobody took for an interval go to mheap (the
 		 * same lock order), where this pass can return their pages */
 		mcentral_release_idle_spares();
-		bool cpu_cached = mcache_percpu_bytes() > 0 || mcentral_spare_pages() > 0;
+		transfer_drain_idle(); /* and batches of freed objects nobody took */
+		bool cpu_cached = mcache_percpu_bytes() > 0 || mcentral_spare_pages() > 0 || transfer_batched_total() > 0;
 		pthread_mutex_lock(&sa_mheap.lock);
 		decay_peak_locked(t0);
 		mheap_release_cached_locked(true); /* large spans nobody reused for an interval */

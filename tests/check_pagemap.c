@@ -882,6 +882,135 @@ START_TEST(test_spares_returned_by_scavenger)
 }
 END_TEST
 
+/* ---- mcentral's batches for the per-thread lists (transfer.c) ---- */
+/* n objects of size bytes, each filled with its index's low byte */
+static char **alloc_filled(size_t n, size_t size)
+{
+	char **v = malloc(n * sizeof *v);
+	ck_assert_ptr_nonnull(v);
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_ptr_nonnull(v[i] = sa_malloc(size));
+		memset(v[i], (int)(i & 0xff), size);
+	}
+	return v;
+}
+
+/* A per-thread list that overflows hands its older objects to mcentral as one batch, still
+ * linked; a list that runs empty takes a batch back whole. Every object comes back, none twice,
+ * each the start of an object of its span, and the refills take no span from mheap. sa_release
+ * gives the batches back to their spans: no span is left in use. */
+START_TEST(test_transfer_roundtrip)
+{
+	setenv("SPANALLOC_RSEQ", "off", 1);
+	sa_ensure_init();
+	ck_assert(!sa_percpu);
+	const size_t size = 48, n = 20000;
+	const unsigned cls = size_to_class(size);
+	char **v = alloc_filled(n, size);
+	for (size_t i = 0; i < n; i++)
+		sa_free(v[i]);
+	size_t batched = transfer_batched(cls);
+	ck_assert_uint_gt(batched, n * 9 / 10);
+	ck_assert_uint_eq(transfer_batched_total(), batched);
+	size_t ns0, pg0, ns1, pg1;
+	heap_counts(&ns0, &pg0);
+	for (size_t i = 0; i < n; i++)
+		ck_assert_ptr_nonnull(v[i] = sa_malloc(size));
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, ns0);
+	ck_assert_uint_eq(transfer_batched(cls), 0);
+	qsort(v, n, sizeof *v, cmp_ptr);
+	for (size_t i = 0; i < n; i++) {
+		mspan_t *s = spanof(v[i]);
+		ck_assert_ptr_nonnull(s);
+		ck_assert_uint_eq(spanclass_sizeclass(s->spanclass), cls);
+		ck_assert_uint_eq(((uintptr_t)v[i] - s->base) % s->elemsize, 0);
+		if (i > 0 && v[i] == v[i - 1])
+			ck_abort_msg("%p handed out twice", (void *)v[i]);
+	}
+	for (size_t i = 0; i < n; i++)
+		sa_free(v[i]);
+	free(v);
+	sa_release();
+	ck_assert_uint_eq(transfer_batched_total(), 0);
+	heap_counts(&ns1, &pg1);
+	ck_assert_uint_eq(ns1, 0);
+}
+END_TEST
+
+/* A refill that has to ask mheap for a span first gives batches of other classes back to their
+ * spans: memory freed in one class serves another instead of the heap growing by both. */
+START_TEST(test_transfer_drained_for_other_class)
+{
+	setenv("SPANALLOC_RSEQ", "off", 1);
+	setenv("SPANALLOC_SCAVENGE", "off", 1); /* no idle drain meanwhile: the refills' own */
+	sa_ensure_init();
+	const size_t n = 200000;
+	char **a = alloc_filled(n, 48); /* 9.6 MB */
+	for (size_t i = 0; i < n; i++)
+		sa_free(a[i]);
+	free(a);
+	ck_assert_uint_gt(transfer_batched(size_to_class(48)), n * 9 / 10);
+	char **b = alloc_filled(n, 64); /* 12.8 MB */
+	size_t ns, pg;
+	heap_counts(&ns, &pg);
+	/* 64-byte objects and what is left of the 48-byte batches: without the drain, both */
+	ck_assert_msg(pg * SA_PAGE_SIZE < n * 64 + n * 48 / 4, "%zu MiB in use", pg * SA_PAGE_SIZE >> 20);
+	for (size_t i = 0; i < n; i++)
+		ck_assert_uint_eq((unsigned char)b[i][63], i & 0xff);
+	for (size_t i = 0; i < n; i++)
+		sa_free(b[i]);
+	free(b);
+}
+END_TEST
+
+/* The scavenger gives back the batches of an mcentral nobody put to or took from for an
+ * interval: their spans go back to mheap. */
+START_TEST(test_transfer_idle_drained)
+{
+	setenv("SPANALLOC_RSEQ", "off", 1);
+	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=20,cpu=50", 1);
+	sa_ensure_init();
+	const size_t n = 20000;
+	char **v = alloc_filled(n, 48);
+	for (size_t i = 0; i < n; i++)
+		sa_free(v[i]);
+	free(v);
+	ck_assert_uint_gt(transfer_batched_total(), 0);
+	for (int t = 0; t < 500 && transfer_batched_total() != 0; t++)
+		usleep(10000);
+	ck_assert_uint_eq(transfer_batched_total(), 0);
+	ck_assert_int_ne(scav_thread_tid(), 0);
+}
+END_TEST
+
+/* p freed twice, then enough frees that the list hands p (twice) to mcentral in a batch: the
+ * drain finds the second copy's bit clear. */
+static void double_free_batched(void *arg)
+{
+	(void)arg;
+	setenv("SPANALLOC_RSEQ", "off", 1);
+	void *p = sa_malloc(48);
+	sa_free(p);
+	sa_free(p);
+	char **v = alloc_filled(2000, 48);
+	for (size_t i = 0; i < 2000; i++)
+		sa_free(v[i]);
+	if (transfer_batched_total() == 0)
+		_exit(3);
+	sa_release();
+	_exit(0);
+}
+
+START_TEST(test_transfer_double_free)
+{
+	child_result_t r;
+	run_child(double_free_batched, NULL, NULL, &r);
+	ck_assert_msg(child_aborted(&r), "status %#x, stderr: %s", r.status, r.err);
+	ck_assert_msg(strstr(r.err, "double free") != NULL, "stderr: %s", r.err);
+}
+END_TEST
+
 /* want objects of sc straight from mcentral, 128 a refill (as a cache takes them), in a new
  * array the caller frees. */
 static void **refill_all(spanclass_t sc, size_t want)
@@ -1064,6 +1193,13 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(tc, test_flat_classmap);
 	tcase_add_test(tc, test_far_arena);
 	suite_add_tcase(s, tc);
+	TCase *tt = tcase_create("transfer");
+	tcase_set_timeout(tt, 60);
+	tcase_add_test(tt, test_transfer_roundtrip);
+	tcase_add_test(tt, test_transfer_drained_for_other_class);
+	tcase_add_test(tt, test_transfer_idle_drained);
+	tcase_add_test(tt, test_transfer_double_free);
+	suite_add_tcase(s, tt);
 	TCase *th = tcase_create("mheap");
 	tcase_set_timeout(th, 60);
 	tcase_add_test(th, test_mheap_runs);
