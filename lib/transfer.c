@@ -55,8 +55,8 @@ void transfer_put(spanclass_t sc, void *head, size_t n)
 	*batch_n(head) = n;
 	pthread_mutex_lock(&c->lock);
 	*batch_next(head) = c->batches;
-	c->batches = head;
-	c->batched += n;
+	__atomic_store_n(&c->batches, head, __ATOMIC_RELAXED); /* read unlocked as a hint */
+	__atomic_store_n(&c->batched, c->batched + n, __ATOMIC_RELAXED);
 	__atomic_store_n(&c->batch_used, 1, __ATOMIC_RELAXED);
 	bool first = __atomic_fetch_add(&batched_total, n, __ATOMIC_RELAXED) == 0;
 	pthread_mutex_unlock(&c->lock);
@@ -75,9 +75,9 @@ void *transfer_take(spanclass_t sc, size_t *n)
 	pthread_mutex_lock(&c->lock);
 	void *b = c->batches;
 	if (b) {
-		c->batches = *batch_next(b);
+		__atomic_store_n(&c->batches, *batch_next(b), __ATOMIC_RELAXED);
 		*n = *batch_n(b);
-		c->batched -= *n;
+		__atomic_store_n(&c->batched, c->batched - *n, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->batch_used, 1, __ATOMIC_RELAXED);
 		__atomic_sub_fetch(&batched_total, *n, __ATOMIC_RELAXED);
 	}
@@ -96,8 +96,8 @@ static size_t drain(mcentral_t *c, size_t max)
 		pthread_mutex_lock(&c->lock);
 		for (k = 0; k < DRAIN_STEP && done + k < max && c->batches; k++) {
 			void *b = c->batches;
-			c->batches = *batch_next(b);
-			c->batched -= *batch_n(b);
+			__atomic_store_n(&c->batches, *batch_next(b), __ATOMIC_RELAXED);
+			__atomic_store_n(&c->batched, c->batched - *batch_n(b), __ATOMIC_RELAXED);
 			__atomic_sub_fetch(&batched_total, *batch_n(b), __ATOMIC_RELAXED);
 			v[k] = b;
 		}
