@@ -29,9 +29,11 @@
  * as a flush found it; a batch taken back before that hands the object out twice, as a
  * per-thread list holding it twice always did.
  *
- * Invariants: batched counts the objects in c's batches; sa_batched_total the objects in all,
+ * Invariants: batched counts the objects in c's batches; batched_total the objects in all,
  * both changed under c's lock (the total atomically). Lock order: one mcentral lock at a time,
- * and a drain holds none while it flushes.
+ * and a drain holds none while it flushes. fork: mcentral_fork_prepare holds every mcentral
+ * lock, so the child sees whole stacks; batches another thread had detached for a drain are
+ * not in them, and stay allocated in the child (a leak there, never a double owner).
  */
 #include "internal.h"
 #include "../numa/numa.h"
