@@ -55,6 +55,37 @@ void mspan_init_large(mspan_t *s)
  * one run).
  * In list mode *tail is where the next object's address goes; it is advanced to the last
  * object's link word (left unwritten). */
+/* Link the run objects p, p + size, ... into a list after *link: each object's link word gets
+ * the next one's address, four a step, each address made once from the one before. Returns the
+ * last object's link word (left unwritten: the tail). */
+static inline __attribute__((always_inline)) void **link_run(void **link, uintptr_t p, size_t run, size_t size)
+{
+	uintptr_t last = p + (run - 1) * size;
+	*link = (void *)p;
+	for (const uintptr_t stop = last - 4 * size; p <= stop;) {
+		uintptr_t q = p + size;
+		*(void **)p = (void *)q;
+		p = q + size;
+		*(void **)q = (void *)p;
+		q = p + size;
+		*(void **)p = (void *)q;
+		p = q + size;
+		*(void **)q = (void *)p;
+	}
+	for (; p != last; p += size)
+		*(void **)p = (void *)(p + size);
+	return (void **)last;
+}
+
+/* Record the run {p, run} in runs[], continuing the last run when it ends where p begins. */
+static inline void add_run(objrun_t *runs, size_t *nr, uintptr_t p, size_t run, size_t size)
+{
+	if (*nr && runs[*nr - 1].base + runs[*nr - 1].n * size == p)
+		runs[*nr - 1].n += run;
+	else
+		runs[(*nr)++] = (objrun_t){.base = p, .n = run};
+}
+
 enum { TAKE_ARRAY, TAKE_LIST, TAKE_RUNS };
 static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out, void ***tail, objrun_t *runs,
 							 size_t *nruns, size_t max, const int mode)
@@ -71,27 +102,9 @@ static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out,
 		size_t run = n - i < max ? n - i : max;
 		uintptr_t p = base + i * size;
 		if (list) {
-			uintptr_t last = p + (run - 1) * size;
-			*link = (void *)p;
-			for (const uintptr_t stop = last - 4 * size; p <= stop;) {
-				uintptr_t q = p + size;
-				*(void **)p = (void *)q;
-				p = q + size;
-				*(void **)q = (void *)p;
-				q = p + size;
-				*(void **)p = (void *)q;
-				p = q + size;
-				*(void **)q = (void *)p;
-			}
-			for (; p != last; p += size)
-				*(void **)p = (void *)(p + size);
-			link = (void **)last;
-			*tail = link;
+			*tail = link_run(link, p, run, size);
 		} else {
-			if (nr && runs[nr - 1].base + runs[nr - 1].n * size == p)
-				runs[nr - 1].n += run;
-			else
-				runs[nr++] = (objrun_t){.base = p, .n = run};
+			add_run(runs, &nr, p, run, size);
 			*nruns = nr;
 		}
 		size_t end = i + run;
@@ -122,28 +135,9 @@ static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out,
 				run = max - got;
 			uintptr_t p = wbase + first * size;
 			if (list) {
-				/* link each object to the next by stride; the last one's link is the tail */
-				uintptr_t last = p + (run - 1) * size;
-				*link = (void *)p;
-				/* four links a step, each object's address made once from the one before */
-				for (const uintptr_t stop = last - 4 * size; p <= stop;) {
-					uintptr_t q = p + size;
-					*(void **)p = (void *)q;
-					p = q + size;
-					*(void **)q = (void *)p;
-					q = p + size;
-					*(void **)p = (void *)q;
-					p = q + size;
-					*(void **)q = (void *)p;
-				}
-				for (; p != last; p += size)
-					*(void **)p = (void *)(p + size);
-				link = (void **)last;
+				link = link_run(link, p, run, size);
 			} else if (mode == TAKE_RUNS) {
-				if (nr && runs[nr - 1].base + runs[nr - 1].n * size == p)
-					runs[nr - 1].n += run; /* goes on from the previous word */
-				else
-					runs[nr++] = (objrun_t){.base = p, .n = run};
+				add_run(runs, &nr, p, run, size); /* may go on from the previous word */
 			} else {
 				for (size_t k = 0; k < run; k++, p += size)
 					out[got + k] = (void *)p;
@@ -157,10 +151,7 @@ static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out,
 				*link = p;
 				link = (void **)p;
 			} else if (mode == TAKE_RUNS) {
-				if (nr && runs[nr - 1].base + runs[nr - 1].n * size == (uintptr_t)p)
-					runs[nr - 1].n++;
-				else
-					runs[nr++] = (objrun_t){.base = (uintptr_t)p, .n = 1};
+				add_run(runs, &nr, (uintptr_t)p, 1, size);
 			} else {
 				out[got] = p;
 			}
