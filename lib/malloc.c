@@ -158,8 +158,16 @@ void *sa_realloc(void *p, size_t n)
 	} else if (n <= old && n > old / 2) {
 		return p; /* a large span keeps its pages while at least half of them are wanted */
 	}
-	void *q = sa_malloc(n);
-	if (q == NULL)
+	void *q = NULL;
+	if (n > old && n > SA_MAX_SMALL_SIZE && n <= SA_MAX_ALLOC / 2) {
+		/* a large object that grows by realloc gets a quarter more than asked (as Go's append
+		 * grows a large slice by 1.25x): a buffer grown a little at a time moves once per 25%
+		 * of growth instead of once per page */
+		int saved = errno;
+		q = sa_malloc(n + n / 4);
+		errno = saved;
+	}
+	if (q == NULL && (q = sa_malloc(n)) == NULL)
 		return NULL; /* errno set; p untouched */
 	memcpy(q, p, old < n ? old : n);
 	free_object(s, p);

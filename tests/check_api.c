@@ -196,6 +196,34 @@ START_TEST(test_realloc)
 }
 END_TEST
 
+/* A large buffer grown a little at a time by realloc moves once per quarter of growth, not once
+ * per page: a move gives a quarter more than asked. Contents survive every step. */
+START_TEST(test_realloc_growth)
+{
+	size_t n = 40000, moves = 0;
+	unsigned char *p = sa_malloc(n);
+	ck_assert_ptr_nonnull(p);
+	pattern(p, n, 3);
+	for (; n < 300000; n += 100) {
+		unsigned char *q = sa_realloc(p, n + 100);
+		ck_assert_ptr_nonnull(q);
+		ck_assert_uint_ge(sa_usable_size(q), n + 100);
+		if (q != p) {
+			moves++;
+			ck_assert_msg(has_pattern(q, n, 3), "grow to %zu lost the contents", n + 100);
+			ck_assert_uint_ge(sa_usable_size(q), n + 100 + (n + 100) / 4);
+		}
+		for (size_t i = n; i < n + 100; i++) /* the new bytes, as pattern() would write them */
+			q[i] = (unsigned char)(i * 31 + 3);
+		p = q;
+	}
+	ck_assert(has_pattern(p, n, 3));
+	/* 40 KB to 300 KB: 10 moves at 1.25x (35 at one page each) */
+	ck_assert_uint_le(moves, 12);
+	sa_free(p);
+}
+END_TEST
+
 START_TEST(test_aligned_alloc)
 {
 	for (size_t align = 1; align <= ((size_t)64 << 20); align <<= 1) {
@@ -721,6 +749,7 @@ static Suite *api_suite(void)
 	tcase_add_test(tc, test_large_sizes);
 	tcase_add_test(tc, test_calloc_zeroes);
 	tcase_add_test(tc, test_realloc);
+	tcase_add_test(tc, test_realloc_growth);
 	tcase_add_test(tc, test_aligned_alloc);
 	tcase_add_test(tc, test_usable_size);
 	tcase_add_test(tc, test_stats_print);
