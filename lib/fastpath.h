@@ -21,8 +21,8 @@
  * Initialisation: before sa_init_slow ran, sa_class_of is all zero, class 0 is never cached (its
  * per-thread list stays empty, its per-CPU header is locked) and sa_percpu is 0, so the first
  * malloc lands in mcache_refill, which initialises (keeping errno) and recomputes the class from
- * n. The first free of a real object cannot come before the first malloc; free(NULL) before it
- * finds no arena and returns from sa_free_slow.
+ * n. Free reads class bytes only below sa_flat_pages, which is 0 until initialisation is
+ * complete (pagemap_publish): before, every free (free(NULL) included) goes to sa_free_slow.
  */
 #ifndef SA_FASTPATH_H
 #define SA_FASTPATH_H
@@ -110,18 +110,22 @@ static SA_ALWAYS_INLINE void sa_small_free(void *p, uintptr_t cb)
 static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 {
 	uintptr_t pg = (uintptr_t)p >> SA_PAGE_SHIFT;
-	if (likely(pg < SA_FLAT_PAGES)) {
-		/* one movzbl (clang makes a relaxed atomic byte load a mov and a movzbl) */
-		uintptr_t cb;
-		__asm__ volatile("movzbl (%[map],%[pg]), %k[cb]"
-				 : [cb] "=r"(cb)
-				 : [map] "r"(sa_pageclass_flat), [pg] "r"(pg));
+	/* The bound, then the map pointer and p's byte, in this order: the bound is published after
+	 * the pointer (pagemap_publish), and two volatile asm statements are not reordered (nor are
+	 * loads on x86). cmp takes the bound straight from memory; the byte is one movzbl (clang
+	 * makes a relaxed atomic byte load a mov and a movzbl). */
+	__asm__ goto("cmpq %[lim], %[pg]\n\tjae %l[far]" : : [lim] "m"(sa_flat_pages), [pg] "r"(pg) : "cc" : far);
+	{
+		uintptr_t cb, map;
+		__asm__ volatile("movq %[m], %[map]\n\tmovzbl (%[map],%[pg]), %k[cb]"
+				 : [cb] "=r"(cb), [map] "=&r"(map)
+				 : [m] "m"(sa_pageclass_flat), [pg] "r"(pg));
 		/* one compare for the thread path: cb - 1 is negative for 0 (not a small malloc
 		 * object) and for per-CPU bytes. Byte 0 takes the per-CPU push, whose header 0 is
-		 * never open (zero in every CPU's region, locked in the guard regions; before the
-		 * slabs exist and in per-thread mode, sa_rseq_off's idle value reads CPU 0 and
-		 * sa_slabs is one zero header, mcache.c): the push fails and
-		 * mcache_percpu_free_slow sends byte 0 to sa_free_slow. */
+		 * never open (zero in every CPU's region, locked in the guard regions; in per-thread
+		 * mode the thread's unregistered rseq area has cpu_id -1 and sa_slabs puts a zero
+		 * header there): the push fails and mcache_percpu_free_slow sends byte 0 to
+		 * sa_free_slow. */
 		__asm__ goto("cmpb $1, %b[cb]\n\tjns %l[thread]" : : [cb] "r"(cb) : "cc" : thread);
 		sa_small_free_cpu(p, cb); /* falls through, as malloc's */
 		return;
@@ -129,7 +133,9 @@ static SA_ALWAYS_INLINE void sa_free_fast(void *p)
 		sa_small_free_thread(p, cb);
 		return;
 	}
-	sa_free_slow(p); /* an arena above 1 TiB, or no pointer of ours: through the span record */
+far:
+	/* an arena above 1 TiB, no pointer of ours, or before initialisation: the span record */
+	sa_free_slow(p);
 }
 
 #endif /* SA_FASTPATH_H */

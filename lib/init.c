@@ -137,8 +137,10 @@ static void init_heap(void)
 	/* hugetlb only when the pool has pages: an empty pool would cost a failing mmap */
 	if (sa_config.hugepages == HUGE_HUGETLB && hugetlb_free_pages() <= 0)
 		sa_mheap.hugetlb_failed = 1;
+	pagemap_init();
 	mcentral_init();
 	mcache_init();
+	pagemap_publish(); /* free's fast path reads class bytes from here on: the mode is fixed */
 	atomic_store_explicit(&sa_inited, 1, memory_order_release);
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
 }

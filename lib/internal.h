@@ -197,10 +197,16 @@ typedef struct heaparena {
 extern heaparena_t *_Atomic sa_arenas[SA_ARENA_L2_ENTRIES] SA_INTERNAL;
 
 /* The class bytes of every page below 1 TiB (SA_FLAT_PAGES), indexed by page number: free's
- * fast path reads p's byte at sa_pageclass_flat[p >> SA_PAGE_SHIFT], with no arena lookup first.
- * 128 MiB of .bss, backed by the kernel only where arenas are (8 KiB per 64 MB arena); the rest
- * reads zero (not a small malloc object). The arenas' pageclass pointers point into it. */
-extern uint8_t sa_pageclass_flat[SA_FLAT_PAGES] SA_INTERNAL;
+ * fast path reads p's byte at sa_pageclass_flat[p >> SA_PAGE_SHIFT] when that is below
+ * sa_flat_pages, with no arena lookup first. 128 MiB mapped MAP_NORESERVE at initialisation,
+ * backed by the kernel only where arenas are (8 KiB per 64 MB arena); the rest reads zero (not a
+ * small malloc object). sa_flat_pages is 0 until initialisation is complete (every free takes
+ * the slow path before), and stays 0 when the mapping was refused (RLIMIT_DATA, strict
+ * overcommit). The arenas' pageclass pointers point into it. */
+extern uint8_t *sa_pageclass_flat SA_INTERNAL;
+extern uintptr_t sa_flat_pages SA_INTERNAL;
+SA_INTERNAL void pagemap_init(void);    /* map the flat class map (init.c, before any arena) */
+SA_INTERNAL void pagemap_publish(void); /* free's fast path may read it (end of init) */
 
 static inline heaparena_t *arena_of(uintptr_t p)
 {
@@ -343,7 +349,8 @@ SA_INTERNAL void mcentral_flush(spanclass_t sc, void **objs, size_t n);
  * call scav_poll() once they hold nothing. */
 SA_INTERNAL void mcentral_flush_nopoll(spanclass_t sc, void **objs, size_t n);
 /* The per-thread lists' forms: refill links the objects from **tail on (see mspan_take_list);
- * flush takes the first n objects of the list at head and returns the rest of it. */
+ * flush takes the first n objects of the list at head and returns the rest of it (no
+ * scav_poll: the caller polls once its list is consistent). */
 SA_INTERNAL size_t mcentral_refill_list(spanclass_t sc, void ***tail, size_t want);
 /* The per-CPU path's forms: refill as runs (mspan_take_runs; *nruns set, at most want runs);
  * flush n objects at lo, lo + size, ... of one run (no scav_poll: the caller polls). */
@@ -489,7 +496,7 @@ SA_INTERNAL void mcache_release(mcache_t *c);
 SA_INTERNAL void mcache_release_all(void);  /* this thread's lists and every CPU's slab */
 SA_INTERNAL size_t mcache_drain_idle(void); /* drain CPUs with no slow-path activity lately */
 SA_INTERNAL void mcache_init(void);
-SA_INTERNAL size_t mcache_cached(unsigned sizeclass);        /* per-thread lists + per-CPU slabs */
+SA_INTERNAL size_t mcache_cached(unsigned sizeclass);        /* lists + per-CPU slabs + mcentral's batches */
 SA_INTERNAL size_t mcache_thread_cached(unsigned sizeclass); /* per-thread lists only */
 SA_INTERNAL size_t mcache_percpu_bytes(void);                /* bytes held by per-CPU slabs */
 /* The overflow's run pop (pop_run), for tests: the top min(n, cached) objects of class cls on this
@@ -502,10 +509,11 @@ SA_INTERNAL void mcache_fork_child(void);
 
 /* rseq.c: registration and cross-CPU fences */
 enum rseq_mode { RSEQ_MODE_NONE = 0, RSEQ_MODE_GLIBC, RSEQ_MODE_OWN };
-SA_INTERNAL int rseq_init(const char **why, long *off); /* enum rseq_mode; *off for sa_rseq_off */
+SA_INTERNAL int rseq_init(const char **why);  /* enum rseq_mode; sets sa_rseq_off */
 SA_INTERNAL bool rseq_register_thread(void);  /* RSEQ_MODE_OWN: this thread; false on failure */
 SA_INTERNAL void rseq_unregister_thread(void);
 SA_INTERNAL int rseq_current_cpu(void);       /* cpu_id of the thread's area, -1 when unknown */
+SA_INTERNAL void rseq_idle_area(void);        /* per-thread mode: sa_rseq_off at an unregistered area */
 SA_INTERNAL bool rseq_fence_cpu(int cpu);     /* restart rseq sequences running on cpu */
 SA_INTERNAL bool rseq_fence_init(void);       /* MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ */
 SA_INTERNAL uint32_t rseq_possible_cpus(void);/* highest possible CPU + 1, 0 when unknown */

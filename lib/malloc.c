@@ -41,6 +41,7 @@ void *sa_malloc_large(size_t n, size_t align_pages, bool zero)
 		return NULL;
 	}
 	size_t npages = (n + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
+	transfer_drain_some(); /* batches of freed small objects back to their spans first */
 	mspan_t *s = mheap_alloc(npages ? npages : 1, 0, align_pages);
 	if (s == NULL) {
 		errno = ENOMEM;

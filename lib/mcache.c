@@ -43,13 +43,7 @@ __thread mcache_t sa_mcache __attribute__((tls_model("initial-exec")));
 
 uint8_t sa_percpu;
 uint8_t sa_cpu_bit;
-/* Where free's fast path sends byte 0 before the per-CPU slabs exist, and for good in per-thread
- * mode: the push reads header 0 of "CPU 0" (sa_rseq_off's idle value reads cpu_id 0, rseq.c),
- * which is this zero header: current 0, end 0, so the push fails and its slow path passes byte 0
- * to sa_free_slow. percpu_init publishes the slabs before the real offset, so a free racing with
- * it reads either CPU 0 of the new slabs or this header. */
-static cpuhdr_t idle_hdr;
-char *sa_slabs = (char *)&idle_hdr;
+char *sa_slabs;
 uint32_t sa_ncpu;
 
 static pthread_key_t mcache_key;
@@ -500,6 +494,7 @@ static void flush_list(mcache_t *c, unsigned cls, size_t n)
 		return;
 	c->head[cls] = mcentral_flush_list(make_spanclass(cls, true), c->head[cls], k);
 	c->room[cls] += (int32_t)k;
+	scav_poll(); /* the list is consistent again: a thread started here may allocate from it */
 }
 
 static void *thread_refill(unsigned cls)
@@ -567,10 +562,13 @@ void mcache_overflow(unsigned cls)
 		for (; k > 0; k--)
 			x = *(void ***)x;
 		void *batch = *x;
-		*x = NULL;
-		c->room[cls] += (int32_t)(count - keep);
-		transfer_put(make_spanclass(cls, true), batch, count - keep);
-		return;
+		if (*(void **)batch != batch) { /* else freed twice in a row: flush, which reports it */
+			*x = NULL;
+			c->room[cls] += (int32_t)(count - keep);
+			transfer_put(make_spanclass(cls, true), batch, count - keep);
+			return;
+		}
+		keep = c->max[cls] / 2;
 	}
 	flush_list(c, cls, c->max[cls] ? count - keep : count);
 }
@@ -715,6 +713,19 @@ still_full:;
 }
 
 /* ---- set-up, release, statistics -------------------------------------------------------- */
+/* Where free's fast path sends byte 0 in per-thread mode (see sa_free_fast): the push reads the
+ * header of class index 0 in the region of CPU -1 (the thread's unregistered rseq area,
+ * rseq_idle_area), which is this zero header: current 0, end 0, so the push fails. Free's fast
+ * path reads class bytes only once initialisation is complete (pagemap_publish), by which time
+ * this is set. */
+static cpuhdr_t idle_hdr;
+
+static void percpu_fallback(void)
+{
+	rseq_idle_area();
+	sa_slabs = (char *)((uintptr_t)&idle_hdr + ((uintptr_t)1 << SA_SLAB_SHIFT));
+}
+
 static void percpu_init(void)
 {
 	if (sa_config.debug) {
@@ -735,8 +746,7 @@ static void percpu_init(void)
 		return;
 	}
 	const char *why;
-	long rseq_off;
-	int mode = rseq_init(&why, &rseq_off);
+	int mode = rseq_init(&why);
 	if (mode == RSEQ_MODE_NONE) {
 		fallback_why = why;
 		return;
@@ -784,8 +794,6 @@ static void percpu_init(void)
 	}
 	cpus = cs;
 	sa_slabs = slabs;
-	/* after the slabs: a byte-0 free in another thread that reads the real offset finds them */
-	__atomic_store_n(&sa_rseq_off, rseq_off, __ATOMIC_RELEASE);
 	sa_ncpu = ncpu;
 	rseq_mode = mode;
 	if (mode == RSEQ_MODE_OWN) { /* this thread registered in rseq_init */
@@ -808,6 +816,8 @@ void mcache_init(void)
 		class_max[i] = sa_config.debug || per_class == 0 ? 0 : (uint32_t)(2 * class_batch[i]);
 	}
 	percpu_init();
+	if (!sa_percpu)
+		percpu_fallback();
 	/* after the mode is known: per-CPU class bytes carry SA_CPU_BIT */
 	for (size_t n = 0; n <= SA_DIRECT_MAX; n++)
 		sa_class_of[n] = (uint8_t)(size_to_class(n) | sa_cpu_bit);

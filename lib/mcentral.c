@@ -82,11 +82,13 @@ void mcentral_fork_child(void)
  * came back, so a valid free never sees a stale byte. */
 static void set_pageclass(mspan_t *s, unsigned cls)
 {
-	heaparena_t *a = arena_of(s->base);
-	size_t first = (s->base >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
 	uint8_t b = (uint8_t)(cls ? cls | sa_cpu_bit : 0); /* free's class byte (fastpath.h) */
-	for (size_t i = 0; i < s->npages; i++)
-		__atomic_store_n(&a->pageclass[first + i], b, __ATOMIC_RELAXED);
+	/* page by page through its arena: a span may run across adjacent arenas */
+	for (size_t i = 0; i < s->npages; i++) {
+		uintptr_t p = s->base + i * SA_PAGE_SIZE;
+		__atomic_store_n(&arena_of(p)->pageclass[(p >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1)], b,
+				 __ATOMIC_RELAXED);
+	}
 }
 
 /* Pages on all spare stacks (statistics and the scavenger's "work pending"). */
@@ -496,16 +498,15 @@ void mcentral_flush(spanclass_t sc, void **objs, size_t n)
 	scav_poll(); /* no lock held: the scavenger thread may start */
 }
 
+/* No scav_poll here: a thread it starts may allocate at once (pthread_create's DTV), in the
+ * caller's thread, and the caller's list is not consistent until it stores what this returns.
+ * The caller polls after that. */
 void *mcentral_flush_list(spanclass_t sc, void *head, size_t n)
 {
 	size_t size = sa_class_to_size[spanclass_sizeclass(sc)];
-	void *rest;
 	if ((size & (size - 1)) == 0)
-		rest = flush_objs(sc, NULL, head, n, true, true, (unsigned)__builtin_ctzll(size));
-	else
-		rest = flush_objs(sc, NULL, head, n, true, false, 0);
-	scav_poll();
-	return rest;
+		return flush_objs(sc, NULL, head, n, true, true, (unsigned)__builtin_ctzll(size));
+	return flush_objs(sc, NULL, head, n, true, false, 0);
 }
 
 /* Give back every spare stack that saw no refill or flush since the previous call (the

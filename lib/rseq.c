@@ -26,14 +26,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Until the per-CPU slabs are published (and for good in per-thread mode) the offset points into
- * glibc's thread control block, at __glibc_unused2 (tcbhead_t, offset 0x80 on x86-64: reserved,
- * kept only for its size, never written by glibc since 2.26): its "cpu_id" reads 0 and the
- * sequence's rseq_cs store lands in unused space. free's fast path sends class byte 0 (NULL, a
- * pointer of no arena below 1 TiB) to the per-CPU push even before initialisation; this way it
- * reads CPU 0's region of the initial sa_slabs, a zero header, and goes to its slow path. */
-#define RSEQ_OFF_IDLE 0x80
-long sa_rseq_off = RSEQ_OFF_IDLE;
+long sa_rseq_off;
 unsigned long sa_rseq_aborts;
 
 /* glibc's exports (ld.so, GLIBC_2.35); weak, so a libc without them leaves them NULL. */
@@ -72,11 +65,11 @@ void rseq_unregister_thread(void)
 	own_rseq.cpu_id = (uint32_t)RSEQ_CPU_ID_UNINITIALIZED;
 }
 
-int rseq_init(const char **why, long *off)
+int rseq_init(const char **why)
 {
 	*why = "";
 	if (&__rseq_size != NULL && &__rseq_offset != NULL && __rseq_size > 0) {
-		*off = (long)__rseq_offset;
+		sa_rseq_off = (long)__rseq_offset;
 		rseq_mode = RSEQ_MODE_GLIBC;
 		return rseq_mode;
 	}
@@ -87,9 +80,17 @@ int rseq_init(const char **why, long *off)
 					: "rseq registration failed";
 		return RSEQ_MODE_NONE;
 	}
-	*off = (long)((char *)&own_rseq - thread_pointer());
+	sa_rseq_off = (long)((char *)&own_rseq - thread_pointer());
 	rseq_mode = RSEQ_MODE_OWN;
 	return rseq_mode;
+}
+
+/* Per-thread mode: point sa_rseq_off at the thread's own area, never registered then, so its
+ * cpu_id stays RSEQ_CPU_ID_UNINITIALIZED (-1): a per-CPU sequence reached for a byte-0 free
+ * reads the locked guard header (mcache.c) and goes to its slow path. */
+void rseq_idle_area(void)
+{
+	sa_rseq_off = (long)((char *)&own_rseq - thread_pointer());
 }
 
 int rseq_current_cpu(void)

@@ -17,17 +17,20 @@
  * Objects in a batch are free but their spans do not know it: those spans look full to
  * mheap and to the scavenger. So batches are drained back to their spans (the walk they
  * skipped):
- *   - by a refill of any class that has to ask mheap for a span (mcentral.c refill): up to
- *     DRAIN_STEP batches, from the mcentral with the most, before it asks, as Go's heap sweeps
- *     before it grows; a program that frees one class and allocates another reuses the memory;
+ *   - by a refill of any class that has to ask mheap for a span (mcentral.c refill), and by
+ *     every large or GC span allocation (malloc.c, gc/gcalloc.c): up to DRAIN_STEP batches,
+ *     from the mcentral with the most, before it asks, as Go's heap sweeps before it grows; a
+ *     program that frees one class and allocates another, or large objects, reuses the memory;
  *   - by the scavenger, every batch of an mcentral that saw no put or take for an interval, so
  *     an idle class's memory goes back to mheap and then to the kernel;
- *   - by sa_release(), all of them;
+ *   - by sa_release(), all of them, including those another thread's drain holds meanwhile;
  *   - never kept at all under SPANALLOC_MEMLIMIT (the memory limit acts under mheap.lock and
  *     cannot reach them) or SPANALLOC_DEBUG.
  * A double free put in a batch is found when the batch is drained (its bit is already clear),
  * as a flush found it; a batch taken back before that hands the object out twice, as a
- * per-thread list holding it twice always did.
+ * per-thread list holding it twice always did. An object freed twice in a row links to itself;
+ * at the head of a batch its second word would hold both the count and the stack link, so such
+ * a batch is flushed at once instead (mcache_overflow), where the flush reports it.
  *
  * Invariants: batched counts the objects in c's batches; batched_total the objects in all,
  * both changed under c's lock (the total atomically). Lock order: one mcentral lock at a time,
@@ -38,9 +41,12 @@
 #include "internal.h"
 #include "../numa/numa.h"
 
+#include <sched.h>
+
 #define DRAIN_STEP 8 /* batches a refill drains before it asks mheap for a span */
 
 static size_t batched_total; /* objects in every mcentral's batches (atomic) */
+static unsigned draining;     /* drains between taking batches off a stack and flushing them */
 
 static inline size_t *batch_n(void *b) { return (size_t *)b + 1; }
 static inline void **batch_next(void *b) { return (void **)(*(void **)b) + 1; }
@@ -94,6 +100,9 @@ static size_t drain(mcentral_t *c, size_t max)
 		return 0;
 	void *v[DRAIN_STEP];
 	size_t k = 0, done = 0;
+	/* counted before the first batch leaves the stack, so transfer_drain_all can wait for
+	 * the batches a drain holds where nobody else sees them */
+	__atomic_add_fetch(&draining, 1, __ATOMIC_ACQ_REL);
 	while (done < max) {
 		pthread_mutex_lock(&c->lock);
 		for (k = 0; k < DRAIN_STEP && done + k < max && c->batches; k++) {
@@ -110,6 +119,7 @@ static size_t drain(mcentral_t *c, size_t max)
 			mcentral_flush_list(c->spanclass, v[i], *batch_n(v[i]));
 		done += k;
 	}
+	__atomic_sub_fetch(&draining, 1, __ATOMIC_ACQ_REL);
 	return done;
 }
 
@@ -139,6 +149,10 @@ void transfer_drain_all(void)
 {
 	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++)
 		drain(central(i), SIZE_MAX);
+	/* and what other threads (the scavenger's idle drain) took off a stack meanwhile: when
+	 * this returns, every batch that existed when it was called is back in its spans */
+	while (__atomic_load_n(&draining, __ATOMIC_ACQUIRE) != 0)
+		sched_yield();
 }
 
 void transfer_drain_idle(void)

@@ -8,6 +8,7 @@
 #include "sa_check.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static int a_global;
@@ -148,6 +149,7 @@ START_TEST(test_flat_classmap)
 	char *p = sa_malloc(64);
 	ck_assert_ptr_nonnull(p);
 	ck_assert_uint_lt((uintptr_t)p, (uintptr_t)1 << SA_FLAT_BITS); /* the arena hints' range */
+	ck_assert_uint_eq(sa_flat_pages, SA_FLAT_PAGES); /* published at the end of init */
 	heaparena_t *a = arena_of((uintptr_t)p);
 	ck_assert_ptr_eq(a->pageclass, &sa_pageclass_flat[a->base >> SA_PAGE_SHIFT]);
 	mspan_t *s = spanof(p);
@@ -158,6 +160,46 @@ START_TEST(test_flat_classmap)
 	sa_free(p);
 	sa_release(); /* the span's only object back: the span goes back to mheap */
 	ck_assert_uint_eq(sa_pageclass_flat[base >> SA_PAGE_SHIFT], 0);
+}
+END_TEST
+
+/* A process whose data limit refuses the flat map's 128 MiB still works: the bound stays 0 and
+ * every free goes through the span record. */
+START_TEST(test_flat_map_refused)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	ck_assert_ptr_nonnull(f);
+	char line[256];
+	size_t data_kb = 0;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "VmData: %zu kB", &data_kb) == 1)
+			break;
+	fclose(f);
+	ck_assert_uint_gt(data_kb, 0);
+	struct rlimit rl = {.rlim_cur = (data_kb << 10) + ((size_t)96 << 20), .rlim_max = RLIM_INFINITY};
+	ck_assert_int_eq(setrlimit(RLIMIT_DATA, &rl), 0);
+	sa_ensure_init();
+	ck_assert_ptr_null(sa_pageclass_flat);
+	ck_assert_uint_eq(sa_flat_pages, 0);
+	enum { N = 20000 };
+	static unsigned char *v[N];
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < N; i++) {
+			size_t n = 1 + (size_t)(i * 37 % 3000);
+			ck_assert_ptr_nonnull(v[i] = sa_malloc(n));
+			memset(v[i], (i + round) & 0xff, n);
+		}
+		heaparena_t *a = arena_of((uintptr_t)v[0]);
+		ck_assert_ptr_eq(a->pageclass, a->pageclass_own);
+		for (int i = 0; i < N; i++) {
+			ck_assert_uint_eq(v[i][0], (i + round) & 0xff);
+			sa_free(v[i]);
+		}
+	}
+	sa_release();
+	size_t ns, pg;
+	heap_counts(&ns, &pg);
+	ck_assert_uint_eq(ns, 0);
 }
 END_TEST
 
@@ -990,10 +1032,10 @@ static void double_free_batched(void *arg)
 {
 	(void)arg;
 	setenv("SPANALLOC_RSEQ", "off", 1);
+	char **v = alloc_filled(2000, 48); /* before the double free: no malloc takes p again */
 	void *p = sa_malloc(48);
 	sa_free(p);
 	sa_free(p);
-	char **v = alloc_filled(2000, 48);
 	for (size_t i = 0; i < 2000; i++)
 		sa_free(v[i]);
 	if (transfer_batched_total() == 0)
@@ -1008,6 +1050,90 @@ START_TEST(test_transfer_double_free)
 	run_child(double_free_batched, NULL, NULL, &r);
 	ck_assert_msg(child_aborted(&r), "status %#x, stderr: %s", r.status, r.err);
 	ck_assert_msg(strstr(r.err, "double free") != NULL, "stderr: %s", r.err);
+}
+END_TEST
+
+/* p freed twice in a row just where the overflow cuts the list: the batch would begin with p,
+ * which links to itself, so its count and its stack link would share p's second word. The
+ * overflow flushes that batch instead, and the flush reports the double free. */
+static void double_free_at_cut(void *arg)
+{
+	(void)arg;
+	setenv("SPANALLOC_RSEQ", "off", 1);
+	unsigned cls = size_to_class(48);
+	enum { N = 2000 };
+	static void *v[N];
+	for (int i = 0; i < N; i++)
+		v[i] = sa_malloc(48);
+	void *p = sa_malloc(48);
+	int i = 0;
+	/* the list's next overflow keeps the 16 newest: p twice, then 16 more, puts p at the cut */
+	while (freelist_count(&sa_mcache, cls) != sa_mcache.max[cls] + 1 - 16 - 2)
+		sa_free(v[i++]);
+	sa_free(p);
+	sa_free(p);
+	for (int k = 0; k < 16; k++)
+		sa_free(v[i++]);
+	_exit(0); /* not reached: the overflow's flush aborts */
+}
+
+START_TEST(test_transfer_double_free_at_cut)
+{
+	child_result_t r;
+	run_child(double_free_at_cut, NULL, NULL, &r);
+	ck_assert_msg(child_aborted(&r), "status %#x, stderr: %s", r.status, r.err);
+	ck_assert_msg(strstr(r.err, "double free") != NULL, "stderr: %s", r.err);
+}
+END_TEST
+
+/* Large allocations drain batches first too: memory freed as small objects serves them. */
+START_TEST(test_transfer_drained_for_large)
+{
+	setenv("SPANALLOC_RSEQ", "off", 1);
+	setenv("SPANALLOC_SCAVENGE", "off", 1);
+	sa_ensure_init();
+	enum { N = 200000, L = 100 };
+	char **v = alloc_filled(N, 48); /* 9.6 MB */
+	for (size_t i = 0; i < N; i++)
+		sa_free(v[i]);
+	free(v);
+	ck_assert_uint_gt(transfer_batched_total(), N * 9 / 10);
+	static char *big[L];
+	for (int i = 0; i < L; i++) {
+		ck_assert_ptr_nonnull(big[i] = sa_malloc(100 << 10));
+		memset(big[i], 1, 100 << 10);
+	}
+	size_t ns, pg;
+	heap_counts(&ns, &pg);
+	/* 10.2 MB of large objects and what is left of the batches: 20 MB without the drain */
+	ck_assert_msg(pg * SA_PAGE_SIZE < (size_t)14 << 20, "%zu MiB in use", pg * SA_PAGE_SIZE >> 20);
+	for (int i = 0; i < L; i++)
+		sa_free(big[i]);
+}
+END_TEST
+
+/* sa_release returns every batch, also those the scavenger's idle drain holds off the stacks
+ * at that moment: no span stays in use. */
+START_TEST(test_transfer_release_while_scavenging)
+{
+	setenv("SPANALLOC_RSEQ", "off", 1);
+	setenv("SPANALLOC_SCAVENGE", "retain=0,interval=1,cpu=100", 1);
+	sa_ensure_init();
+	enum { N = 50000, ROUNDS = 100 };
+	static void *v[N];
+	int bad = 0;
+	for (int r = 0; r < ROUNDS; r++) {
+		for (int i = 0; i < N; i++)
+			ck_assert_ptr_nonnull(v[i] = sa_malloc(48));
+		for (int i = 0; i < N; i++)
+			sa_free(v[i]);
+		usleep(1000 + (r % 7) * 300); /* the scavenger's drain begins somewhere in here */
+		sa_release();
+		size_t ns, pg;
+		heap_counts(&ns, &pg);
+		bad += ns != 0;
+	}
+	ck_assert_msg(bad == 0, "%d of %d rounds left spans in use after sa_release", bad, ROUNDS);
 }
 END_TEST
 
@@ -1192,6 +1318,7 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(tc, test_spanof_inside);
 	tcase_add_test(tc, test_flat_classmap);
 	tcase_add_test(tc, test_far_arena);
+	tcase_add_test(tc, test_flat_map_refused);
 	suite_add_tcase(s, tc);
 	TCase *tt = tcase_create("transfer");
 	tcase_set_timeout(tt, 60);
@@ -1199,6 +1326,9 @@ static Suite *pagemap_suite(void)
 	tcase_add_test(tt, test_transfer_drained_for_other_class);
 	tcase_add_test(tt, test_transfer_idle_drained);
 	tcase_add_test(tt, test_transfer_double_free);
+	tcase_add_test(tt, test_transfer_double_free_at_cut);
+	tcase_add_test(tt, test_transfer_drained_for_large);
+	tcase_add_test(tt, test_transfer_release_while_scavenging);
 	suite_add_tcase(s, tt);
 	TCase *th = tcase_create("mheap");
 	tcase_set_timeout(th, 60);

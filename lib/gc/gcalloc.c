@@ -81,6 +81,7 @@ static mspan_t *span_new(unsigned gcc, size_t large_bytes)
 {
 	unsigned cls = gcc >> 2;
 	mspan_t *s;
+	transfer_drain_some(); /* malloc's batches of freed objects back to their spans first */
 	if (cls == 0) {
 		size_t np = (large_bytes + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
 		s = mheap_alloc(np, 0, 1);

@@ -103,8 +103,7 @@ typedef struct range {
 } range_t;
 
 /* spanalloc's own state, skipped when spanalloc is linked into the program (as a shared
- * object it is skipped whole): none of it is a root, and sa_arenas and sa_pageclass_flat are 16
- * and 128 MiB of mostly untouched .bss. Only the
+ * object it is skipped whole): none of it is a root, and sa_arenas alone is 16 MiB. Only the
  * large tables and the ones that hold GC heap addresses (gc.heap_lo) matter. */
 static size_t own_ranges(range_t *r)
 {
@@ -112,7 +111,6 @@ static size_t own_ranges(range_t *r)
 	r[n++] = (range_t){(uintptr_t)&gc, (uintptr_t)(&gc + 1)};
 	r[n++] = (range_t){(uintptr_t)gc_centrals, (uintptr_t)(gc_centrals + GC_NCLASSES)};
 	r[n++] = (range_t){(uintptr_t)sa_arenas, (uintptr_t)sa_arenas + sizeof sa_arenas};
-	r[n++] = (range_t){(uintptr_t)sa_pageclass_flat, (uintptr_t)sa_pageclass_flat + sizeof sa_pageclass_flat};
 	r[n++] = (range_t){(uintptr_t)sa_mcentrals, (uintptr_t)sa_mcentrals + sizeof sa_mcentrals};
 	r[n++] = (range_t){(uintptr_t)&sa_mheap, (uintptr_t)(&sa_mheap + 1)};
 	for (size_t i = 1; i < n; i++) /* by address */
