@@ -982,17 +982,24 @@ END_TEST
 
 /* A refill that has to ask mheap for a span first gives batches of other classes back to their
  * spans: memory freed in one class serves another instead of the heap growing by both. */
-START_TEST(test_transfer_drained_for_other_class)
+/* Per-thread mode, no scavenger (so no idle drain meanwhile): n 48-byte objects allocated and
+ * freed, nearly all of them left in mcentral's batches. */
+static void batches_of_48(size_t n)
 {
 	setenv("SPANALLOC_RSEQ", "off", 1);
-	setenv("SPANALLOC_SCAVENGE", "off", 1); /* no idle drain meanwhile: the refills' own */
+	setenv("SPANALLOC_SCAVENGE", "off", 1);
 	sa_ensure_init();
-	const size_t n = 200000;
-	char **a = alloc_filled(n, 48); /* 9.6 MB */
+	char **a = alloc_filled(n, 48);
 	for (size_t i = 0; i < n; i++)
 		sa_free(a[i]);
 	free(a);
 	ck_assert_uint_gt(transfer_batched(size_to_class(48)), n * 9 / 10);
+}
+
+START_TEST(test_transfer_drained_for_other_class)
+{
+	const size_t n = 200000;
+	batches_of_48(n); /* 9.6 MB */
 	char **b = alloc_filled(n, 64); /* 12.8 MB */
 	size_t ns, pg;
 	heap_counts(&ns, &pg);
@@ -1044,13 +1051,16 @@ static void double_free_batched(void *arg)
 	_exit(0);
 }
 
-START_TEST(test_transfer_double_free)
+/* fn(NULL) in a child must abort reporting a double free */
+static void assert_double_free_reported(void (*fn)(void *))
 {
 	child_result_t r;
-	run_child(double_free_batched, NULL, NULL, &r);
+	run_child(fn, NULL, NULL, &r);
 	ck_assert_msg(child_aborted(&r), "status %#x, stderr: %s", r.status, r.err);
 	ck_assert_msg(strstr(r.err, "double free") != NULL, "stderr: %s", r.err);
 }
+
+START_TEST(test_transfer_double_free) { assert_double_free_reported(double_free_batched); }
 END_TEST
 
 /* p freed twice in a row just where the overflow cuts the list: the batch would begin with p,
@@ -1077,27 +1087,14 @@ static void double_free_at_cut(void *arg)
 	_exit(0); /* not reached: the overflow's flush aborts */
 }
 
-START_TEST(test_transfer_double_free_at_cut)
-{
-	child_result_t r;
-	run_child(double_free_at_cut, NULL, NULL, &r);
-	ck_assert_msg(child_aborted(&r), "status %#x, stderr: %s", r.status, r.err);
-	ck_assert_msg(strstr(r.err, "double free") != NULL, "stderr: %s", r.err);
-}
+START_TEST(test_transfer_double_free_at_cut) { assert_double_free_reported(double_free_at_cut); }
 END_TEST
 
 /* Large allocations drain batches first too: memory freed as small objects serves them. */
 START_TEST(test_transfer_drained_for_large)
 {
-	setenv("SPANALLOC_RSEQ", "off", 1);
-	setenv("SPANALLOC_SCAVENGE", "off", 1);
-	sa_ensure_init();
-	enum { N = 200000, L = 100 };
-	char **v = alloc_filled(N, 48); /* 9.6 MB */
-	for (size_t i = 0; i < N; i++)
-		sa_free(v[i]);
-	free(v);
-	ck_assert_uint_gt(transfer_batched_total(), N * 9 / 10);
+	enum { L = 100 };
+	batches_of_48(200000); /* 9.6 MB */
 	static char *big[L];
 	for (int i = 0; i < L; i++) {
 		ck_assert_ptr_nonnull(big[i] = sa_malloc(100 << 10));
