@@ -1357,8 +1357,13 @@ static void stalled_marker_child(void *arg)
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGRTMIN + 10, &sa, NULL) != 0)
 		_exit(52);
-	/* allocate until a cycle marks and the marker holds a buffer; then stall it */
-	double t0 = now_s();
+	/* allocate until a cycle marks and the marker holds a buffer; then stall it. A cycle whose
+	 * heap is already past its goal then (the marker descheduled by a loaded machine before
+	 * the stall: make check runs suites in parallel; seen at 1.27 x) is passed over for a later
+	 * one for up to 10 s; after that the stall goes ahead and the overshoot it started from is
+	 * not counted against it. */
+	const double begin = now_s();
+	double t0 = begin, at_send = 0;
 	int sent = 0;
 	double peak = 0;
 	size_t peak_heap = 0, peak_goal = 0;
@@ -1370,7 +1375,12 @@ static void stalled_marker_child(void *arg)
 			pthread_mutex_lock(&gc.pool_lock);
 			long busy = gc.nbusy;
 			pthread_mutex_unlock(&gc.pool_lock);
+			sa_gc_stats(&st);
+			double ratio = st.heap_goal ? (double)st.heap_live / (double)st.heap_goal : 0;
+			if (busy > 0 && ratio > 1.05 && now_s() - begin < 10)
+				busy = 0; /* past the goal already: wait for another cycle */
 			if (busy > 0) {
+				at_send = ratio;
 				atomic_store(&stall_until_ns, gc_nanotime() + 150000000ULL);
 				if (syscall(SYS_tgkill, getpid(), tid, SIGRTMIN + 10) != 0)
 					_exit(54);
@@ -1389,11 +1399,11 @@ static void stalled_marker_child(void *arg)
 				break;
 		}
 	}
-	fprintf(stderr, "stalled marker: sent %d, highest heap while stalled %.2f x its goal (%zu MB of %zu MB)\n", sent, peak,
-		peak_heap >> 20, peak_goal >> 20);
+	fprintf(stderr, "stalled marker: sent %d at %.2f x the goal, highest heap while stalled %.2f x its goal (%zu MB of %zu MB)\n",
+		sent, at_send, peak, peak_heap >> 20, peak_goal >> 20);
 	if (!sent)
 		_exit(55);
-	if (peak > 1.35)
+	if (peak - (at_send > 1 ? at_send - 1 : 0) > 1.35)
 		_exit(56);
 	while (atomic_load(&stall_on))
 		usleep(1000);
