@@ -6,7 +6,8 @@
  * slab of that class in a restartable sequence (SA_PERCPU_POP), or, in per-thread mode, the
  * thread's list head[cls]. Anything else (a bigger size, an empty cache) goes out of line.
  * free(p): p's page number indexes the flat class map (sa_pageclass_flat, pagemap.c): one shift,
- * one compare against the map's 1 TiB, one byte load; the byte gives the size class of the
+ * one compare against its bound (sa_flat_pages, 0 before initialisation), the map pointer and
+ * one byte load; the byte gives the size class of the
  * malloc span on p's page (0: not a small malloc object — NULL, a large or GC object, a foreign
  * pointer, a free page); then push on the CPU's slab or the thread's list.
  * Class bytes: in per-CPU mode both tables hold class | SA_CPU_BIT (internal.h), in per-thread

@@ -44,17 +44,6 @@ void mspan_init_large(mspan_t *s)
 	s->allocbits[0] = 1;
 }
 
-/* Hand out up to max free objects, one 64-bit word of alloc bits at a time (Go's allocCache
- * idea): the word's free bits are peeled off with ctz, and the bits taken are set with one store
- * per word. A contiguous run of free objects (a fresh span, or one emptied in order) is carved by
- * stride with no per-object bit scan. Two outputs, one body: into the array out[] (per-CPU
- * slabs, tests), or linked into a list through the objects' first words (the per-thread lists),
- * so a refill writes each object's link once instead of filling an array and linking it after,
- * or as runs {first object, count} of objects at a stride of the size (the per-CPU refill, which
- * writes the addresses into the CPU's slab itself; a run goes on across words, so a fresh span is
- * one run).
- * In list mode *tail is where the next object's address goes; it is advanced to the last
- * object's link word (left unwritten). */
 /* Link the run objects p, p + size, ... into a list after *link: each object's link word gets
  * the next one's address, four a step, each address made once from the one before. Returns the
  * last object's link word (left unwritten: the tail). */
@@ -86,6 +75,17 @@ static inline void add_run(objrun_t *runs, size_t *nr, uintptr_t p, size_t run, 
 		runs[(*nr)++] = (objrun_t){.base = p, .n = run};
 }
 
+/* Hand out up to max free objects, one 64-bit word of alloc bits at a time (Go's allocCache
+ * idea): the word's free bits are peeled off with ctz, and the bits taken are set with one store
+ * per word. A contiguous run of free objects (a fresh span, or one emptied in order) is carved by
+ * stride with no per-object bit scan. Two outputs, one body: into the array out[] (per-CPU
+ * slabs, tests), or linked into a list through the objects' first words (the per-thread lists),
+ * so a refill writes each object's link once instead of filling an array and linking it after,
+ * or as runs {first object, count} of objects at a stride of the size (the per-CPU refill, which
+ * writes the addresses into the CPU's slab itself; a run goes on across words, so a fresh span is
+ * one run).
+ * In list mode *tail is where the next object's address goes; it is advanced to the last
+ * object's link word (left unwritten). */
 enum { TAKE_ARRAY, TAKE_LIST, TAKE_RUNS };
 static inline __attribute__((always_inline)) size_t take(mspan_t *s, void **out, void ***tail, objrun_t *runs,
 							 size_t *nruns, size_t max, const int mode)
