@@ -337,6 +337,13 @@ typedef struct mcentral {
  * returns each object to its span's node (span->node). */
 extern mcentral_t sa_mcentrals[SA_MAX_NODES][SA_NUM_SPAN_CLASSES];
 #define sa_mcentral (sa_mcentrals[0]) /* node 0: the only one on a single-node machine */
+/* Every mcentral of every heap node in use, as one index 0 .. mcentral_count() - 1 (for walks
+ * that visit them all: idle spares, sa_release, the batches of transfer.c). */
+static inline unsigned mcentral_count(void) { return (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; }
+static inline mcentral_t *mcentral_at(unsigned i)
+{
+	return &sa_mcentrals[i / SA_NUM_SPAN_CLASSES][i % SA_NUM_SPAN_CLASSES];
+}
 
 SA_INTERNAL void mcentral_init(void);
 SA_INTERNAL void mcentral_fork_prepare(void);

@@ -517,8 +517,8 @@ size_t mcentral_release_idle_spares(void)
 	size_t pages = 0;
 	if (__atomic_load_n(&spare_pages_total, __ATOMIC_RELAXED) == 0)
 		return 0;
-	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++) {
-		mcentral_t *c = &sa_mcentrals[i / SA_NUM_SPAN_CLASSES][i % SA_NUM_SPAN_CLASSES];
+	for (unsigned i = 0; i < mcentral_count(); i++) {
+		mcentral_t *c = mcentral_at(i);
 		if (__atomic_load_n(&c->spares, __ATOMIC_RELAXED) == NULL)
 			continue;
 		pthread_mutex_lock(&c->lock);
@@ -541,8 +541,8 @@ size_t mcentral_spare_pages(void)
 /* Give every spare (empty) span, and every cached large span, back to mheap (sa_release). */
 void mcentral_release_spares(void)
 {
-	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++) {
-		mcentral_t *c = &sa_mcentrals[i / SA_NUM_SPAN_CLASSES][i % SA_NUM_SPAN_CLASSES];
+	for (unsigned i = 0; i < mcentral_count(); i++) {
+		mcentral_t *c = mcentral_at(i);
 		pthread_mutex_lock(&c->lock);
 		if (c->spares)
 			spare_trim(c, 0);

@@ -123,22 +123,17 @@ static size_t drain(mcentral_t *c, size_t max)
 	return done;
 }
 
-static inline mcentral_t *central(unsigned i)
-{
-	return &sa_mcentrals[i / SA_NUM_SPAN_CLASSES][i % SA_NUM_SPAN_CLASSES];
-}
-
 void transfer_drain_some(void)
 {
 	if (__atomic_load_n(&batched_total, __ATOMIC_RELAXED) == 0)
 		return;
 	mcentral_t *most = NULL;
 	size_t max = 0;
-	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++) {
-		size_t b = __atomic_load_n(&central(i)->batched, __ATOMIC_RELAXED);
+	for (unsigned i = 0; i < mcentral_count(); i++) {
+		size_t b = __atomic_load_n(&mcentral_at(i)->batched, __ATOMIC_RELAXED);
 		if (b > max) {
 			max = b;
-			most = central(i);
+			most = mcentral_at(i);
 		}
 	}
 	if (most)
@@ -147,8 +142,8 @@ void transfer_drain_some(void)
 
 void transfer_drain_all(void)
 {
-	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++)
-		drain(central(i), SIZE_MAX);
+	for (unsigned i = 0; i < mcentral_count(); i++)
+		drain(mcentral_at(i), SIZE_MAX);
 	/* and what other threads (the scavenger's idle drain) took off a stack meanwhile: when
 	 * this returns, every batch that existed when it was called is back in its spans */
 	while (__atomic_load_n(&draining, __ATOMIC_ACQUIRE) != 0)
@@ -159,8 +154,8 @@ void transfer_drain_idle(void)
 {
 	if (__atomic_load_n(&batched_total, __ATOMIC_RELAXED) == 0)
 		return;
-	for (unsigned i = 0; i < (unsigned)sa_heap_nodes * SA_NUM_SPAN_CLASSES; i++) {
-		mcentral_t *c = central(i);
+	for (unsigned i = 0; i < mcentral_count(); i++) {
+		mcentral_t *c = mcentral_at(i);
 		if (__atomic_load_n(&c->batches, __ATOMIC_RELAXED) == NULL)
 			continue;
 		if (__atomic_exchange_n(&c->batch_used, 0, __ATOMIC_RELAXED) == 0)
