@@ -533,6 +533,30 @@ static void *thread_refill(unsigned cls)
 	return first;
 }
 
+/* The older part of list cls (count objects), still linked, to mcentral's batches: walk to the
+ * keep-th object (a load an object, not the flush's lookups and bitmap updates). Only the
+ * newest TRANSFER_KEEP (at most half the bound) stay: the walk is short, and a batch taken back
+ * leaves as many slots free, so a ping-pong at the edge still meets the slow path once in that
+ * many. False, with the list untouched, when the batch would begin with an object freed twice
+ * in a row (it links to itself): the caller flushes, which reports it. */
+static bool hand_batch(mcache_t *c, unsigned cls, size_t count)
+{
+	size_t keep = c->max[cls] / 2 < TRANSFER_KEEP ? c->max[cls] / 2 : TRANSFER_KEEP;
+	void **x = c->head[cls];
+	size_t k = keep - 1;
+	for (; k >= 4; k -= 4)
+		x = *(void ***)*(void ***)*(void ***)*(void ***)x;
+	for (; k > 0; k--)
+		x = *(void ***)x;
+	void *batch = *x;
+	if (*(void **)batch == batch)
+		return false;
+	*x = NULL;
+	c->room[cls] += (int32_t)(count - keep);
+	transfer_put(make_spanclass(cls, true), batch, count - keep);
+	return true;
+}
+
 /* Slow path of free on the per-thread path: list cls went past its bound (or the cache is not
  * LIVE). The object was pushed already. */
 void mcache_overflow(unsigned cls)
@@ -548,28 +572,8 @@ void mcache_overflow(unsigned cls)
 		memset((char *)c->head[cls] + sizeof(void *), 0xde, sa_class_to_size[cls] - sizeof(void *));
 	/* keep half the bound so a free/malloc ping-pong at the edge does not flush every time */
 	size_t count = freelist_count(c, cls), keep = c->max[cls] / 2;
-	if (keep > 0 && count >= keep + 2 && transfer_usable(cls)) {
-		/* The older part, still linked, to mcentral's batches: walk to the keep-th object
-		 * (a load an object, not the flush's lookups and bitmap updates). Only the newest
-		 * TRANSFER_KEEP stay: the walk is short, and a batch taken back leaves as many slots
-		 * free, so a ping-pong at the edge still meets the slow path once in that many. */
-		if (keep > TRANSFER_KEEP)
-			keep = TRANSFER_KEEP;
-		void **x = c->head[cls];
-		size_t k = keep - 1;
-		for (; k >= 4; k -= 4)
-			x = *(void ***)*(void ***)*(void ***)*(void ***)x;
-		for (; k > 0; k--)
-			x = *(void ***)x;
-		void *batch = *x;
-		if (*(void **)batch != batch) { /* else freed twice in a row: flush, which reports it */
-			*x = NULL;
-			c->room[cls] += (int32_t)(count - keep);
-			transfer_put(make_spanclass(cls, true), batch, count - keep);
-			return;
-		}
-		keep = c->max[cls] / 2;
-	}
+	if (keep > 0 && count >= keep + 2 && transfer_usable(cls) && hand_batch(c, cls, count))
+		return;
 	flush_list(c, cls, c->max[cls] ? count - keep : count);
 }
 
