@@ -93,8 +93,6 @@ static void *reserve_aligned(size_t size, uintptr_t hint)
 	return (void *)a;
 }
 
-/* Reserve n contiguous arenas and create their metadata. Returns the first; the others follow
- * at +64 MB each and are published in the page map too. NULL when out of address space. */
 /* Apply the NUMA policy of a heap node to [addr, addr+len). */
 static void bind_range(void *addr, size_t len, int node)
 {
@@ -130,6 +128,10 @@ static int make_rw(void *base, size_t size)
 	return BACK_SMALL;
 }
 
+/* Reserve n contiguous arenas and create their metadata. Returns the first; the others follow
+ * at +64 MB each and are published in the page map too (an arena there with no span yet).
+ * NULL when out of address space. Takes no lock of mheap's (the prefault thread reserves ahead
+ * of need); mheap_grow_insert_locked adds them to the heap. */
 heaparena_t *arena_reserve(size_t n, uintptr_t hint, int node)
 {
 	if (n == 0 || n > (SA_MAX_ALLOC >> SA_ARENA_SHIFT))
@@ -154,8 +156,7 @@ heaparena_t *arena_reserve(size_t n, uintptr_t hint, int node)
 		if (i == 0)
 			first = a;
 	}
-	sa_mheap.reserved += n * SA_ARENA_SIZE;
-	return first;
+	return first; /* counted in sa_mheap.reserved by mheap_grow_insert_locked */
 }
 
 #define HUGETLB_BACKOFF_MIN 8

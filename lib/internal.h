@@ -293,6 +293,8 @@ typedef struct mheap {
 	size_t prefault_pending;       /* bytes those will add to resident once recorded */
 	size_t prefaulted, prefault_fails; /* chunks populated by the thread; populate failures */
 	size_t runway_hits, runway_misses; /* wholly free chunks taken from the runway / not */
+	size_t grown_ahead, grown_here;    /* reservations the prefault thread made (prefault.c) /
+					    * an allocating thread made (mheap_grow_locked) */
 } mheap_t;
 
 extern mheap_t sa_mheap;
@@ -634,12 +636,16 @@ SA_INTERNAL void prefault_complete_locked(void);
 /* No lock held: plan and populate node's runway now, on the calling thread (tests). Returns
  * the chunks populated. */
 SA_INTERNAL size_t prefault_fill(int node);
+SA_INTERNAL bool prefault_busy(void); /* tests: work handed to the thread and not done yet */
 SA_INTERNAL void prefault_fork_child(void);
 extern int sa_prefault_inline SA_INTERNAL; /* tests: populate on the kicking thread, start none */
 /* mheap.c, for prefault.c (mheap.lock held): the rank of wholly free chunk ci (0 resident,
- * 1 partly scavenged, 2 uncommitted) and reserving arenas for node. */
+ * 1 partly scavenged, 2 uncommitted) and reserving arenas for node — on this thread
+ * (mheap_grow_locked), or sized here, reserved with no lock (arena_reserve) and added after. */
 SA_INTERNAL unsigned mheap_chunk_rank(const heaparena_t *a, unsigned ci);
 SA_INTERNAL bool mheap_grow_locked(size_t npages, int node);
+SA_INTERNAL size_t mheap_grow_size_locked(size_t npages, int node, uintptr_t *hint);
+SA_INTERNAL bool mheap_grow_insert_locked(heaparena_t *first, size_t n);
 extern int sa_uring_inject SA_INTERNAL;  /* tests: 1 init fails, 2 submit fails, 3 every op fails */
 
 /* ------------------------------------------------------------------------------------------

@@ -328,30 +328,51 @@ static bool set_run(uintptr_t base, size_t n, bool used, bool *fresh)
 	return dirty;
 }
 
-/* Grow the node by at least npages of address space: by whole arenas, and once the node has
- * some, by a quarter of them at a time (8 at most: 512 MB), so that a growing heap reserves
- * address space O(log) times rather than once per 64 MB. Every reservation takes the mmap lock
- * for writing (mmap, mprotect, madvise, and the metadata's mmap), and on this project's VM
- * each waited for the prefault thread's populate in progress, 2-8 ms (perf: the allocating
- * thread slept in vm_mmap_pgoff's rwsem_down_write_slowpath). Address space costs nothing
- * until committed; an arena's record is ~80 KB of metadata, touched as it is used. */
-bool mheap_grow_locked(size_t npages, int node)
+/* How a growth of node by at least npages of address space reserves (mheap.lock held): how
+ * many arenas, returned, and the hint, *hint — by whole arenas and, once the node has some, by a
+ * quarter of them at a time (8 at most: 512 MB), so that a growing heap reserves address space
+ * O(log) times rather than once per 64 MB, right after the highest arena. Address space costs
+ * nothing until committed; an arena's record is ~80 KB of metadata, touched as it is used. */
+size_t mheap_grow_size_locked(size_t npages, int node, uintptr_t *hint)
 {
 	size_t n = (npages + SA_PAGES_PER_ARENA - 1) / SA_PAGES_PER_ARENA;
 	size_t have = 0; /* the node's arenas */
-	uintptr_t hint = 0;
+	uintptr_t h = 0;
 	for (size_t i = 0; i < sa_mheap.narenas; i++) {
 		have += sa_mheap.arenas[i]->node == node;
-		if (sa_mheap.arenas[i]->base + SA_ARENA_SIZE > hint)
-			hint = sa_mheap.arenas[i]->base + SA_ARENA_SIZE;
+		if (sa_mheap.arenas[i]->base + SA_ARENA_SIZE > h)
+			h = sa_mheap.arenas[i]->base + SA_ARENA_SIZE;
 	}
 	size_t ahead = have / 4 > 8 ? 8 : have / 4;
 	if (n < ahead)
 		n = ahead;
-	if (hint == 0)
-		hint = (uintptr_t)0x00c0 << 32; /* Go's first hint: far from the program's own maps */
+	*hint = h ? h : (uintptr_t)0x00c0 << 32; /* Go's first hint: far from the program's own maps */
+	return n;
+}
+
+/* Add the n arenas from first, which arena_reserve made, to the heap (mheap.lock held). */
+bool mheap_grow_insert_locked(heaparena_t *first, size_t n)
+{
+	if (!arenas_insert(first, n))
+		return false;
+	sa_mheap.reserved += n * SA_ARENA_SIZE;
+	return true;
+}
+
+/* Grow the node by at least npages of address space, on this thread. Every reservation takes
+ * the mmap lock for writing (mmap, mprotect, madvise, and the metadata's mmap), and on this
+ * project's VM each waited for the prefault thread's populate in progress, 4-5 ms (perf: the
+ * allocating thread slept in vm_mmap_pgoff's rwsem_down_write_slowpath; the live heap's worst
+ * replacements, 10-19 ms, were three such waits in a row), so while the runway works the
+ * prefault thread reserves ahead of need (prefault.c grow_request_locked) and this runs only
+ * when the heap reached its end first. */
+bool mheap_grow_locked(size_t npages, int node)
+{
+	uintptr_t hint;
+	size_t n = mheap_grow_size_locked(npages, node, &hint);
 	heaparena_t *a = arena_reserve(n, hint, node);
-	return a != NULL && arenas_insert(a, n);
+	sa_mheap.grown_here++;
+	return a != NULL && mheap_grow_insert_locked(a, n);
 }
 
 /* ------------------------------------------------------------------------------------------

@@ -206,6 +206,67 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
 #define D_BACK_SHIFT 5
 #define E_MASK ((uintptr_t)0x7f)
 
+/* ------------------------------------------------------------------------------------------
+ * Reserving ahead. The planner asks for a reservation when the node has fewer than
+ * GROW_AHEAD wholly free chunks; the thread makes it (arena_reserve: mmap, mprotect, madvise
+ * and the metadata's mmap, with no lock of ours) and the next completion adds it to the heap.
+ * One request at a time: the planner writes grow_node/n/hint and sets G_ASKED; the thread
+ * writes grow_first and sets G_DONE; complete_locked inserts and sets G_IDLE.
+ * ---------------------------------------------------------------------------------------- */
+#define GROW_AHEAD 16 /* chunks (32 MiB): ~60 ms of the live heap's growth, room for the thread */
+enum { G_IDLE, G_ASKED, G_DONE };
+static _Atomic int grow_state;
+static int grow_node;
+static size_t grow_n;
+static uintptr_t grow_hint;
+static heaparena_t *grow_first;
+static bool grow_kick; /* mheap.lock: a request made since prefault_plan_locked last looked */
+
+/* mheap.lock held: whether node has at least want wholly free chunks. */
+static bool free_chunks_at_least(int node, size_t want)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < sa_mheap.narenas && n < want; i++) {
+		const heaparena_t *a = sa_mheap.arenas[i];
+		if (a->node != node || a->palloc.root.max < SA_CHUNK_PAGES)
+			continue;
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++)
+			n += a->palloc.chunk_free[ci] == SA_CHUNK_PAGES;
+	}
+	return n >= want;
+}
+
+/* mheap.lock held: ask the thread to reserve node's next arenas. */
+static void grow_request_locked(int node)
+{
+	if (atomic_load_explicit(&grow_state, memory_order_relaxed) != G_IDLE)
+		return;
+	grow_kick = true;
+	grow_node = node;
+	grow_n = mheap_grow_size_locked(SA_PAGES_PER_ARENA, node, &grow_hint);
+	atomic_store_explicit(&grow_state, G_ASKED, memory_order_release);
+}
+
+/* The thread, no lock: make the reservation asked for, if any. */
+static void grow_serve(void)
+{
+	if (atomic_load_explicit(&grow_state, memory_order_acquire) != G_ASKED)
+		return;
+	grow_first = arena_reserve(grow_n, grow_hint, grow_node);
+	atomic_store_explicit(&grow_state, G_DONE, memory_order_release);
+}
+
+/* mheap.lock held: add a reservation the thread made to the heap. */
+static void grow_complete_locked(void)
+{
+	if (atomic_load_explicit(&grow_state, memory_order_acquire) != G_DONE)
+		return;
+	if (grow_first != NULL && mheap_grow_insert_locked(grow_first, grow_n))
+		sa_mheap.grown_ahead++;
+	grow_first = NULL;
+	atomic_store_explicit(&grow_state, G_IDLE, memory_order_relaxed);
+}
+
 /* mheap.lock held. Choose the chunks of node to prepare next — the first K of the page heap's
  * order that are neither on the runway nor in flight, as long as the scavenger's goal and the
  * memory limit allow — reserve them (their pages marked in use in the bitmap, as the scavenger
@@ -239,8 +300,15 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 		return 0;
 	cand_t c[MAX_RUNWAY];
 	size_t n = next_chunks(node, c, k);
-	if (n < k && mheap_grow_locked(SA_PAGES_PER_ARENA, node))
-		n = next_chunks(node, c, k);
+	/* Address space ahead of growth, reserved by the thread (no system call here). Only
+	 * when it cannot (inline tests) this thread does. If the heap reaches its end first,
+	 * mheap_alloc_node grows it on the allocating thread, as without a runway. */
+	if (!free_chunks_at_least(node, k + GROW_AHEAD)) {
+		if (!sa_prefault_inline)
+			grow_request_locked(node);
+		else if (n < k && mheap_grow_locked(SA_PAGES_PER_ARENA, node))
+			n = next_chunks(node, c, k);
+	}
 	size_t inflight = 0;
 	for (int nd = 0; nd < sa_heap_nodes; nd++)
 		inflight += sa_mheap.prefault_inflight[nd];
@@ -358,6 +426,7 @@ static void complete_locked(uintptr_t d)
 
 void prefault_complete_locked(void)
 {
+	grow_complete_locked();
 	uintptr_t v;
 	while (ring_pop(&done, &v))
 		complete_locked(v);
@@ -375,6 +444,8 @@ bool prefault_plan_locked(void)
 				complete_locked(b[i] & ~(D_OK | D_HFAIL));
 		any |= n > 0;
 	}
+	any |= grow_kick;
+	grow_kick = false;
 	return any;
 }
 
@@ -414,7 +485,9 @@ static void *prefault_main(void *arg)
 	for (;;) {
 		unsigned seq = atomic_load(&kick_seq);
 		uintptr_t base;
+		grow_serve();
 		while (ring_pop(&todo, &base)) {
+			grow_serve(); /* a reservation first: a few system calls, before another 4 ms populate */
 			uintptr_t d = serve(base);
 			while (!ring_push(&done, d))
 				sleep_ns_short(); /* cannot happen: RING bounds what is in flight */
@@ -439,6 +512,7 @@ void prefault_kick(void)
 {
 	if (sa_prefault_inline) { /* tests: this thread is the consumer, and no thread starts */
 		uintptr_t base;
+		grow_serve();
 		while (ring_pop(&todo, &base))
 			ring_push(&done, serve(base));
 		return;
@@ -464,6 +538,11 @@ void prefault_poll(void)
 		atomic_store(&started, 0); /* no thread: the next kick asks again */
 }
 
+bool prefault_busy(void)
+{
+	return atomic_load(&grow_state) != G_IDLE || atomic_load(&todo.head) != atomic_load(&todo.tail);
+}
+
 void prefault_fork_child(void)
 {
 	/* the parent's thread was committing or populating these: free them (a chunk it
@@ -486,4 +565,8 @@ void prefault_fork_child(void)
 	atomic_store(&started, 0);
 	atomic_store(&want_start, 0);
 	atomic_store(&sleeping, 0);
+	/* a reservation made is added; one asked for is forgotten (its address space, if the
+	 * parent's thread was making it, stays reserved and unused) */
+	if (atomic_load(&grow_state) == G_ASKED)
+		atomic_store(&grow_state, G_IDLE);
 }

@@ -9,7 +9,12 @@
  *                                        (shuffled, as replacements leave it; seq: in order)
  *   perf/gcbench MODE replace N M   the issue's live-heap test: N live 64-byte objects (pointer-free,
  *                                held from one array), then M random replacements; reports ns per
- *                                replacement and the worst single replacement as well;
+ *                                replacement and the worst single replacement as well, and the
+ *                                VM's steal time during the replacements (/proc/stat: the host
+ *                                running something else on our virtual CPUs);
+ *                                MODE none is the control: built with malloc, each "replacement"
+ *                                rewrites a random existing object and stores it back, with no
+ *                                allocation and no free — its worst operation is the machine's;
  *                                GCBENCH_SLOWLOG=1 prints every replacement over 0.5 ms with the
  *                                thread's page faults and context switches during it, and a
  *                                SLOWSUM line: replacements over 1 ms with and without a context
@@ -44,7 +49,7 @@ typedef struct node {
 	struct node *left, *right;
 } node_t;
 
-enum { M_SAGC, M_BOEHM, M_MALLOC, M_SAMALLOC };
+enum { M_SAGC, M_BOEHM, M_MALLOC, M_SAMALLOC, M_NONE };
 static int mode;
 
 static void *(*gcb_malloc)(size_t);
@@ -241,7 +246,8 @@ static void *obj64(void)
 	switch (mode) {
 	case M_SAGC: return sa_gc_alloc_noscan(64);
 	case M_BOEHM: return gcb_malloc_atomic(64);
-	case M_MALLOC: return malloc(64);
+	case M_MALLOC:
+	case M_NONE: return malloc(64);
 	default: return sa_malloc(64);
 	}
 }
@@ -266,6 +272,22 @@ static uint64_t thread_cpu_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* The VM's steal time so far, all CPUs, in ms (/proc/stat's cpu line, 8th value, in clock
+ * ticks): time the host ran something else while a virtual CPU of ours had work. A tick is
+ * 10 ms, so a run's figure is good to a tick; 0 where the kernel does not account it. */
+static double steal_ms(void)
+{
+	FILE *f = fopen("/proc/stat", "r");
+	unsigned long long v[8] = {0};
+	if (f == NULL)
+		return 0;
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+		   &v[7]) != 8)
+		v[7] = 0;
+	fclose(f);
+	return (double)v[7] * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
 static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 {
 	struct rusage sw0, sw1, sw2; /* the thread's context switches: SWITCHES line */
@@ -286,11 +308,13 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 			a[i] = o;
 	}
 	getrusage(RUSAGE_THREAD, &sw1);
+	double steal0 = steal_ms();
 	uint64_t t1 = gc_nanotime(), worst = 0;
 	const char *slowlog = getenv("GCBENCH_SLOWLOG");
 	struct rusage pru;
 	uint64_t cpu_worst = 0, cpu_prev = 0;
 	size_t slow1 = 0, slow1_nocsw = 0;
+	const bool slowlight = slowlog && !strcmp(slowlog, "2");
 	if (slowlog) {
 		getrusage(RUSAGE_THREAD, &pru);
 		cpu_prev = thread_cpu_ns();
@@ -299,7 +323,7 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 		uint64_t s0 = gc_nanotime();
 		void *oo = NULL;
 		size_t i = xrand() % n;
-		void *o = obj64();
+		void *o = mode == M_NONE ? a[i] : obj64();
 		oo = o;
 		memset(o, (int)r, 64);
 		if (mode == M_SAGC) {
@@ -314,7 +338,20 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 		uint64_t d = gc_nanotime() - s0;
 		if (d > worst)
 			worst = d;
-		if (slowlog) {
+		if (slowlight) {
+			/* GCBENCH_SLOWLOG=2: no per-replacement system call; a slow one prints what
+			 * happened since the last slow one (faults, switches) and the runway's state */
+			if (d > 500000) {
+				struct rusage ru2;
+				getrusage(RUSAGE_THREAD, &ru2);
+				fprintf(stderr, "SLOW r=%zu t=%.3f d=%.3fms since last: minflt=%ld nvcsw=%ld nivcsw=%ld; runway %zu hits %zu misses %zu chunk=%lx off=%lu\n",
+					r, (double)(s0 - t1) / 1e9, (double)d / 1e6, ru2.ru_minflt - pru.ru_minflt,
+					ru2.ru_nvcsw - pru.ru_nvcsw, ru2.ru_nivcsw - pru.ru_nivcsw, sa_mheap.runway_chunks,
+					sa_mheap.runway_hits, sa_mheap.runway_misses, (unsigned long)((uintptr_t)oo >> 21),
+					(unsigned long)((uintptr_t)oo & ((1u << 21) - 1)));
+				pru = ru2;
+			}
+		} else if (slowlog) {
 			/* the op's own CPU time (a fault's zeroing counts, time preempted does not),
 			 * read before getrusage so its cost is not in the next op's */
 			uint64_t c = thread_cpu_ns();
@@ -337,13 +374,14 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 		}
 	}
 	uint64_t t2 = gc_nanotime();
+	double steal = steal_ms() - steal0;
 	getrusage(RUSAGE_THREAD, &sw2);
 	/* voluntary switches are where the thread blocked (a lock, the kernel's mmap lock, a
 	 * futex); involuntary ones, where it was preempted */
 	fprintf(stderr, "SWITCHES %s build: %ld voluntary, %ld involuntary; replacements: %ld voluntary, %ld involuntary\n", m,
 		sw1.ru_nvcsw - sw0.ru_nvcsw, sw1.ru_nivcsw - sw0.ru_nivcsw, sw2.ru_nvcsw - sw1.ru_nvcsw,
 		sw2.ru_nivcsw - sw1.ru_nivcsw);
-	if (slowlog)
+	if (slowlog && !slowlight)
 		fprintf(stderr, "SLOWSUM %zu replacements over 1 ms, %zu of them without a context switch; worst replacement by the thread's own CPU time %.3f ms (each includes a getrusage)\n",
 			slow1, slow1_nocsw, (double)cpu_worst / 1e6);
 	struct rusage ru;
@@ -353,11 +391,11 @@ static int replace_bench(const char *m, size_t n, size_t reps, uint64_t t0)
 	stop_stats(&cycles, &maxs, &med);
 	double nsrep = (double)(t2 - t1) / (double)(reps ? reps : 1);
 	fprintf(stderr, "RESULT %-8s replace %zu x 64 B, %zu replacements: build %.2f s, %.0f ns/replacement, worst op %.3f ms, "
-		"peak RSS %ld MB, %llu cycles, max stop %.3f ms, median stop %.3f ms\n", m, n, reps, (double)(t1 - t0) / 1e9,
-		nsrep, (double)worst / 1e6, ru.ru_maxrss / 1024, cycles, maxs, med);
-	/* DATA: impl workload seconds rss_MB cycles max_stop_ms median_stop_ms worst_op_ms ns_per_op */
-	fprintf(stderr, "DATA %s liveheap %.2f %ld %llu %.3f %.3f %.3f %.0f\n", m,
-		(double)(t2 - t0) / 1e9, ru.ru_maxrss / 1024, cycles, maxs, med, (double)worst / 1e6, nsrep);
+		"peak RSS %ld MB, %llu cycles, max stop %.3f ms, median stop %.3f ms, VM steal %.0f ms\n", m, n, reps,
+		(double)(t1 - t0) / 1e9, nsrep, (double)worst / 1e6, ru.ru_maxrss / 1024, cycles, maxs, med, steal);
+	/* DATA: impl workload seconds rss_MB cycles max_stop_ms median_stop_ms worst_op_ms ns_per_op steal_ms */
+	fprintf(stderr, "DATA %s liveheap %.2f %ld %llu %.3f %.3f %.3f %.0f %.0f\n", m, (double)(t2 - t0) / 1e9,
+		ru.ru_maxrss / 1024, cycles, maxs, med, (double)worst / 1e6, nsrep, steal);
 	sagc_latency();
 	return 0;
 }
@@ -428,11 +466,15 @@ static __attribute__((noinline)) long one_tree(int d)
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
-		fprintf(stderr, "usage: %s sagc|boehm|malloc|samalloc DEPTH\n", argv[0]);
+		fprintf(stderr, "usage: %s sagc|boehm|malloc|samalloc DEPTH, or MODE replace N M (also none)\n", argv[0]);
 		return 2;
 	}
 	const char *m = argv[1];
-	mode = !strcmp(m, "sagc") ? M_SAGC : !strcmp(m, "boehm") ? M_BOEHM : !strcmp(m, "malloc") ? M_MALLOC : M_SAMALLOC;
+	mode = !strcmp(m, "sagc") ? M_SAGC : !strcmp(m, "boehm") ? M_BOEHM : !strcmp(m, "malloc") ? M_MALLOC : !strcmp(m, "none") ? M_NONE : M_SAMALLOC;
+	if (mode == M_NONE && strcmp(argv[2], "replace")) {
+		fprintf(stderr, "gcbench: mode none is the live heap's control only (none replace N M)\n");
+		return 2;
+	}
 	int n = atoi(argv[2]);
 	if (mode == M_BOEHM) {
 		void *h = dlopen("libgc.so.1", RTLD_NOW);

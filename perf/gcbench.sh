@@ -12,14 +12,16 @@
 #              skips binary-trees)
 # Environment: REPLACE="N M" (default "16777216 10000000"; REPLACE=off skips the live heap),
 #              IMPLS (default "sagc boehm malloc go"; also sagc-nopf: sagc with
-#              SPANALLOC_PREFAULT=0), KEEP=file to keep the raw DATA lines,
+#              SPANALLOC_PREFAULT=0, and none: the live heap's control, no allocation during the
+#              replacements, whose worst operation is what this machine does to any program), KEEP=file to keep the raw DATA lines,
 #              LIMIT_MB=M adds two live-heap rows under a memory limit of M MiB: sagc+lim
 #              (SPANALLOC_MEMLIMIT) and go+lim (GOMEMLIMIT), both at GOGC 100.
 # Build first: make perf/gcbench.
 # Columns: wall seconds (whole program), peak RSS (getrusage), GC cycles, max and median stop
 # (spanalloc: each stop-the-world pause, both of every cycle; Boehm: each collection, which
 # stops the world throughout; Go: both STW phases of every cycle from GODEBUG=gctrace=1), and
-# for the live heap the worst single replacement and ns per replacement.
+# for the live heap the worst single replacement, ns per replacement and the VM's steal time
+# during the replacements (spanalloc's and the C peers' rows; ms, all CPUs, to a 10 ms tick).
 set -eu
 cd "$(dirname "$0")/.."
 DEPTH=${1:-20}
@@ -77,7 +79,7 @@ r=1
 while [ "$r" -le "$RUNS" ]; do
 	echo "# run $r ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))"
 	if [ "$DEPTH" != off ]; then
-		for m in $IMPLS; do one "$m" "$DEPTH"; done
+		for m in $IMPLS; do [ "$m" = none ] || one "$m" "$DEPTH"; done
 	fi
 	if [ "$REPLACE" != off ]; then
 		# Every other round in reverse order: on this VM the first process to touch memory
@@ -110,14 +112,15 @@ awk '
 		key = $3 " " $2
 		if (!(key in cnt)) order[++k] = key
 		cnt[key]++
-		for (c = 4; c <= 10; c++) v[key, cnt[key], c] = $c
+		for (c = 4; c <= 11; c++) v[key, cnt[key], c] = ($c == "" ? "-" : $c)
 	}
 	END {
-		printf "%-15s %-8s %5s %9s %12s %7s %13s %13s %12s %9s\n", "workload", "impl", "runs", "time s", "peak RSS MB",
-			"cycles", "max stop ms", "med stop ms", "worst op ms", "ns/op"
+		printf "%-15s %-8s %5s %9s %12s %7s %13s %13s %12s %9s %9s\n", "workload", "impl", "runs", "time s", "peak RSS MB",
+			"cycles", "max stop ms", "med stop ms", "worst op ms", "ns/op", "steal ms"
 		for (i = 1; i <= k; i++) {
 			split(order[i], w, " ")
-			printf "%-15s %-8s %5d %9s %12s %7s %13s %13s %12s %9s\n", w[1], w[2], cnt[order[i]], med(order[i], 4),
-				med(order[i], 5), med(order[i], 6), med(order[i], 7), med(order[i], 8), med(order[i], 9), med(order[i], 10)
+			printf "%-15s %-8s %5d %9s %12s %7s %13s %13s %12s %9s %9s\n", w[1], w[2], cnt[order[i]], med(order[i], 4),
+				med(order[i], 5), med(order[i], 6), med(order[i], 7), med(order[i], 8), med(order[i], 9), med(order[i], 10),
+				med(order[i], 11)
 		}
 	}' "$tmp/data"

@@ -598,6 +598,52 @@ START_TEST(test_prefault_thread)
 }
 END_TEST
 
+/* Whether the prefault thread finished what it was handed (its chunks completed here). */
+static bool prefault_settled(void)
+{
+	pthread_mutex_lock(&sa_mheap.lock);
+	prefault_complete_locked();
+	size_t inflight = 0;
+	for (int n = 0; n < SA_MAX_NODES; n++)
+		inflight += sa_mheap.prefault_inflight[n];
+	bool settled = inflight == 0 && !prefault_busy();
+	pthread_mutex_unlock(&sa_mheap.lock);
+	return settled;
+}
+
+/* The thread reserves address space ahead of growth: a heap growing by 1 MiB at a time through
+ * 7 arenas (with the thread given time to keep up) never reserves on the allocating thread
+ * after its first arenas — whose system calls waited behind a populate, 4-5 ms each on this
+ * project's VM — and every reservation the thread made is in the heap. */
+START_TEST(test_prefault_reserves_ahead)
+{
+	sa_free(sa_malloc(8));
+	enum { N = 448 };
+	static void *p[N];
+	size_t here0 = 0;
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		ck_assert_ptr_nonnull(p[i]);
+		scav_poll(); /* starts the thread */
+		for (int t = 0; t < 2000 && !prefault_settled(); t++)
+			usleep(1000);
+		if (i == 32) /* 32 MiB in: the runway (and so reserving ahead) is on from 16 MiB */
+			here0 = sa_mheap.grown_here;
+	}
+	ck_assert(thread_named("sa-prefault"));
+	pthread_mutex_lock(&sa_mheap.lock);
+	const size_t here = sa_mheap.grown_here, ahead = sa_mheap.grown_ahead, reserved = sa_mheap.reserved;
+	pthread_mutex_unlock(&sa_mheap.lock);
+	ck_assert_uint_ge(ahead, 2);
+	ck_assert_uint_eq(here, here0);
+	ck_assert_uint_ge(reserved, (size_t)N << 20);
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	runway_check();
+	check_consistent();
+}
+END_TEST
+
 /* SPANALLOC_PREFAULT=0: no thread, no runway, however the heap grows. */
 START_TEST(test_prefault_off)
 {
@@ -704,6 +750,7 @@ int main(void)
 	tcase_add_test(tc, test_prefault_metadata);
 	tcase_add_test(tc, test_premapped_arenas);
 	tcase_add_test(tc, test_prefault_thread);
+	tcase_add_test(tc, test_prefault_reserves_ahead);
 	tcase_add_test(tc, test_prefault_off);
 	tcase_add_test(tc, test_prefault_scavenger);
 	suite_add_tcase(s, tc);
