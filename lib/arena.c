@@ -25,7 +25,8 @@
  * arena_collapse_some, which asks the kernel to collapse THP chunks that are wholly in use and
  * have not been asked before (the bit is cleared when the scavenger splits the chunk). In THP
  * "madvise" mode a 2 MiB-aligned MADV_HUGEPAGE chunk normally gets a huge page at its first
- * fault; collapse repairs chunks that did not (fragmented physical memory, split pages).
+ * fault; collapse repairs chunks that did not (fragmented physical memory, split pages) and
+ * chunks the prefault thread advised small because the heap outran it (prefault.c shoulder).
  *
  * The THP step checks once that THP is in "madvise" or "always" mode; in "never" mode chunks
  * count as 4 KiB pages (the report's thp-advised bytes are chunks that can really be huge).
@@ -325,7 +326,8 @@ size_t arena_collapse_some(size_t max)
 	for (size_t i = 0; i < sa_mheap.narenas && n < max; i++) {
 		heaparena_t *a = sa_mheap.arenas[i];
 		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA && n < max; ci++)
-			if (a->backing[ci] == BACK_THP && a->palloc.chunk_free[ci] == 0 && !(a->collapsed & (1u << ci))) {
+			if (a->backing[ci] == BACK_THP && a->palloc.chunk_free[ci] == 0 &&
+			    !((a->collapsed | a->smallpg) & (1u << ci))) {
 				a->collapsed |= 1u << ci;
 				todo[n++] = a->base + ((uintptr_t)ci << SA_CHUNK_SHIFT);
 			}

@@ -178,6 +178,9 @@ typedef struct heaparena {
 	uint32_t collapsed;                /* bit per THP chunk the scavenger asked to MADV_COLLAPSE */
 	uint32_t runway;                   /* bit per chunk pre-faulted ahead of demand (prefault.c) */
 	uint32_t prefaulting;              /* bit per chunk the prefault thread is populating */
+	uint32_t smallpg;                  /* bit per chunk on the runway's shoulder: advised (or to
+					    * be advised) MADV_NOHUGEPAGE, prefault.c; cleared when
+					    * the runway takes it or once it is collapsed */
 	uint32_t zerochunk;                /* bit per chunk: every free page of it reads zero (a
 					    * scavenged chunk pre-faulted again; mheap.c set_run) */
 	int node;                          /* heap node (0 .. sa_heap_nodes-1), see mheap */
@@ -293,6 +296,7 @@ typedef struct mheap {
 	size_t prefault_pending;       /* bytes those will add to resident once recorded */
 	size_t prefaulted, prefault_fails; /* chunks populated by the thread; populate failures */
 	size_t runway_hits, runway_misses; /* wholly free chunks taken from the runway / not */
+	size_t shoulder_advised, shoulder_taken; /* chunks advised small / taken so (prefault.c) */
 	size_t grown_ahead, grown_here;    /* reservations the prefault thread made (prefault.c) /
 					    * an allocating thread made (mheap_grow_locked) */
 } mheap_t;

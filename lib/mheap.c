@@ -270,6 +270,7 @@ static bool runway_take(heaparena_t *a, uint32_t cmask)
 			sa_mheap.runway_hits++;
 		} else {
 			sa_mheap.runway_misses++;
+			sa_mheap.shoulder_taken += (a->smallpg >> c) & 1;
 		}
 	}
 	return fresh;

@@ -62,6 +62,20 @@
  *     memory is never more than 12.5% over the heap;
  *   - when a node has fewer than K wholly free chunks, the planner reserves the next arena
  *     (address space only), as mheap_alloc would when the heap reached its end.
+ *   - the shoulder: past the runway, the next SHOULDER (2) never-used chunks of each node are
+ *     advised MADV_NOHUGEPAGE by the thread (smallpg bit, set at the plan; no pages reserved,
+ *     so allocations may take them). When the heap grows faster than the thread can fault
+ *     memory in — the live heap: 500 MB/s against ~465 MB/s on this VM, every eighth fresh
+ *     chunk missed the runway and its first write stalled 4.5 ms — the chunk the allocation
+ *     takes is one of these, and faults 4 KiB pages, ~6 us each, spread over its operations.
+ *     A shoulder chunk the runway reaches is advised huge again before its populate
+ *     (E_HUGEAGAIN). A chunk taken small stays so: MADV_COLLAPSE would copy it into a new huge
+ *     page while holding the mmap lock for writing, and on this VM that page's first touch is
+ *     the same 4.5 ms, now stalling every thread's page faults (arena.c skips smallpg chunks);
+ *   - reserving ahead: when a node has fewer than K + GROW_AHEAD (16) wholly free chunks the
+ *     planner asks the thread to reserve the next arenas (grow_request_locked); it makes the
+ *     mmap/mprotect/madvise calls, which take the mmap lock for writing and waited 4-5 ms each
+ *     behind a populate on the allocating thread, and the next completion adds them.
  * fork: the child has no thread; chunks in flight are freed (a commit the parent's thread made
  * stays unrecorded and is redone by the allocator), the rings emptied, and the thread starts
  * again at the child's next kick.
@@ -164,7 +178,8 @@ static bool populate(uintptr_t base)
  * under mheap.lock (planning) and read by the thread; `done` (base | 1 when populated) is
  * written by the thread and read under mheap.lock. No lock is ever taken by the thread.
  * ---------------------------------------------------------------------------------------- */
-#define RING 1024 /* > MAX_RUNWAY * SA_MAX_NODES: every chunk in flight has its prefaulting bit */
+#define RING 1024 /* > (MAX_RUNWAY + SHOULDER) * SA_MAX_NODES: every chunk in flight has its
+		   * prefaulting bit, every shoulder entry its smallpg bit */
 typedef struct ring {
 	_Atomic size_t head, tail;
 	/* Entries are stored inverted (~entry): the rings are globals, and when spanalloc is
@@ -174,7 +189,7 @@ typedef struct ring {
 	 * MB). An inverted entry is a kernel-range value that points into nothing. */
 	uintptr_t v[RING];
 } ring_t;
-static ring_t todo, done;
+static ring_t todo, done, advise; /* advise: shoulder entries (E_SMALL), served first */
 
 static bool ring_push(ring_t *r, uintptr_t v)
 {
@@ -196,15 +211,19 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
 	return true;
 }
 
-/* Ring entries. todo: base | E_COMMIT (commit it first) | E_HUGE (try MAP_HUGETLB). done: the
- * same, | D_OK (committed and populated), D_HFAIL (MAP_HUGETLB failed), and the backing in
+/* Ring entries. todo: base | E_COMMIT (commit it first) | E_HUGE (try MAP_HUGETLB) |
+ * E_HUGEAGAIN (advised small before: MADV_HUGEPAGE first), or base | E_SMALL (a shoulder chunk:
+ * advise it MADV_NOHUGEPAGE, nothing else). done: the same,
+ * | D_OK (committed and populated, or advised), D_HFAIL (MAP_HUGETLB failed), and the backing in
  * bits 5-6. A chunk base is 2 MiB aligned, so the low bits are free. */
 #define E_COMMIT ((uintptr_t)1 << 1)
 #define E_HUGE ((uintptr_t)1 << 2)
 #define D_OK ((uintptr_t)1 << 0)
 #define D_HFAIL ((uintptr_t)1 << 4)
 #define D_BACK_SHIFT 5
-#define E_MASK ((uintptr_t)0x7f)
+#define E_SMALL ((uintptr_t)1 << 7)
+#define E_HUGEAGAIN ((uintptr_t)1 << 8)
+#define E_MASK ((uintptr_t)0x1ff)
 
 /* ------------------------------------------------------------------------------------------
  * Reserving ahead. The planner asks for a reservation when the node has fewer than
@@ -213,6 +232,7 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
  * One request at a time: the planner writes grow_node/n/hint and sets G_ASKED; the thread
  * writes grow_first and sets G_DONE; complete_locked inserts and sets G_IDLE.
  * ---------------------------------------------------------------------------------------- */
+#define SHOULDER 2 /* chunks advised small past the runway, per node (plan_locked) */
 #define GROW_AHEAD 16 /* chunks (32 MiB): ~60 ms of the live heap's growth, room for the thread */
 enum { G_IDLE, G_ASKED, G_DONE };
 static _Atomic int grow_state;
@@ -281,6 +301,8 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 	size_t by_heap = sa_mheap.pages_inuse / (RUNWAY_HEAP_RATIO * SA_CHUNK_PAGES);
 	if (k > by_heap)
 		k = by_heap;
+	if (k == 0)
+		return 0;
 	/* the node's runway and chunks in flight count against K */
 	size_t have = sa_mheap.runway_node[node] + sa_mheap.prefault_inflight[node];
 	/* Under a GC heap, no new chunk that would take resident memory past the GC heap's goal:
@@ -294,25 +316,24 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 		size_t res = scav_resident() + sa_mheap.prefault_pending;
 		size_t by_gc = have + (goal > res ? (goal - res) / SA_CHUNK_SIZE : 0);
 		if (k > by_gc)
-			k = by_gc;
+			k = by_gc; /* may be 0: the shoulder below costs no memory, and is still planned */
 	}
-	if (k == 0)
-		return 0;
-	cand_t c[MAX_RUNWAY];
-	size_t n = next_chunks(node, c, k);
+	cand_t c[MAX_RUNWAY + SHOULDER];
+	size_t n = next_chunks(node, c, k + SHOULDER);
 	/* Address space ahead of growth, reserved by the thread (no system call here). Only
 	 * when it cannot (inline tests) this thread does. If the heap reaches its end first,
 	 * mheap_alloc_node grows it on the allocating thread, as without a runway. */
 	if (!free_chunks_at_least(node, k + GROW_AHEAD)) {
 		if (!sa_prefault_inline)
 			grow_request_locked(node);
-		else if (n < k && mheap_grow_locked(SA_PAGES_PER_ARENA, node))
-			n = next_chunks(node, c, k);
+		else if (n < k + SHOULDER && mheap_grow_locked(SA_PAGES_PER_ARENA, node))
+			n = next_chunks(node, c, k + SHOULDER);
 	}
 	size_t inflight = 0;
 	for (int nd = 0; nd < sa_heap_nodes; nd++)
 		inflight += sa_mheap.prefault_inflight[nd];
-	for (size_t i = 0; i < n && nt < max && have < k; i++) {
+	size_t i = 0;
+	for (; i < n && nt < max && have < k; i++) {
 		heaparena_t *a = c[i].a;
 		const unsigned ci = c[i].ci;
 		const uint32_t bit = 1u << ci;
@@ -338,6 +359,10 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 		uintptr_t e = (a->base + ((uintptr_t)ci << SA_CHUNK_SHIFT)) | E_COMMIT;
 		if (arena_commit_plan_locked())
 			e |= E_HUGE;
+		if (a->smallpg & bit) { /* it was on the shoulder: huge again before its populate */
+			a->smallpg &= ~bit;
+			e |= E_HUGEAGAIN;
+		}
 		sa_mheap.prefault_pending += SA_CHUNK_SIZE;
 		/* Known zero, now and after the populate (which writes nothing), when no page of it was
 		 * ever handed out. Said in zerochunk, since zeroed_base may pass this chunk while it is
@@ -351,6 +376,27 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 		sa_mheap.prefault_inflight[node]++;
 		have++;
 		out[nt++] = e;
+	}
+	/* The shoulder: the next SHOULDER never-used chunks past the runway, which an allocation
+	 * takes when it outruns the thread (the runway empty), are advised MADV_NOHUGEPAGE by the
+	 * thread. Such a chunk faults in 4 KiB pages as its spans are touched — ~6 us each on this
+	 * project's VM where the host has not backed the memory yet, against 4.3-5 ms for a huge
+	 * page's single fault — so a heap growing faster than one thread can fault memory in (the
+	 * live heap's replacements: 500 MB/s against ~465 MB/s) spreads the cost over its
+	 * operations instead of stalling one. The scavenger collapses such a chunk into a huge
+	 * page once it is wholly in use (arena.c arena_collapse_some); one the runway reaches
+	 * first is advised huge again before its populate (E_HUGEAGAIN above). Premapped THP
+	 * arenas only: hugetlb chunks and 4 KiB arenas have nothing to choose. */
+	for (size_t sh = 0; i < n && nt < max && sh < SHOULDER; i++) {
+		heaparena_t *a = c[i].a;
+		const uint32_t bit = 1u << c[i].ci;
+		if (((a->runway | a->prefaulting) & bit) || c[i].rank != 2 || a->premapped != BACK_THP)
+			continue;
+		sh++;
+		if (a->smallpg & bit)
+			continue; /* advised already, or in the ring */
+		a->smallpg |= bit;
+		out[nt++] = (a->base + ((uintptr_t)c[i].ci << SA_CHUNK_SHIFT)) | E_SMALL;
 	}
 	return nt;
 }
@@ -385,8 +431,19 @@ static void touch_metadata(uintptr_t base)
 /* No lock: commit (when asked) and populate the chunk of entry e; returns its done entry. */
 static uintptr_t serve(uintptr_t e)
 {
-	uintptr_t base = e & ~E_MASK, d = e & (E_COMMIT | E_HUGE);
+	uintptr_t base = e & ~E_MASK, d = e & (E_COMMIT | E_HUGE | E_SMALL | E_HUGEAGAIN);
 	bool ok = true, hfail = false;
+	if (e & E_SMALL) {
+		int saved = errno;
+		ok = madvise((void *)base, SA_CHUNK_SIZE, MADV_NOHUGEPAGE) == 0;
+		errno = saved;
+		return base | d | (ok ? D_OK : 0);
+	}
+	if (e & E_HUGEAGAIN) {
+		int saved = errno;
+		madvise((void *)base, SA_CHUNK_SIZE, MADV_HUGEPAGE);
+		errno = saved;
+	}
 	if (e & E_COMMIT) {
 		int b = arena_commit_unlocked(base, e & E_HUGE, &hfail);
 		ok = b != BACK_NONE;
@@ -398,6 +455,17 @@ static uintptr_t serve(uintptr_t e)
 	return base | d | (ok ? D_OK : 0) | (hfail ? D_HFAIL : 0);
 }
 
+/* The thread, no lock: advise the shoulder chunks handed to it. */
+static void advise_serve(void)
+{
+	uintptr_t e;
+	while (ring_pop(&advise, &e)) {
+		uintptr_t d = serve(e);
+		while (!ring_push(&done, d))
+			sleep_ns_short(); /* cannot happen: RING bounds what is in flight */
+	}
+}
+
 /* mheap.lock held: the thread is done with a chunk (done entry d): record its commit, give
  * its pages back to the bitmap and, when it was populated, put it on the runway. */
 static void complete_locked(uintptr_t d)
@@ -405,6 +473,13 @@ static void complete_locked(uintptr_t d)
 	uintptr_t base = d & ~E_MASK;
 	heaparena_t *a = arena_of(base);
 	const unsigned ci = (unsigned)((base - a->base) >> SA_CHUNK_SHIFT);
+	if (d & E_SMALL) { /* a shoulder chunk: nothing was reserved */
+		if (d & D_OK)
+			sa_mheap.shoulder_advised++;
+		else
+			a->smallpg &= ~(1u << ci);
+		return;
+	}
 	if (d & E_COMMIT) {
 		arena_commit_record_locked(base, (int)((d >> D_BACK_SHIFT) & 3), d & E_HUGE, d & D_HFAIL);
 		sa_mheap.prefault_pending -= SA_CHUNK_SIZE;
@@ -437,11 +512,11 @@ bool prefault_plan_locked(void)
 	prefault_complete_locked();
 	bool any = false;
 	for (int node = 0; node < sa_heap_nodes; node++) {
-		uintptr_t b[MAX_RUNWAY];
-		size_t n = plan_locked(node, b, MAX_RUNWAY);
+		uintptr_t b[MAX_RUNWAY + SHOULDER];
+		size_t n = plan_locked(node, b, MAX_RUNWAY + SHOULDER);
 		for (size_t i = 0; i < n; i++)
-			if (!ring_push(&todo, b[i])) /* cannot happen (RING bounds what is in flight) */
-				complete_locked(b[i] & ~(D_OK | D_HFAIL));
+			if (!ring_push(b[i] & E_SMALL ? &advise : &todo, b[i])) /* cannot happen: RING bounds it */
+				complete_locked(b[i] & ~(D_OK | D_HFAIL | E_HUGEAGAIN));
 		any |= n > 0;
 	}
 	any |= grow_kick;
@@ -451,14 +526,14 @@ bool prefault_plan_locked(void)
 
 size_t prefault_fill(int node)
 {
-	uintptr_t b[MAX_RUNWAY];
+	uintptr_t b[MAX_RUNWAY + SHOULDER];
 	pthread_mutex_lock(&sa_mheap.lock);
 	prefault_complete_locked();
-	size_t n = plan_locked(node, b, MAX_RUNWAY), ok = 0;
+	size_t n = plan_locked(node, b, MAX_RUNWAY + SHOULDER), ok = 0;
 	pthread_mutex_unlock(&sa_mheap.lock);
 	for (size_t i = 0; i < n; i++) {
 		b[i] = serve(b[i]);
-		ok += (b[i] & D_OK) != 0;
+		ok += (b[i] & (D_OK | E_SMALL)) == D_OK;
 	}
 	pthread_mutex_lock(&sa_mheap.lock);
 	for (size_t i = 0; i < n; i++)
@@ -486,8 +561,12 @@ static void *prefault_main(void *arg)
 		unsigned seq = atomic_load(&kick_seq);
 		uintptr_t base;
 		grow_serve();
+		advise_serve();
 		while (ring_pop(&todo, &base)) {
-			grow_serve(); /* a reservation first: a few system calls, before another 4 ms populate */
+			/* a reservation and the shoulder's advice first: a few system calls each, and
+			 * the allocating thread may reach either before another 4 ms populate ends */
+			grow_serve();
+			advise_serve();
 			uintptr_t d = serve(base);
 			while (!ring_push(&done, d))
 				sleep_ns_short(); /* cannot happen: RING bounds what is in flight */
@@ -513,6 +592,7 @@ void prefault_kick(void)
 	if (sa_prefault_inline) { /* tests: this thread is the consumer, and no thread starts */
 		uintptr_t base;
 		grow_serve();
+		advise_serve();
 		while (ring_pop(&todo, &base))
 			ring_push(&done, serve(base));
 		return;
@@ -562,6 +642,8 @@ void prefault_fork_child(void)
 	atomic_store(&todo.tail, 0);
 	atomic_store(&done.head, 0);
 	atomic_store(&done.tail, 0);
+	atomic_store(&advise.head, 0); /* their smallpg bits stay: harmless, see complete_locked */
+	atomic_store(&advise.tail, 0);
 	atomic_store(&started, 0);
 	atomic_store(&want_start, 0);
 	atomic_store(&sleeping, 0);

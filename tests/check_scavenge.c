@@ -598,6 +598,109 @@ START_TEST(test_prefault_thread)
 }
 END_TEST
 
+/* The /proc/self/smaps entry of the mapping holding addr: its VmFlags line (flags, at least
+ * 256 bytes) and its Rss and AnonHugePages in kB. Returns whether it was found. */
+static bool smaps_of(uintptr_t addr, char *flags, long *rss_kb, long *anon_huge_kb)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false, found = false;
+	if (f == NULL)
+		return false;
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			if (found)
+				break;
+			in = addr >= lo && addr < hi;
+			found = in;
+			continue;
+		}
+		if (!in)
+			continue;
+		sscanf(line, "Rss: %ld kB", rss_kb);
+		sscanf(line, "AnonHugePages: %ld kB", anon_huge_kb);
+		if (!strncmp(line, "VmFlags:", 8))
+			snprintf(flags, 256, "%.200s", line + 8);
+	}
+	fclose(f);
+	return found;
+}
+
+/* The runway's shoulder: the chunks right past the runway are advised MADV_NOHUGEPAGE, so an
+ * allocation that takes one before the runway reaches it (here: a large object spanning the
+ * runway and beyond) faults it in 4 KiB pages, not one 4-5 ms huge page fault; a shoulder chunk
+ * the runway reaches first is advised huge again before its populate. */
+START_TEST(test_prefault_shoulder)
+{
+	sa_prefault_inline = 1;
+	sa_free(sa_malloc(8));
+	enum { N = 72 }; /* 72 MiB in use: the whole runway of 4 */
+	static void *p[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 7, (size_t)1 << 20);
+		scav_poll();
+	}
+	ck_assert_uint_eq(runway_check(), 4);
+	if (sa_mheap.arenas[0]->premapped != BACK_THP) { /* THP "never", or 4 KiB arenas */
+		printf("shoulder: arenas are not THP-advised here; not checked\n");
+		goto out;
+	}
+	/* the shoulder: two chunks, wholly free, advised small */
+	uintptr_t sh[8];
+	size_t ns = 0;
+	pthread_mutex_lock(&sa_mheap.lock);
+	for (size_t i = 0; i < sa_mheap.narenas; i++)
+		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++)
+			if ((sa_mheap.arenas[i]->smallpg & (1u << ci)) && ns < 8) {
+				ck_assert_uint_eq(sa_mheap.arenas[i]->palloc.chunk_free[ci], SA_CHUNK_PAGES);
+				sh[ns++] = sa_mheap.arenas[i]->base + ((uintptr_t)ci << SA_CHUNK_SHIFT);
+			}
+	const size_t taken0 = sa_mheap.shoulder_taken;
+	pthread_mutex_unlock(&sa_mheap.lock);
+	ck_assert_uint_eq(ns, 2);
+	char flags[256] = "";
+	long rss = -1, anon = -1;
+	for (size_t i = 0; i < ns; i++) {
+		ck_assert(smaps_of(sh[i], flags, &rss, &anon));
+		ck_assert_msg(strstr(flags, " nh") != NULL, "shoulder chunk %#lx: VmFlags%s", (unsigned long)sh[i], flags);
+	}
+	/* a 24 MiB object: the free tail from the runway on, shoulder included */
+	const size_t big = (size_t)24 << 20;
+	char *q = sa_malloc(big);
+	ck_assert_ptr_nonnull(q);
+	memset(q, 9, big);
+	pthread_mutex_lock(&sa_mheap.lock);
+	const size_t taken = sa_mheap.shoulder_taken - taken0;
+	pthread_mutex_unlock(&sa_mheap.lock);
+	size_t inside = 0;
+	for (size_t i = 0; i < ns; i++) {
+		if (sh[i] < (uintptr_t)q || sh[i] >= (uintptr_t)q + big)
+			continue;
+		inside++;
+		/* faulted in by the memset, in 4 KiB pages */
+		ck_assert(smaps_of(sh[i], flags, &rss, &anon));
+		ck_assert_int_ge(rss, SA_CHUNK_SIZE >> 10);
+		ck_assert_int_eq(anon, 0);
+	}
+	ck_assert_uint_ge(inside, 1);
+	ck_assert_uint_eq(taken, inside);
+	sa_free(q);
+	/* the shoulder moved on: chunks advised small now are again two, and fresh */
+	for (int i = 0; i < 8; i++) {
+		void *r = sa_malloc((size_t)1 << 20);
+		memset(r, 1, (size_t)1 << 20);
+		sa_free(r);
+	}
+out:
+	for (int i = 0; i < N; i++)
+		sa_free(p[i]);
+	runway_check();
+	check_consistent();
+}
+END_TEST
+
 /* Whether the prefault thread finished what it was handed (its chunks completed here). */
 static bool prefault_settled(void)
 {
@@ -751,6 +854,7 @@ int main(void)
 	tcase_add_test(tc, test_premapped_arenas);
 	tcase_add_test(tc, test_prefault_thread);
 	tcase_add_test(tc, test_prefault_reserves_ahead);
+	tcase_add_test(tc, test_prefault_shoulder);
 	tcase_add_test(tc, test_prefault_off);
 	tcase_add_test(tc, test_prefault_scavenger);
 	suite_add_tcase(s, tc);
