@@ -1313,6 +1313,24 @@ START_TEST(test_marker_sched_batch)
 }
 END_TEST
 
+/* The background sweeper yields its CPU every 100 us of work (sweep.c gc_sweep_all): a sweep
+ * of 2M dead objects (4096 spans) takes milliseconds, and yields in that time. */
+START_TEST(test_sweep_yields)
+{
+	sa_gc_collect();
+	const int pct = sa_gc_set_percent(-1); /* no cycle while the garbage is made */
+	enum { N = 2 << 20 };
+	for (int i = 0; i < N; i++)
+		ck_assert_ptr_nonnull(sa_gc_alloc_noscan(64));
+	sa_gc_set_percent(pct);
+	const uint64_t y0 = atomic_load(&gc.sweep_yields), f0 = atomic_load(&gc.freed_spans);
+	sa_gc_collect(); /* returns once the controller swept: every span of the garbage */
+	const uint64_t freed = atomic_load(&gc.freed_spans) - f0, yields = atomic_load(&gc.sweep_yields) - y0;
+	ck_assert_uint_ge(freed, 3000);
+	ck_assert_uint_ge(yields, 1);
+}
+END_TEST
+
 /* The first cycle's handshakes find the markers set up (mark.c gc_workers_start waits for them)
  * and the stack snapshot buffer faulted in from user space (stw.c snap_ready): a copy in a
  * signal handler that met either had paused its thread 16-240 µs instead of ~2. */
@@ -1451,6 +1469,7 @@ int main(void)
 	tcase_add_test(tr, test_goal_holds_marker_stalled);
 	tcase_add_test(tr, test_first_cycle_ready);
 	tcase_add_test(tr, test_marker_sched_batch);
+	tcase_add_test(tr, test_sweep_yields);
 	suite_add_tcase(s, tr);
 	return run_suite(s);
 }

@@ -149,6 +149,7 @@ typedef struct gc_state {
 	/* sweep (sweep.c) */
 	_Atomic long active_sweeps;
 	_Atomic uint64_t freed_bytes, freed_spans;
+	_Atomic uint64_t sweep_yields; /* the background sweeper's sched_yield calls (sweep.c) */
 	/* pacer (pacer.c) */
 	_Atomic size_t heap_alloc;           /* bytes allocated since the last mark termination */
 	_Atomic size_t heap_marked;          /* bytes the last mark found reachable from its snapshot

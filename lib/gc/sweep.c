@@ -18,6 +18,7 @@
  */
 #include "gc.h"
 
+#include <sched.h>
 #include <string.h>
 
 /* Zero (or poison) objects [from, to) of s: one memset per run of dead objects. */
@@ -104,12 +105,26 @@ size_t gc_sweep_span(mspan_t *s)
 	return sweep(s, false);
 }
 
-/* Sweep every unswept span (the background sweeper); empty spans go back to mheap. */
+/* Sweep every unswept span (the background sweeper); empty spans go back to mheap.
+ *
+ * It yields the CPU every SWEEP_YIELD_NS of work, as Go's bgsweep yields between spans when
+ * others want to run: on a machine with as many busy threads as CPUs the scheduler puts it on
+ * an application thread's CPU at a tick, and without this it ran a whole slice there — the live
+ * heap's replacements were preempted by the sweep for 1-4 ms (perf sched_switch: sa-gc was the
+ * next task). sched_yield returns at once when nothing else waits for this CPU. */
+#define SWEEP_YIELD_NS 100000
 void gc_sweep_all(void)
 {
+	uint64_t since = gc_nanotime();
+	unsigned n = 0;
 	for (unsigned i = 0; i < GC_NCLASSES; i++) {
 		gc_central_t *c = &gc_centrals[i];
 		for (;;) {
+			if ((++n & 15) == 0 && gc_nanotime() - since >= SWEEP_YIELD_NS) {
+				sched_yield();
+				atomic_fetch_add_explicit(&gc.sweep_yields, 1, memory_order_relaxed);
+				since = gc_nanotime();
+			}
 			pthread_mutex_lock(&c->lock);
 			mspan_t *s = gc_pop_unswept(c);
 			if (s == NULL) {
