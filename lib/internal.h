@@ -641,6 +641,8 @@ SA_INTERNAL void prefault_complete_locked(void);
  * the chunks populated. */
 SA_INTERNAL size_t prefault_fill(int node);
 SA_INTERNAL bool prefault_busy(void); /* tests: work handed to the thread and not done yet */
+SA_INTERNAL uint64_t prefault_populate_ns(void); /* a fresh chunk's populate, recent average */
+SA_INTERNAL void prefault_populate_ns_set(uint64_t ns); /* tests: fix it */
 SA_INTERNAL void prefault_fork_child(void);
 extern int sa_prefault_inline SA_INTERNAL; /* tests: populate on the kicking thread, start none */
 /* mheap.c, for prefault.c (mheap.lock held): the rank of wholly free chunk ci (0 resident,

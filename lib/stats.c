@@ -77,9 +77,9 @@ void sa_stats_print(FILE *f)
 	fprintf(f, "  scavenger         %s, madvise %s, io_uring %s, memlimit %zu\n",
 		scav_thread_tid() ? "running" : "not started", sa_config.madvise ? "free" : "dontneed",
 		sa_config.uring ? "on" : "off", sa_config.memlimit);
-	fprintf(f, "  prefault runway   %zu of %zu chunks now; %zu chunks pre-faulted (%zu failed); fresh chunks taken: %zu from the runway, %zu not; %zu of them 4 KiB-faulted (shoulder; %zu advised); reservations: %zu made ahead, %zu by allocating threads\n",
+	fprintf(f, "  prefault runway   %zu of %zu chunks now; %zu chunks pre-faulted (%zu failed); fresh chunks taken: %zu from the runway, %zu not; %zu of them 4 KiB-faulted (shoulder; %zu advised); reservations: %zu made ahead, %zu by allocating threads; a populate takes %.2f ms\n",
 		h.runway_chunks, sa_config.prefault, h.prefaulted, h.prefault_fails, h.runway_hits, h.runway_misses,
-		h.shoulder_taken, h.shoulder_advised, h.grown_ahead, h.grown_here);
+		h.shoulder_taken, h.shoulder_advised, h.grown_ahead, h.grown_here, (double)prefault_populate_ns() / 1e6);
 	fprintf(f, "  small in use      %14zu bytes (objects handed out, by class size)\n", small_inuse);
 	fprintf(f, "  small spans       %14zu bytes\n", small_spans);
 	fprintf(f, "  large in use      %14zu bytes in %zu objects (+%zu bytes of freed spans kept for reuse)\n",
