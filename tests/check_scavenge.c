@@ -760,6 +760,64 @@ START_TEST(test_prefault_reserves_ahead)
 }
 END_TEST
 
+/* Threads growing the heap at once, with the prefault thread reserving ahead and advising the
+ * shoulder (populates pinned slow): every object keeps what its thread wrote, and the runway's
+ * invariants and the heap's counts hold after. */
+enum { STRESS_THREADS = 4, STRESS_ROUNDS = 48 };
+static void *stress_grow(void *arg)
+{
+	const unsigned char tag = (unsigned char)(uintptr_t)arg;
+	static __thread void *big[STRESS_ROUNDS];
+	static __thread void *small[STRESS_ROUNDS * 64];
+	for (int i = 0; i < STRESS_ROUNDS; i++) {
+		big[i] = sa_malloc(((size_t)1 << 20) + (size_t)i * 4096);
+		ck_assert_ptr_nonnull(big[i]);
+		memset(big[i], tag + i, (size_t)1 << 20);
+		for (int j = 0; j < 64; j++) {
+			small[i * 64 + j] = sa_malloc(256);
+			memset(small[i * 64 + j], tag ^ j, 256);
+		}
+		scav_poll();
+	}
+	for (int i = 0; i < STRESS_ROUNDS; i++) {
+		const unsigned char *b = big[i];
+		for (size_t k = 0; k < ((size_t)1 << 20); k += 4093)
+			ck_assert_uint_eq(b[k], (unsigned char)(tag + i));
+		for (int j = 0; j < 64; j++)
+			ck_assert_uint_eq(((unsigned char *)small[i * 64 + j])[255], (unsigned char)(tag ^ j));
+	}
+	for (int i = 0; i < STRESS_ROUNDS; i++) {
+		sa_free(big[i]);
+		for (int j = 0; j < 64; j++)
+			sa_free(small[i * 64 + j]);
+	}
+	return NULL;
+}
+
+START_TEST(test_prefault_stress)
+{
+	prefault_populate_ns_set(4500000);
+	sa_free(sa_malloc(8));
+	pthread_t t[STRESS_THREADS];
+	for (int round = 0; round < 2; round++) {
+		for (uintptr_t i = 0; i < STRESS_THREADS; i++)
+			ck_assert_int_eq(pthread_create(&t[i], NULL, stress_grow, (void *)(i * 37 + round)), 0);
+		for (int i = 0; i < STRESS_THREADS; i++)
+			pthread_join(t[i], NULL);
+	}
+	for (int w = 0; w < 2000 && !prefault_settled(); w++)
+		usleep(1000);
+	ck_assert(prefault_settled());
+	pthread_mutex_lock(&sa_mheap.lock);
+	const size_t ahead = sa_mheap.grown_ahead, advised = sa_mheap.shoulder_advised;
+	pthread_mutex_unlock(&sa_mheap.lock);
+	ck_assert_uint_ge(ahead, 1);
+	ck_assert_uint_ge(advised, 1);
+	runway_check();
+	check_consistent();
+}
+END_TEST
+
 /* SPANALLOC_PREFAULT=0: no thread, no runway, however the heap grows. */
 START_TEST(test_prefault_off)
 {
@@ -868,6 +926,7 @@ int main(void)
 	tcase_add_test(tc, test_prefault_thread);
 	tcase_add_test(tc, test_prefault_reserves_ahead);
 	tcase_add_test(tc, test_prefault_shoulder);
+	tcase_add_test(tc, test_prefault_stress);
 	tcase_add_test(tc, test_prefault_off);
 	tcase_add_test(tc, test_prefault_scavenger);
 	suite_add_tcase(s, tc);
