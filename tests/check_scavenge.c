@@ -491,6 +491,20 @@ START_TEST(test_prefault_runway)
 }
 END_TEST
 
+/* Grow the heap by RUNWAY_FULL_MIB 1 MiB objects (into p), filled: the runway is then whole
+ * (4 chunks: it is at most 1/8 of the heap in use). */
+#define RUNWAY_FULL_MIB 72
+static void grow_to_full_runway(void **p)
+{
+	sa_free(sa_malloc(8));
+	for (int i = 0; i < RUNWAY_FULL_MIB; i++) {
+		p[i] = sa_malloc((size_t)1 << 20);
+		memset(p[i], 7, (size_t)1 << 20);
+		scav_poll();
+	}
+	ck_assert_uint_eq(runway_check(), 4);
+}
+
 /* With each chunk it populates, the prefault thread faults in what the allocating thread will
  * write for it (prefault.c touch_metadata): the chunk's page-map entries and class bytes, and
  * the span records ahead of the bump, so none of them is first touched on the allocation path.
@@ -498,15 +512,9 @@ END_TEST
 START_TEST(test_prefault_metadata)
 {
 	sa_prefault_inline = 1;
-	sa_free(sa_malloc(8));
-	enum { N = 72 }; /* the whole runway of 4 */
+	enum { N = RUNWAY_FULL_MIB };
 	static void *p[N];
-	for (int i = 0; i < N; i++) {
-		p[i] = sa_malloc((size_t)1 << 20);
-		memset(p[i], 7, (size_t)1 << 20);
-		scav_poll();
-	}
-	ck_assert_uint_eq(runway_check(), 4);
+	grow_to_full_runway(p);
 	uintptr_t chunk;
 	ck_assert_uint_eq(runway_chunks(&chunk, 1), 1);
 	heaparena_t *ra = arena_of(chunk);
@@ -635,15 +643,9 @@ START_TEST(test_prefault_shoulder)
 {
 	sa_prefault_inline = 1;
 	prefault_populate_ns_set(4500000); /* as on this project's VM: a huge page's first touch is slow */
-	sa_free(sa_malloc(8));
-	enum { N = 72 }; /* 72 MiB in use: the whole runway of 4 */
+	enum { N = RUNWAY_FULL_MIB };
 	static void *p[N];
-	for (int i = 0; i < N; i++) {
-		p[i] = sa_malloc((size_t)1 << 20);
-		memset(p[i], 7, (size_t)1 << 20);
-		scav_poll();
-	}
-	ck_assert_uint_eq(runway_check(), 4);
+	grow_to_full_runway(p);
 	if (sa_mheap.arenas[0]->premapped != BACK_THP) { /* THP "never", or 4 KiB arenas */
 		printf("shoulder: arenas are not THP-advised here; not checked\n");
 		goto out;
