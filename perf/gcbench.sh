@@ -13,7 +13,8 @@
 # Environment: REPLACE="N M" (default "16777216 10000000"; REPLACE=off skips the live heap),
 #              IMPLS (default "sagc boehm malloc go"; also sagc-nopf: sagc with
 #              SPANALLOC_PREFAULT=0, and none: the live heap's control, no allocation during the
-#              replacements, whose worst operation is what this machine does to any program), KEEP=file to keep the raw DATA lines,
+#              replacements, whose worst operation is what this machine does to any program;
+#              none+burn: the same on CPU 0 with a spin loop on CPU 1, taskset, 2 CPUs or more), KEEP=file to keep the raw DATA lines,
 #              LIMIT_MB=M adds two live-heap rows under a memory limit of M MiB: sagc+lim
 #              (SPANALLOC_MEMLIMIT) and go+lim (GOMEMLIMIT), both at GOGC 100.
 # Build first: make perf/gcbench.
@@ -64,6 +65,13 @@ one() { # impl args...: run one, keep its DATA line, show its RESULT line
 		SPANALLOC_MEMLIMIT="${LIMIT_MB}m" perf/gcbench sagc "$@" 2>"$tmp/err" >/dev/null || true ;;
 	sagc-nopf)
 		SPANALLOC_PREFAULT=0 perf/gcbench sagc "$@" 2>"$tmp/err" >/dev/null || true ;;
+	none+burn)
+		# the control on CPU 0 while a user-space spin loop keeps CPU 1 busy: what a busy
+		# second CPU (a marker, a background thread) costs a thread that does no allocation
+		taskset -c 1 sh -c 'while :; do :; done' &
+		burner=$!
+		taskset -c 0 perf/gcbench none "$@" 2>"$tmp/err" >/dev/null || true
+		kill "$burner" ;;
 	*)
 		perf/gcbench "$impl" "$@" 2>"$tmp/err" >/dev/null || true ;;
 	esac
@@ -79,7 +87,7 @@ r=1
 while [ "$r" -le "$RUNS" ]; do
 	echo "# run $r ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))"
 	if [ "$DEPTH" != off ]; then
-		for m in $IMPLS; do [ "$m" = none ] || one "$m" "$DEPTH"; done
+		for m in $IMPLS; do case $m in none*) ;; *) one "$m" "$DEPTH" ;; esac; done
 	fi
 	if [ "$REPLACE" != off ]; then
 		# Every other round in reverse order: on this VM the first process to touch memory
