@@ -297,6 +297,7 @@ typedef struct mheap {
 	size_t prefaulted, prefault_fails; /* chunks populated by the thread; populate failures */
 	size_t runway_hits, runway_misses; /* wholly free chunks taken from the runway / not */
 	size_t shoulder_advised, shoulder_taken; /* chunks advised small / taken so (prefault.c) */
+	size_t smallpg_chunks;             /* chunks with their smallpg bit now */
 	size_t grown_ahead, grown_here;    /* reservations the prefault thread made (prefault.c) /
 					    * an allocating thread made (mheap_grow_locked) */
 } mheap_t;

@@ -60,8 +60,6 @@
  *   - K is also at most an eighth of the heap in use (pages_inuse / 8, in chunks): no runway
  *     below 16 MiB in use, the whole default runway from 64 MiB, so the runway's resident
  *     memory is never more than 12.5% over the heap;
- *   - when a node has fewer than K wholly free chunks, the planner reserves the next arena
- *     (address space only), as mheap_alloc would when the heap reached its end.
  *   - the shoulder: past the runway, the next SHOULDER (2) never-used chunks of each node are
  *     advised MADV_NOHUGEPAGE by the thread (smallpg bit, set at the plan; no pages reserved,
  *     so allocations may take them). When the heap grows faster than the thread can fault
@@ -71,11 +69,16 @@
  *     A shoulder chunk the runway reaches is advised huge again before its populate
  *     (E_HUGEAGAIN). A chunk taken small stays so: MADV_COLLAPSE would copy it into a new huge
  *     page while holding the mmap lock for writing, and on this VM that page's first touch is
- *     the same 4.5 ms, now stalling every thread's page faults (arena.c skips smallpg chunks);
+ *     the same 4.5 ms, now stalling every thread's page faults (arena.c skips smallpg chunks).
+ *     At most SHOULDER_MAX chunks are small at once: each may split the arenas' mapping. Only
+ *     while the thread's populates average 1 ms or more (shoulder_wanted): where a huge page's
+ *     fault costs ~0.2 ms, as zeroing 2 MiB does on bare metal, a miss is cheap;
  *   - reserving ahead: when a node has fewer than K + GROW_AHEAD (16) wholly free chunks the
  *     planner asks the thread to reserve the next arenas (grow_request_locked); it makes the
  *     mmap/mprotect/madvise calls, which take the mmap lock for writing and waited 4-5 ms each
- *     behind a populate on the allocating thread, and the next completion adds them.
+ *     behind a populate on the allocating thread, and the next completion adds them (inline,
+ *     in tests, the planner reserves itself; a heap that reaches its end before the thread
+ *     answered is grown by mheap_alloc on the allocating thread, as without a runway).
  * fork: the child has no thread; chunks in flight are freed (a commit the parent's thread made
  * stays unrecorded and is redone by the allocator), the rings emptied, and the thread starts
  * again at the child's next kick.
@@ -233,6 +236,9 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
  * writes grow_first and sets G_DONE; complete_locked inserts and sets G_IDLE.
  * ---------------------------------------------------------------------------------------- */
 #define SHOULDER 2 /* chunks advised small past the runway, per node (plan_locked) */
+/* Chunks advised small at once, at most (2 GiB): each may split the arenas' mapping in three,
+ * and a process has vm.max_map_count mappings (65530 by default) for everything it maps */
+#define SHOULDER_MAX 1024
 #define GROW_AHEAD 16 /* chunks (32 MiB): ~60 ms of the live heap's growth, room for the thread */
 enum { G_IDLE, G_ASKED, G_DONE };
 static _Atomic int grow_state;
@@ -388,6 +394,7 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 			e |= E_HUGE;
 		if (a->smallpg & bit) { /* it was on the shoulder: huge again before its populate */
 			a->smallpg &= ~bit;
+			sa_mheap.smallpg_chunks--;
 			e |= E_HUGEAGAIN;
 		}
 		sa_mheap.prefault_pending += SA_CHUNK_SIZE;
@@ -423,7 +430,10 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 		sh++;
 		if (a->smallpg & bit)
 			continue; /* advised already, or in the ring */
+		if (sa_mheap.smallpg_chunks >= SHOULDER_MAX)
+			break;
 		a->smallpg |= bit;
+		sa_mheap.smallpg_chunks++;
 		out[nt++] = (a->base + ((uintptr_t)c[i].ci << SA_CHUNK_SHIFT)) | E_SMALL;
 	}
 	return nt;
@@ -513,8 +523,10 @@ static void complete_locked(uintptr_t d)
 	if (d & E_SMALL) { /* a shoulder chunk: nothing was reserved */
 		if (d & D_OK)
 			sa_mheap.shoulder_advised++;
-		else
+		else if (a->smallpg & (1u << ci)) {
 			a->smallpg &= ~(1u << ci);
+			sa_mheap.smallpg_chunks--;
+		}
 		return;
 	}
 	if (d & E_COMMIT) {

@@ -335,16 +335,18 @@ END_TEST
  * The pre-faulted runway (prefault.c)
  * ---------------------------------------------------------------------------------------- */
 
-/* The runway's invariants (a runway chunk is wholly free, committed, has no scav bit and is not
- * being populated; the count agrees; at most SPANALLOC_PREFAULT per node on the runway or in
- * flight). Returns the count. */
+/* The runway's invariants (a runway chunk is wholly free, committed, has no scav bit, is not
+ * advised small and is not being populated; the counts of runway and small chunks agree; at
+ * most SPANALLOC_PREFAULT per node on the runway or in flight). Returns the count. */
 static size_t runway_check(void)
 {
-	size_t n = 0, pernode[SA_MAX_NODES] = {0};
+	size_t n = 0, pernode[SA_MAX_NODES] = {0}, small = 0;
 	pthread_mutex_lock(&sa_mheap.lock);
 	prefault_complete_locked(); /* populates the thread finished */
 	for (size_t i = 0; i < sa_mheap.narenas; i++) {
 		const heaparena_t *a = sa_mheap.arenas[i];
+		small += (size_t)__builtin_popcount(a->smallpg);
+		ck_assert(!(a->smallpg & a->runway)); /* the runway advised its chunk huge again */
 		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++) {
 			if (a->prefaulting & (1u << ci))
 				pernode[a->node]++; /* in flight: counts against the bound too */
@@ -360,6 +362,7 @@ static size_t runway_check(void)
 		}
 	}
 	ck_assert_uint_eq(n, sa_mheap.runway_chunks);
+	ck_assert_uint_eq(small, sa_mheap.smallpg_chunks);
 	for (int i = 0; i < SA_MAX_NODES; i++)
 		ck_assert_uint_le(pernode[i], sa_config.prefault);
 	pthread_mutex_unlock(&sa_mheap.lock);
