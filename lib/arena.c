@@ -25,8 +25,10 @@
  * arena_collapse_some, which asks the kernel to collapse THP chunks that are wholly in use and
  * have not been asked before (the bit is cleared when the scavenger splits the chunk). In THP
  * "madvise" mode a 2 MiB-aligned MADV_HUGEPAGE chunk normally gets a huge page at its first
- * fault; collapse repairs chunks that did not (fragmented physical memory, split pages) and
- * chunks the prefault thread advised small because the heap outran it (prefault.c shoulder).
+ * fault; collapse repairs chunks that did not (fragmented physical memory, split pages). It
+ * leaves alone chunks the prefault thread advised small because the heap outran it (prefault.c
+ * shoulder): a collapse copies into a new huge page under the mmap write lock, and where such
+ * advice pays (a VM whose host backs memory on first touch) that page's first touch is slow.
  *
  * The THP step checks once that THP is in "madvise" or "always" mode; in "never" mode chunks
  * count as 4 KiB pages (the report's thp-advised bytes are chunks that can really be huge).
@@ -70,12 +72,19 @@
 static void *reserve_aligned(size_t size, uintptr_t hint)
 {
 	const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
-	if (hint) {
+	/* at the hint, else a little above it (something mapped there: another reservation of
+	 * ours in flight, a mapping of the program's), before anywhere the kernel likes — which is
+	 * above 1 TiB, outside the flat class map (pagemap.c), with every later hint after it */
+	for (int try = 0; hint && try < 8; try++, hint += size) {
+		if ((hint + size - 1) >> SA_ADDR_BITS)
+			break;
 		void *p = mmap((void *)hint, size, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0);
 		if (p == (void *)hint)
 			return p;
-		if (p != MAP_FAILED) /* an old kernel ignored NOREPLACE and put it elsewhere */
+		if (p != MAP_FAILED) { /* an old kernel ignored NOREPLACE and put it elsewhere */
 			munmap(p, size);
+			break;
+		}
 	}
 	/* over-reserve by one arena and trim to alignment, as Go's sysReserveAligned */
 	char *p = mmap(NULL, size + SA_ARENA_SIZE, PROT_NONE, flags, -1, 0);

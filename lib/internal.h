@@ -180,7 +180,8 @@ typedef struct heaparena {
 	uint32_t prefaulting;              /* bit per chunk the prefault thread is populating */
 	uint32_t smallpg;                  /* bit per chunk on the runway's shoulder: advised (or to
 					    * be advised) MADV_NOHUGEPAGE, prefault.c; cleared when
-					    * the runway takes it or once it is collapsed */
+					    * the runway takes it; one an allocation took keeps it
+					    * (arena_collapse_some leaves it alone) */
 	uint32_t zerochunk;                /* bit per chunk: every free page of it reads zero (a
 					    * scavenged chunk pre-faulted again; mheap.c set_run) */
 	int node;                          /* heap node (0 .. sa_heap_nodes-1), see mheap */
@@ -642,6 +643,10 @@ SA_INTERNAL void prefault_complete_locked(void);
  * the chunks populated. */
 SA_INTERNAL size_t prefault_fill(int node);
 SA_INTERNAL bool prefault_busy(void); /* tests: work handed to the thread and not done yet */
+/* mheap.lock held: add the reservation the thread made ahead, if one is ready (returns whether it
+ * did); the end of one it is making (0: none), for mheap_grow_size_locked's hint */
+SA_INTERNAL bool prefault_grown_locked(void);
+SA_INTERNAL uintptr_t prefault_reserving_end_locked(void);
 SA_INTERNAL uint64_t prefault_populate_ns(void); /* a fresh chunk's populate, recent average */
 SA_INTERNAL void prefault_populate_ns_set(uint64_t ns); /* tests: fix it */
 SA_INTERNAL void prefault_fork_child(void);

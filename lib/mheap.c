@@ -347,6 +347,11 @@ size_t mheap_grow_size_locked(size_t npages, int node, uintptr_t *hint)
 	size_t ahead = have / 4 > 8 ? 8 : have / 4;
 	if (n < ahead)
 		n = ahead;
+	/* past a reservation the prefault thread is making: both hinting at the same address, one
+	 * would lose it and land wherever the kernel puts it (above 1 TiB, out of the flat map) */
+	const uintptr_t pending = prefault_reserving_end_locked();
+	if (pending > h)
+		h = pending;
 	*hint = h ? h : (uintptr_t)0x00c0 << 32; /* Go's first hint: far from the program's own maps */
 	return n;
 }
@@ -482,6 +487,8 @@ mspan_t *mheap_alloc_node(size_t npages, spanclass_t sc, size_t align_pages, int
 	if (sa_config.memlimit)
 		scav_memlimit_locked(want * SA_PAGE_SIZE); /* may drop and retake the lock */
 	uintptr_t base = find_run(want, node);
+	if (base == 0 && prefault_grown_locked()) /* the prefault thread's reservation, made ahead */
+		base = find_run(want, node);
 	if (base == 0) {
 		if (!mheap_grow_locked(want, node) || (base = find_run(want, node)) == 0) {
 			pthread_mutex_unlock(&sa_mheap.lock);

@@ -70,9 +70,10 @@
  *     (E_HUGEAGAIN). A chunk taken small stays so: MADV_COLLAPSE would copy it into a new huge
  *     page while holding the mmap lock for writing, and on this VM that page's first touch is
  *     the same 4.5 ms, now stalling every thread's page faults (arena.c skips smallpg chunks).
- *     At most SHOULDER_MAX chunks are small at once: each may split the arenas' mapping. Only
+ *     At most SHOULDER_MAX chunks ever stay small: each may split the arenas' mapping. Only
  *     while the thread's populates average 1 ms or more (shoulder_wanted): where a huge page's
- *     fault costs ~0.2 ms, as zeroing 2 MiB does on bare metal, a miss is cheap;
+ *     fault costs ~0.2 ms, as zeroing 2 MiB does on bare metal, a miss is cheap. In hugetlb
+ *     mode a chunk committed with MAP_HUGETLB replaces its mapping, advice and all;
  *   - reserving ahead: when a node has fewer than K + GROW_AHEAD (16) wholly free chunks the
  *     planner asks the thread to reserve the next arenas (grow_request_locked); it makes the
  *     mmap/mprotect/madvise calls, which take the mmap lock for writing and waited 4-5 ms each
@@ -222,6 +223,7 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
 #define E_COMMIT ((uintptr_t)1 << 1)
 #define E_HUGE ((uintptr_t)1 << 2)
 #define D_OK ((uintptr_t)1 << 0)
+#define D_STILLSMALL ((uintptr_t)1 << 3) /* E_HUGEAGAIN's MADV_HUGEPAGE failed: still small */
 #define D_HFAIL ((uintptr_t)1 << 4)
 #define D_BACK_SHIFT 5
 #define E_SMALL ((uintptr_t)1 << 7)
@@ -236,8 +238,10 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
  * writes grow_first and sets G_DONE; complete_locked inserts and sets G_IDLE.
  * ---------------------------------------------------------------------------------------- */
 #define SHOULDER 2 /* chunks advised small past the runway, per node (plan_locked) */
-/* Chunks advised small at once, at most (2 GiB): each may split the arenas' mapping in three,
- * and a process has vm.max_map_count mappings (65530 by default) for everything it maps */
+/* Chunks with the smallpg bit, at most (2 GiB): each may split the arenas' mapping in three,
+ * and a process has vm.max_map_count mappings (65530 by default) for everything it maps. A
+ * chunk taken small keeps its bit (and its mapping) for good, so this is a budget for the
+ * process's life: past 1024 misses taken small, misses fault huge pages again. */
 #define SHOULDER_MAX 1024
 #define GROW_AHEAD 16 /* chunks (32 MiB): ~60 ms of the live heap's growth, room for the thread */
 enum { G_IDLE, G_ASKED, G_DONE };
@@ -282,15 +286,29 @@ static void grow_serve(void)
 	atomic_store_explicit(&grow_state, G_DONE, memory_order_release);
 }
 
-/* mheap.lock held: add a reservation the thread made to the heap. */
-static void grow_complete_locked(void)
+/* mheap.lock held: add a reservation the thread made to the heap. Returns whether it did. */
+static bool grow_complete_locked(void)
 {
 	if (atomic_load_explicit(&grow_state, memory_order_acquire) != G_DONE)
-		return;
-	if (grow_first != NULL && mheap_grow_insert_locked(grow_first, grow_n))
+		return false;
+	bool added = grow_first != NULL && mheap_grow_insert_locked(grow_first, grow_n);
+	if (added)
 		sa_mheap.grown_ahead++;
 	grow_first = NULL;
 	atomic_store_explicit(&grow_state, G_IDLE, memory_order_relaxed);
+	return added;
+}
+
+bool prefault_grown_locked(void)
+{
+	return grow_complete_locked();
+}
+
+uintptr_t prefault_reserving_end_locked(void)
+{
+	if (atomic_load_explicit(&grow_state, memory_order_acquire) == G_IDLE)
+		return 0;
+	return grow_hint + grow_n * SA_ARENA_SIZE;
 }
 
 /* What the thread's populates of fresh chunks took, an average over the last ~8 (ns; 0 before
@@ -299,12 +317,11 @@ static void grow_complete_locked(void)
 static _Atomic uint64_t populate_ns;
 #define SLOW_POPULATE_NS 1000000
 
-/* Whether the runway's shoulder is worth advising small: a populate was slow, or none was timed
- * yet (the first chunks of a heap then fault small rather than risk a 4 ms stall). */
+/* Whether the runway's shoulder is worth advising small: the populates timed so far were slow.
+ * None timed yet (no runway planned so far): no shoulder, as a chunk advised small stays so. */
 static bool shoulder_wanted(void)
 {
-	const uint64_t p = atomic_load_explicit(&populate_ns, memory_order_relaxed);
-	return p == 0 || p >= SLOW_POPULATE_NS;
+	return atomic_load_explicit(&populate_ns, memory_order_relaxed) >= SLOW_POPULATE_NS;
 }
 
 uint64_t prefault_populate_ns(void)
@@ -418,8 +435,8 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 	 * page's single fault — so a heap growing faster than one thread can fault memory in (the
 	 * live heap's replacements: 500 MB/s against ~465 MB/s) spreads the cost over its
 	 * operations instead of stalling one. One the runway reaches first is advised huge again
-	 * before its populate (E_HUGEAGAIN above). Premapped THP arenas only: hugetlb chunks and
-	 * 4 KiB arenas have nothing to choose. Only while a huge page's first fault is slow
+	 * before its populate (E_HUGEAGAIN above). Premapped THP-advised arenas only: 4 KiB arenas
+	 * have nothing to choose. Only while a huge page's first fault is slow
 	 * (shoulder_wanted): where it costs ~0.2 ms, as zeroing 2 MiB does on bare metal, a miss
 	 * is cheap and the chunk is better huge. */
 	for (size_t sh = 0; shoulder_wanted() && i < n && nt < max && sh < SHOULDER; i++) {
@@ -479,7 +496,8 @@ static uintptr_t serve(uintptr_t e)
 	}
 	if (e & E_HUGEAGAIN) {
 		int saved = errno;
-		madvise((void *)base, SA_CHUNK_SIZE, MADV_HUGEPAGE);
+		if (madvise((void *)base, SA_CHUNK_SIZE, MADV_HUGEPAGE) != 0)
+			d |= D_STILLSMALL;
 		errno = saved;
 	}
 	if (e & E_COMMIT) {
@@ -535,6 +553,10 @@ static void complete_locked(uintptr_t d)
 	}
 	a->prefaulting &= ~(1u << ci);
 	sa_mheap.prefault_inflight[a->node]--;
+	if ((d & D_STILLSMALL) && !(a->smallpg & (1u << ci))) {
+		a->smallpg |= 1u << ci;
+		sa_mheap.smallpg_chunks++;
+	}
 	palloc_set(&a->palloc, ci * SA_CHUNK_PAGES, SA_CHUNK_PAGES, false);
 	sa_mheap.prefault_held -= SA_CHUNK_PAGES;
 	scav_note_free();
@@ -565,7 +587,8 @@ bool prefault_plan_locked(void)
 		size_t n = plan_locked(node, b, MAX_RUNWAY + SHOULDER);
 		for (size_t i = 0; i < n; i++)
 			if (!ring_push(b[i] & E_SMALL ? &advise : &todo, b[i])) /* cannot happen: RING bounds it */
-				complete_locked(b[i] & ~(D_OK | D_HFAIL | E_HUGEAGAIN));
+				complete_locked((b[i] & ~(D_OK | D_HFAIL | E_HUGE | E_HUGEAGAIN)) |
+						(b[i] & E_HUGEAGAIN ? D_STILLSMALL : 0));
 		any |= n > 0;
 	}
 	any |= grow_kick;
@@ -679,8 +702,15 @@ void prefault_fork_child(void)
 	for (size_t i = 0; i < sa_mheap.narenas; i++) {
 		heaparena_t *a = sa_mheap.arenas[i];
 		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++)
-			if (a->prefaulting & (1u << ci))
+			if (a->prefaulting & (1u << ci)) {
 				palloc_set(&a->palloc, ci * SA_CHUNK_PAGES, SA_CHUNK_PAGES, false);
+				/* it may have been on the shoulder, advised small, its bit cleared
+				 * when planned: say small, and a later plan advises it huge again */
+				if (!(a->smallpg & (1u << ci)) && a->premapped == BACK_THP) {
+					a->smallpg |= 1u << ci;
+					sa_mheap.smallpg_chunks++;
+				}
+			}
 		a->prefaulting = 0;
 	}
 	for (int n = 0; n < SA_MAX_NODES; n++)
@@ -691,7 +721,8 @@ void prefault_fork_child(void)
 	atomic_store(&todo.tail, 0);
 	atomic_store(&done.head, 0);
 	atomic_store(&done.tail, 0);
-	atomic_store(&advise.head, 0); /* their smallpg bits stay: harmless, see complete_locked */
+	atomic_store(&advise.head, 0); /* their chunks keep the smallpg bit, never advised: a later
+					  * plan advises them huge, one madvise too many */
 	atomic_store(&advise.tail, 0);
 	atomic_store(&started, 0);
 	atomic_store(&want_start, 0);
