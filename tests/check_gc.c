@@ -505,7 +505,7 @@ static void graph_run(int min_cycles, double cap_s)
 
 START_TEST(test_graph_mutation)
 {
-	graph_run(600, 18);
+	graph_run(1000, 30);
 }
 END_TEST
 
