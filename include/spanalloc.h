@@ -157,7 +157,9 @@ SA_API int sa_select(sa_select_case_t *cases, size_t ncases, long long timeout_n
  *    sa_gc_store (the write barrier: roots and globals are scanned while the program runs).
  *    Stores to stack variables need none.
  *  - A thread that holds GC pointers in its stack is registered: its first GC allocation
- *    registers it, or sa_gc_thread_register does; it is unregistered when it exits (or by
+ *    registers it, or sa_gc_thread_register does; the main thread also at its first call into
+ *    the collector of any kind (sa_gc_collect, sa_gc_stats, sa_gc_set_percent, a root or
+ *    finalizer call). A thread is unregistered when it exits (or by
  *    sa_gc_thread_unregister). Registered threads are stopped briefly by the signal
  *    SIGRTMIN + SPANALLOC_GC_SIGNAL (default 5); the program must not block that signal
  *    (system calls it interrupts are restarted when SA_RESTART restarts them).

@@ -208,6 +208,7 @@ static inline void crit_exit(gc_thread_t *t)
 /* gcalloc.c */
 SA_INTERNAL void gc_init(void);
 SA_INTERNAL gc_thread_t *gc_thread_get(void);       /* registers the caller when needed */
+SA_INTERNAL void gc_register_main(void);            /* the main thread, at its first GC call */
 SA_INTERNAL void gc_cache_release(gc_thread_t *t); /* crit: return cached spans to central */
 SA_INTERNAL mspan_t *gc_pop_unswept(gc_central_t *c); /* class lock held */
 SA_INTERNAL void gc_cache_steal(gc_thread_t *t);   /* world stopped: cached spans → unswept */

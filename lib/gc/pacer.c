@@ -178,6 +178,7 @@ void gc_init(void)
 	if (likely(atomic_load_explicit(&gc.inited, memory_order_acquire)))
 		return;
 	pthread_once(&gc.once, init_once);
+	gc_register_main();
 }
 
 void gc_maybe_trigger(void)
@@ -511,6 +512,7 @@ static void *controller_main(void *arg)
 void sa_gc_collect(void)
 {
 	gc_init();
+	gc_register_main();
 	unsigned want = atomic_load(&gc.started) + 1;
 	unsigned r = atomic_load(&gc.req);
 	while ((int)(r - want) < 0 && !atomic_compare_exchange_weak(&gc.req, &r, want))
@@ -525,6 +527,7 @@ void sa_gc_collect(void)
 int sa_gc_set_percent(int pct)
 {
 	gc_init();
+	gc_register_main();
 	int old = atomic_exchange(&gc.percent, pct < 0 ? -1 : pct);
 	pacer_set();
 	return old;
@@ -533,6 +536,7 @@ int sa_gc_set_percent(int pct)
 void sa_gc_stats(sa_gc_stats_t *o)
 {
 	gc_init();
+	gc_register_main();
 	memset(o, 0, sizeof *o);
 	o->cycles = atomic_load(&gc.swept);
 	o->heap_marked = atomic_load(&gc.heap_marked);

@@ -44,6 +44,7 @@ int sa_gc_root_add(void *addr, size_t len)
 	if (addr == NULL || len == 0)
 		return EINVAL;
 	gc_init();
+	gc_register_main();
 	pthread_mutex_lock(&roots_lock);
 	if (nroots == caproots) {
 		size_t cap = caproots ? caproots * 2 : 64;

@@ -470,6 +470,23 @@ static int do_register(int autoreg)
 	return 0;
 }
 
+/* The main thread (its tid is the process id) registers itself at its first call into the
+ * collector — the collector's initialisation when it runs there, sa_gc_collect, sa_gc_stats,
+ * sa_gc_set_percent, the root and finalizer calls — whether or not it allocates: "registered
+ * at start", as Boehm GC registers the thread that calls GC_INIT. A pointer the main thread
+ * got without allocating (from another thread through a pipe, from a global) and holds only on
+ * its stack keeps its object. Other threads register at their first GC allocation, or by
+ * sa_gc_thread_register. The answer is cached per thread: one system call a thread. */
+static __thread signed char main_checked; /* 1: not the main thread, or registered once */
+void gc_register_main(void)
+{
+	if (main_checked || gc_self != NULL)
+		return;
+	main_checked = 1;
+	if (syscall(SYS_gettid) == getpid())
+		do_register(1);
+}
+
 gc_thread_t *gc_thread_get(void)
 {
 	if (gc_self == NULL && do_register(1) != 0)
