@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "override_common.h"
+#include "spanalloc.h"
 
 void cfree(void *p);
 /* glibc's public names for its own malloc; spanalloc exports them too */
@@ -418,6 +420,43 @@ static void *consumer(void *arg)
 	}
 	return NULL;
 }
+/* free() and realloc() of a garbage-collected object (sa_gc_alloc) abort with the collector's
+ * one line, as sa_free does (check_gc test_free_rejected): through the replaced malloc API too. */
+static void expect_gc_abort(int use_realloc)
+{
+	int fds[2];
+	ck_assert_int_eq(pipe(fds), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		dup2(fds[1], 2);
+		void *p = sa_gc_alloc(64);
+		if (use_realloc)
+			p = realloc(p, 128);
+		else
+			free(p);
+		_exit(0);
+	}
+	close(fds[1]);
+	char err[1024] = "";
+	size_t got = 0;
+	ssize_t k;
+	while (got < sizeof err - 1 && (k = read(fds[0], err + got, sizeof err - 1 - got)) > 0)
+		got += (size_t)k;
+	close(fds[0]);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "status %#x: %s", st, err);
+	ck_assert_msg(strstr(err, "garbage-collected object") != NULL, "%s", err);
+}
+
+START_TEST(t_gc_object_rejected)
+{
+	expect_gc_abort(0);
+	expect_gc_abort(1);
+}
+END_TEST
+
 START_TEST(t_cross_thread)
 {
 	for (int round = 0; round < 5; round++) {
@@ -486,6 +525,7 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, t_stubs);
 	tcase_add_test(tc, t_dl);
 	tcase_add_test(tc, t_cross_thread);
+	tcase_add_test(tc, t_gc_object_rejected);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_FORK);
