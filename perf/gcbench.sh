@@ -12,7 +12,9 @@
 #              skips binary-trees)
 # Environment: REPLACE="N M" (default "16777216 10000000"; REPLACE=off skips the live heap),
 #              IMPLS (default "sagc boehm malloc go"; also sagc-nopf: sagc with
-#              SPANALLOC_PREFAULT=0, and none: the live heap's control, no allocation during the
+#              SPANALLOC_PREFAULT=0, sagc-4k: with SPANALLOC_HUGEPAGES=off SPANALLOC_PREFAULT=0
+#              (4 KiB pages, no prefault thread: nothing runs on another CPU between cycles),
+#              and none: the live heap's control, no allocation during the
 #              replacements, whose worst operation is what this machine does to any program;
 #              none+burn: the same on CPU 0 with a spin loop on CPU 1, taskset, 2 CPUs or more), KEEP=file to keep the raw DATA lines,
 #              LIMIT_MB=M adds two live-heap rows under a memory limit of M MiB: sagc+lim
@@ -65,6 +67,8 @@ one() { # impl args...: run one, keep its DATA line, show its RESULT line
 		SPANALLOC_MEMLIMIT="${LIMIT_MB}m" perf/gcbench sagc "$@" 2>"$tmp/err" >/dev/null || true ;;
 	sagc-nopf)
 		SPANALLOC_PREFAULT=0 perf/gcbench sagc "$@" 2>"$tmp/err" >/dev/null || true ;;
+	sagc-4k)
+		SPANALLOC_HUGEPAGES=off SPANALLOC_PREFAULT=0 perf/gcbench sagc "$@" 2>"$tmp/err" >/dev/null || true ;;
 	none+burn)
 		# the control on CPU 0 while a user-space spin loop keeps CPU 1 busy: what a busy
 		# second CPU (a marker, a background thread) costs a thread that does no allocation
