@@ -267,12 +267,7 @@ START_TEST(test_stats_print)
 	for (int i = 0; i < 100; i++)
 		p[i] = sa_malloc(1000); /* class 31, 1024 bytes */
 	void *big = sa_malloc(1 << 20);
-	char *buf = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&buf, &len);
-	ck_assert_ptr_nonnull(f);
-	sa_stats_print(f);
-	fclose(f);
+	char *buf = stats_report();
 	ck_assert_ptr_nonnull(strstr(buf, "spanalloc heap report"));
 	ck_assert_ptr_nonnull(strstr(buf, "class"));
 	ck_assert_ptr_nonnull(strstr(buf, "tailwaste"));

@@ -1552,12 +1552,7 @@ START_TEST(test_stats_print_gc)
 	make_garbage(16);
 	sa_gc_collect();
 	sa_gc_collect();
-	char *buf = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&buf, &len);
-	ck_assert_ptr_nonnull(f);
-	sa_stats_print(f);
-	fclose(f);
+	char *buf = stats_report();
 	ck_assert_msg(strstr(buf, " cycles, GOGC 100, ") != NULL, "%s", buf);
 	ck_assert(strstr(buf, "gc stops") != NULL && strstr(buf, "p50 ") != NULL && strstr(buf, "p99 ") != NULL);
 	ck_assert(strstr(buf, "gc mark cpu") != NULL && strstr(buf, "% of the CPUs") != NULL);

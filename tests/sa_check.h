@@ -35,6 +35,18 @@ static inline uint64_t rng_next(uint64_t *s)
 }
 static inline uint64_t rng_below(uint64_t *s, uint64_t n) { return rng_next(s) % n; }
 
+/* sa_stats_print's report, in a malloc'd string (free it). */
+static inline char *stats_report(void)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	ck_assert_ptr_nonnull(f);
+	sa_stats_print(f);
+	fclose(f);
+	return buf;
+}
+
 typedef struct child_result {
 	int status;      /* waitpid status */
 	char err[4096];  /* captured stderr, NUL-terminated (truncated) */
