@@ -110,10 +110,12 @@ typedef struct cand {
 	unsigned ci, rank;
 } cand_t;
 
-/* The first k wholly free chunks of node in mheap's order (rank, then address): c[0..n). */
-static size_t next_chunks(int node, cand_t *c, size_t k)
+/* The first k (> 0) wholly free chunks of node in mheap's order (rank, then address): c[0..n).
+ * *nfree: how many wholly free chunks node has in all (the scan sees every one). */
+static size_t next_chunks(int node, cand_t *c, size_t k, size_t *nfree)
 {
 	size_t n = 0;
+	*nfree = 0;
 	for (size_t i = 0; i < sa_mheap.narenas; i++) {
 		heaparena_t *a = sa_mheap.arenas[i];
 		if (a->node != node || a->palloc.root.max < SA_CHUNK_PAGES)
@@ -121,6 +123,7 @@ static size_t next_chunks(int node, cand_t *c, size_t k)
 		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++) {
 			if (a->palloc.chunk_free[ci] != SA_CHUNK_PAGES)
 				continue;
+			++*nfree;
 			unsigned rank = mheap_chunk_rank(a, ci);
 			if (n == k && rank >= c[n - 1].rank)
 				continue; /* arenas come in address order: equal ranks stay behind */
@@ -252,20 +255,6 @@ static uintptr_t grow_hint;
 static heaparena_t *grow_first;
 static bool grow_kick; /* mheap.lock: a request made since prefault_plan_locked last looked */
 
-/* mheap.lock held: whether node has at least want wholly free chunks. */
-static bool free_chunks_at_least(int node, size_t want)
-{
-	size_t n = 0;
-	for (size_t i = 0; i < sa_mheap.narenas && n < want; i++) {
-		const heaparena_t *a = sa_mheap.arenas[i];
-		if (a->node != node || a->palloc.root.max < SA_CHUNK_PAGES)
-			continue;
-		for (unsigned ci = 0; ci < SA_CHUNKS_PER_ARENA; ci++)
-			n += a->palloc.chunk_free[ci] == SA_CHUNK_PAGES;
-	}
-	return n >= want;
-}
-
 /* mheap.lock held: ask the thread to reserve node's next arenas. */
 static void grow_request_locked(int node)
 {
@@ -369,15 +358,16 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 			k = by_gc; /* may be 0: the shoulder below costs no memory, and is still planned */
 	}
 	cand_t c[MAX_RUNWAY + SHOULDER];
-	size_t n = next_chunks(node, c, k + SHOULDER);
+	size_t nfree;
+	size_t n = next_chunks(node, c, k + SHOULDER, &nfree);
 	/* Address space ahead of growth, reserved by the thread (no system call here). Only
 	 * when it cannot (inline tests) this thread does. If the heap reaches its end first,
 	 * mheap_alloc_node grows it on the allocating thread, as without a runway. */
-	if (!free_chunks_at_least(node, k + GROW_AHEAD)) {
+	if (nfree < k + GROW_AHEAD) {
 		if (!sa_prefault_inline)
 			grow_request_locked(node);
 		else if (n < k + SHOULDER && mheap_grow_locked(SA_PAGES_PER_ARENA, node))
-			n = next_chunks(node, c, k + SHOULDER);
+			n = next_chunks(node, c, k + SHOULDER, &nfree);
 	}
 	size_t inflight = 0;
 	for (int nd = 0; nd < sa_heap_nodes; nd++)
