@@ -234,11 +234,8 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
 #define E_MASK ((uintptr_t)0x1ff)
 
 /* ------------------------------------------------------------------------------------------
- * Reserving ahead. The planner asks for a reservation when the node has fewer than
- * GROW_AHEAD wholly free chunks; the thread makes it (arena_reserve: mmap, mprotect, madvise
- * and the metadata's mmap, with no lock of ours) and the next completion adds it to the heap.
- * One request at a time: the planner writes grow_node/n/hint and sets G_ASKED; the thread
- * writes grow_first and sets G_DONE; complete_locked inserts and sets G_IDLE.
+ * The shoulder (see the top): chunks advised MADV_NOHUGEPAGE have their smallpg bit, counted in
+ * sa_mheap.smallpg_chunks; set_small changes both together (mheap.lock held).
  * ---------------------------------------------------------------------------------------- */
 #define SHOULDER 2 /* chunks advised small past the runway, per node (plan_locked) */
 /* Chunks with the smallpg bit, at most (2 GiB): each may split the arenas' mapping in three,
@@ -246,6 +243,28 @@ static bool ring_pop(ring_t *r, uintptr_t *v)
  * chunk taken small keeps its bit (and its mapping) for good, so this is a budget for the
  * process's life: past 1024 misses taken small, misses fault huge pages again. */
 #define SHOULDER_MAX 1024
+
+/* Set or clear chunk ci's smallpg bit of a, keeping the count; returns whether it changed. */
+static bool set_small(heaparena_t *a, unsigned ci, bool small)
+{
+	const uint32_t bit = 1u << ci;
+	if (!(a->smallpg & bit) == !small)
+		return false;
+	a->smallpg ^= bit;
+	if (small)
+		sa_mheap.smallpg_chunks++;
+	else
+		sa_mheap.smallpg_chunks--;
+	return true;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Reserving ahead. The planner asks for a reservation when the node has fewer than
+ * K + GROW_AHEAD wholly free chunks; the thread makes it (arena_reserve: mmap, mprotect,
+ * madvise and the metadata's mmap, with no lock of ours) and the next completion adds it to
+ * the heap. One request at a time: the planner writes grow_node/n/hint and sets G_ASKED; the
+ * thread writes grow_first and sets G_DONE; prefault_grown_locked inserts and sets G_IDLE.
+ * ---------------------------------------------------------------------------------------- */
 #define GROW_AHEAD 16 /* chunks (32 MiB): ~60 ms of the live heap's growth, room for the thread */
 enum { G_IDLE, G_ASKED, G_DONE };
 static _Atomic int grow_state;
@@ -276,7 +295,7 @@ static void grow_serve(void)
 }
 
 /* mheap.lock held: add a reservation the thread made to the heap. Returns whether it did. */
-static bool grow_complete_locked(void)
+bool prefault_grown_locked(void)
 {
 	if (atomic_load_explicit(&grow_state, memory_order_acquire) != G_DONE)
 		return false;
@@ -286,11 +305,6 @@ static bool grow_complete_locked(void)
 	grow_first = NULL;
 	atomic_store_explicit(&grow_state, G_IDLE, memory_order_relaxed);
 	return added;
-}
-
-bool prefault_grown_locked(void)
-{
-	return grow_complete_locked();
 }
 
 uintptr_t prefault_reserving_end_locked(void)
@@ -399,11 +413,8 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 		uintptr_t e = (a->base + ((uintptr_t)ci << SA_CHUNK_SHIFT)) | E_COMMIT;
 		if (arena_commit_plan_locked())
 			e |= E_HUGE;
-		if (a->smallpg & bit) { /* it was on the shoulder: huge again before its populate */
-			a->smallpg &= ~bit;
-			sa_mheap.smallpg_chunks--;
+		if (set_small(a, ci, false)) /* it was on the shoulder: huge again before its populate */
 			e |= E_HUGEAGAIN;
-		}
 		sa_mheap.prefault_pending += SA_CHUNK_SIZE;
 		/* Known zero, now and after the populate (which writes nothing), when no page of it was
 		 * ever handed out. Said in zerochunk, since zeroed_base may pass this chunk while it is
@@ -439,8 +450,7 @@ static size_t plan_locked(int node, uintptr_t *out, size_t max)
 			continue; /* advised already, or in the ring */
 		if (sa_mheap.smallpg_chunks >= SHOULDER_MAX)
 			break;
-		a->smallpg |= bit;
-		sa_mheap.smallpg_chunks++;
+		set_small(a, c[i].ci, true);
 		out[nt++] = (a->base + ((uintptr_t)c[i].ci << SA_CHUNK_SHIFT)) | E_SMALL;
 	}
 	return nt;
@@ -531,10 +541,8 @@ static void complete_locked(uintptr_t d)
 	if (d & E_SMALL) { /* a shoulder chunk: nothing was reserved */
 		if (d & D_OK)
 			sa_mheap.shoulder_advised++;
-		else if (a->smallpg & (1u << ci)) {
-			a->smallpg &= ~(1u << ci);
-			sa_mheap.smallpg_chunks--;
-		}
+		else
+			set_small(a, ci, false);
 		return;
 	}
 	if (d & E_COMMIT) {
@@ -543,10 +551,8 @@ static void complete_locked(uintptr_t d)
 	}
 	a->prefaulting &= ~(1u << ci);
 	sa_mheap.prefault_inflight[a->node]--;
-	if ((d & D_STILLSMALL) && !(a->smallpg & (1u << ci))) {
-		a->smallpg |= 1u << ci;
-		sa_mheap.smallpg_chunks++;
-	}
+	if (d & D_STILLSMALL)
+		set_small(a, ci, true);
 	palloc_set(&a->palloc, ci * SA_CHUNK_PAGES, SA_CHUNK_PAGES, false);
 	sa_mheap.prefault_held -= SA_CHUNK_PAGES;
 	scav_note_free();
@@ -562,7 +568,7 @@ static void complete_locked(uintptr_t d)
 
 void prefault_complete_locked(void)
 {
-	grow_complete_locked();
+	prefault_grown_locked();
 	uintptr_t v;
 	while (ring_pop(&done, &v))
 		complete_locked(v);
@@ -696,10 +702,8 @@ void prefault_fork_child(void)
 				palloc_set(&a->palloc, ci * SA_CHUNK_PAGES, SA_CHUNK_PAGES, false);
 				/* it may have been on the shoulder, advised small, its bit cleared
 				 * when planned: say small, and a later plan advises it huge again */
-				if (!(a->smallpg & (1u << ci)) && a->premapped == BACK_THP) {
-					a->smallpg |= 1u << ci;
-					sa_mheap.smallpg_chunks++;
-				}
+				if (a->premapped == BACK_THP)
+					set_small(a, ci, true);
 			}
 		a->prefaulting = 0;
 	}
