@@ -178,7 +178,6 @@ void gc_init(void)
 	if (likely(atomic_load_explicit(&gc.inited, memory_order_acquire)))
 		return;
 	pthread_once(&gc.once, init_once);
-	gc_register_main();
 }
 
 void gc_maybe_trigger(void)

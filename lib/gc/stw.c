@@ -471,8 +471,8 @@ static int do_register(int autoreg)
 }
 
 /* The main thread (its tid is the process id) registers itself at its first call into the
- * collector — the collector's initialisation when it runs there, sa_gc_collect, sa_gc_stats,
- * sa_gc_set_percent, the root and finalizer calls — whether or not it allocates: "registered
+ * collector — sa_gc_collect, sa_gc_stats, sa_gc_set_percent and sa_gc_root_add call this, an
+ * allocation and sa_gc_set_finalizer register any thread — whether or not it allocates: "registered
  * at start", as Boehm GC registers the thread that calls GC_INIT. A pointer the main thread
  * got without allocating (from another thread through a pipe, from a global) and holds only on
  * its stack keeps its object. Other threads register at their first GC allocation, or by
