@@ -19,18 +19,18 @@
 #include <sys/syscall.h>
 #include <time.h>
 
-/* Run fn in a child process under SPANALLOC_DEBUG=1 (freed objects poisoned, so a premature
- * free shows as a bad checksum); its stderr is printed when it did not exit 0. A macro, so Check
- * reports the calling test's line. */
-#define assert_debug_child_ok(fn)                                                    \
+/* Run fn in a child process with environment variable name set to value, and assert that it
+ * exited 0 (its stderr in the message otherwise). A macro, so Check reports the calling test's
+ * line. */
+#define assert_env_child_ok(fn, name, value)                                         \
 	do {                                                                         \
 		child_result_t r_;                                                   \
-		static const char *const env_[] = {"SPANALLOC_DEBUG", "1", NULL};    \
+		const char *const env_[] = {(name), (value), NULL};                  \
 		run_child((fn), NULL, env_, &r_);                                    \
-		if (!child_exited_ok(&r_))                                           \
-			fprintf(stderr, "%s\n", r_.err);                            \
-		ck_assert(child_exited_ok(&r_));                                     \
+		ck_assert_msg(child_exited_ok(&r_), "%s", r_.err);                   \
 	} while (0)
+/* Under SPANALLOC_DEBUG=1: freed objects poisoned, so a premature free shows as a bad checksum. */
+#define assert_debug_child_ok(fn) assert_env_child_ok((fn), "SPANALLOC_DEBUG", "1")
 
 /* ---- finalizer bookkeeping ---- */
 #define NFIN 256
@@ -1585,13 +1585,8 @@ static void gogc_50_child(void *arg)
 
 START_TEST(test_gogc_env)
 {
-	static const char *const off[] = {"SPANALLOC_GOGC", "off", NULL};
-	static const char *const fifty[] = {"SPANALLOC_GOGC", "50", NULL};
-	child_result_t r;
-	run_child(gogc_off_child, NULL, off, &r);
-	ck_assert_msg(child_exited_ok(&r), "%s", r.err);
-	run_child(gogc_50_child, NULL, fifty, &r);
-	ck_assert_msg(child_exited_ok(&r), "%s", r.err);
+	assert_env_child_ok(gogc_off_child, "SPANALLOC_GOGC", "off");
+	assert_env_child_ok(gogc_50_child, "SPANALLOC_GOGC", "50");
 }
 END_TEST
 
@@ -1609,10 +1604,7 @@ static void gc_signal_child(void *arg)
 
 START_TEST(test_gc_signal_env)
 {
-	static const char *const env[] = {"SPANALLOC_GC_SIGNAL", "7", NULL};
-	child_result_t r;
-	run_child(gc_signal_child, NULL, env, &r);
-	ck_assert_msg(child_exited_ok(&r), "%s", r.err);
+	assert_env_child_ok(gc_signal_child, "SPANALLOC_GC_SIGNAL", "7");
 }
 END_TEST
 
@@ -1639,10 +1631,7 @@ static void mark_cpus_child(void *arg)
 
 START_TEST(test_mark_cpus_env)
 {
-	static const char *const env[] = {"SPANALLOC_MARK_CPUS", "0", NULL};
-	child_result_t r;
-	run_child(mark_cpus_child, NULL, env, &r);
-	ck_assert_msg(child_exited_ok(&r), "%s", r.err);
+	assert_env_child_ok(mark_cpus_child, "SPANALLOC_MARK_CPUS", "0");
 }
 END_TEST
 
